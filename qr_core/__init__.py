@@ -1,0 +1,27 @@
+"""qr_core: the QR-LoRA engine (pure PyTorch; never imports ComfyUI).
+
+Decompose a model's target weights once into orthonormal bases Q (cached on
+disk), train ΔR as a bypass, save self-contained ΔR files, merge them with
+weights λ (paper eq. 7) and export the merge as a standard LoRA.
+"""
+
+from .adapter import QRAdapter, frozen
+from .basis import Basis
+from .cache import BasisCache, default_cache_dir, get_basis
+from .decompose import DecomposeSettings, captured_energy, check_basis, decompose
+from .delta import QRDelta
+from .errors import BasisMismatchError, DeltaFileError, NonFiniteLossError, QRLoRAError, TargetError
+from .fingerprint import fingerprint_tensors, fingerprint_weights
+from .merge import PatchTerm, export_lora, lora_state_dict, merge, merged_delta
+from .targets import ARCHITECTURES, PRESETS, Target, TargetSet, detect_architecture, select_targets
+from .training import TrainResult, TrainSettings, train
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "ARCHITECTURES", "PRESETS", "Basis", "BasisCache", "BasisMismatchError", "DecomposeSettings", "DeltaFileError",
+    "NonFiniteLossError", "PatchTerm", "QRAdapter", "QRDelta", "QRLoRAError", "Target", "TargetError", "TargetSet",
+    "TrainResult", "TrainSettings", "captured_energy", "check_basis", "decompose", "default_cache_dir",
+    "detect_architecture", "export_lora", "fingerprint_tensors", "fingerprint_weights", "frozen", "get_basis",
+    "lora_state_dict", "merge", "merged_delta", "select_targets", "train",
+]

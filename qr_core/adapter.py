@@ -1,0 +1,160 @@
+"""Trainable ΔR attached to any torch module as a forward bypass.
+
+For each target the module's output rows get `(x ΔRᵀ) Qᵀ` added: the weight
+`W + QΔR` is never built and no gradient of W is computed, so base weights
+may be fp8, offloaded or shared with other patches. This is a LoRA whose up
+matrix Q is frozen and whose down matrix ΔR starts at zero; its gradient is
+`Qᵀ ∂L/∂W` (paper eq. 11). Detaching removes the hooks and leaves the module
+exactly as it was.
+
+Mode "qr" trains Q and R themselves from the decomposition (paper §4.3):
+the frozen part is W_comp = W − Q₀R₀, so the bypass adds `(x Rᵀ)Qᵀ − (x R₀ᵀ)Q₀ᵀ`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections import defaultdict
+from typing import Callable, Iterator
+
+import torch
+from torch import nn
+
+from .basis import Basis
+from .delta import MODES, QRDelta
+from .errors import BasisMismatchError
+from .fingerprint import fingerprint_tensors
+from .targets import Target
+
+
+@contextlib.contextmanager
+def frozen(module: nn.Module) -> Iterator[None]:
+    """Set requires_grad=False on every parameter for the duration (ComfyUI leaves them True),
+    so backward computes no dense weight gradients; restores the flags afterwards."""
+    flags = [(p, p.requires_grad) for p in module.parameters()]
+    for p, _ in flags:
+        p.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for p, f in flags:
+            p.requires_grad_(f)
+
+
+class QRAdapter(nn.Module):
+    """ΔR (or Q and R) parameters for the targets of a basis, hooked into a module's Linear layers."""
+
+    def __init__(self, basis: Basis, mode: str = "delta_r", triangular: bool = False,
+                 get_weight: Callable[[str], torch.Tensor] | None = None, init: QRDelta | None = None,
+                 device: str | torch.device = "cpu"):
+        super().__init__()
+        if mode not in MODES:
+            raise ValueError(f"mode must be one of {MODES}, not {mode!r}")
+        if mode == "qr" and get_weight is None:
+            raise ValueError("mode 'qr' needs get_weight to compute R₀ = Q₀ᵀW")
+        self.basis, self.mode, self.triangular = basis, mode, triangular
+        self.targets = list(basis.targets)
+        self._handles: list[torch.utils.hooks.RemovableHandle] = []
+        r = basis.rank
+        self.q0 = nn.ParameterList()
+        self.delta = nn.ParameterList()  # ΔR in "delta_r" mode, R in "qr" mode
+        self.q = nn.ParameterList()  # trained Q ("qr" mode only)
+        self.r0 = nn.ParameterList()
+        if init is not None:
+            self._check_init(init)
+        for t in self.targets:
+            q0 = basis.q[t.name].to(device, torch.float32)
+            self.q0.append(nn.Parameter(q0, requires_grad=False))
+            if mode == "delta_r":
+                start = init.delta[t.name] if init is not None else torch.zeros(r, basis.targets.shapes[t.key][1])
+                d = nn.Parameter(start.to(device, torch.float32).clone())
+                if triangular:
+                    mask = torch.ones_like(d).triu()
+                    d.data.mul_(mask)
+                    d.register_hook(lambda g, m=mask: g * m)  # masked entries get no update, so stay exactly 0
+                self.delta.append(d)
+            else:
+                w = get_weight(t.key)
+                r0 = q0.T @ w[t.rows(w.shape[0])].to(device, torch.float32)
+                self.r0.append(nn.Parameter(r0, requires_grad=False))
+                self.q.append(nn.Parameter(q0.clone()))
+                self.delta.append(nn.Parameter(r0.clone()))
+
+    def _check_init(self, init: QRDelta) -> None:
+        if init.mode != self.mode or init.rank != self.basis.rank:
+            raise BasisMismatchError(f"cannot resume from a {init.mode} ΔR of rank {init.rank} "
+                                     f"in a {self.mode} run of rank {self.basis.rank}.")
+        if init.basis_fingerprint != self.basis.fingerprint:
+            raise BasisMismatchError("the ΔR to resume from was trained in another basis Q (other weights or settings); "
+                                     "resume only with the QR_BASIS it was trained from.")
+
+    def trainable(self) -> list[nn.Parameter]:
+        return [p for p in self.parameters() if p.requires_grad]
+
+    def _update(self, i: int, x: torch.Tensor) -> torch.Tensor:
+        dt = x.dtype
+        if self.mode == "delta_r":
+            return (x @ self.delta[i].to(dt).T) @ self.q0[i].to(dt).T
+        trained = (x @ self.delta[i].to(dt).T) @ self.q[i].to(dt).T
+        return trained - (x @ self.r0[i].to(dt).T) @ self.q0[i].to(dt).T
+
+    def attach(self, root: nn.Module, prefix: str = "") -> "QRAdapter":
+        """Hook every target's Linear inside `root` (keys are looked up as prefix + key)."""
+        if self._handles:
+            raise RuntimeError("adapter is already attached; detach it first")
+        per_module: dict[str, list[tuple[int, Target]]] = defaultdict(list)
+        for i, t in enumerate(self.targets):
+            per_module[prefix + t.key[: -len(".weight")]].append((i, t))
+        for path, items in per_module.items():
+            try:
+                mod = root.get_submodule(path)
+            except AttributeError:
+                self.detach()
+                raise BasisMismatchError(f"the model has no layer {path}: this basis was made for another model.") from None
+            items.sort(key=lambda it: it[1].offset or 0)
+            self._handles.append(mod.register_forward_hook(self._hook(items)))
+        return self
+
+    def _hook(self, items: list[tuple[int, Target]]):
+        def hook(mod, args, out):
+            x = args[0]
+            rows = out.shape[-1]
+            pieces, pos = [], 0
+            for i, t in items:
+                s = t.rows(rows)
+                if s.start > pos:
+                    pieces.append(out.new_zeros(*out.shape[:-1], s.start - pos))
+                pieces.append(self._update(i, x).to(out.dtype))
+                pos = s.stop
+            if pos < rows:
+                pieces.append(out.new_zeros(*out.shape[:-1], rows - pos))
+            return out + (pieces[0] if len(pieces) == 1 else torch.cat(pieces, -1))
+        return hook
+
+    def detach(self) -> None:
+        for h in self._handles:
+            h.remove()
+        self._handles.clear()
+
+    @contextlib.contextmanager
+    def attached(self, root: nn.Module, prefix: str = "") -> Iterator["QRAdapter"]:
+        self.attach(root, prefix)
+        try:
+            yield self
+        finally:
+            self.detach()
+
+    def to_delta(self, trigger_words: str = "", training: dict | None = None, name: str = "") -> QRDelta:
+        """The current parameters as a QRDelta (fp32, on the CPU)."""
+        q, delta = {}, {}
+        for i, t in enumerate(self.targets):
+            if self.mode == "delta_r":
+                q[t.name] = self.q0[i].detach().cpu().clone()
+                delta[t.name] = self.delta[i].detach().float().cpu().clone()
+            else:
+                q[t.name] = torch.cat([self.q[i], self.q0[i]], 1).detach().float().cpu()
+                delta[t.name] = torch.cat([self.delta[i], -self.r0[i]], 0).detach().float().cpu()
+        # A trained Q is a basis of its own: only ΔR from the shared, frozen Q₀ can be summed.
+        fingerprint = self.basis.fingerprint if self.mode == "delta_r" else "qr-trained:" + fingerprint_tensors(q)
+        return QRDelta(self.basis.targets, self.basis.rank, q, delta, fingerprint, self.basis.weights_fingerprint,
+                       self.mode, self.triangular, trigger_words, dict(training or {}), name=name)

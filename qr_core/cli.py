@@ -1,0 +1,172 @@
+"""Command line: `python -m qr_core` or `qr-lora`."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from .cache import BasisCache, get_basis
+from .checkpoint import CheckpointWeights
+from .decompose import METHODS, DecomposeSettings
+from .delta import DTYPES, QRDelta
+from .errors import QRLoRAError
+from .files import read_header
+from .merge import NAMINGS, export_lora, merge, merged_delta
+from .targets import PRESETS, select_targets
+
+
+def _progress_bar(total: int, desc: str):
+    from tqdm import tqdm
+
+    bar = tqdm(total=total, desc=desc, unit="target", file=sys.stderr)
+    return bar, lambda done, _total: bar.update(done - bar.n)
+
+
+def cmd_decompose(a) -> dict:
+    weights = CheckpointWeights(a.checkpoint)
+    targets = select_targets(weights.shapes, a.preset, a.regex, a.arch)
+    settings = DecomposeSettings(rank=a.rank, method=a.method, oversample=a.oversample,
+                                 power_iters=a.power_iters, seed=a.seed)
+    bar, progress = _progress_bar(len(targets), "decompose") if not a.json else (None, None)
+    basis = get_basis(weights, targets, settings, BasisCache(a.cache_dir), a.device, progress)
+    if bar:
+        bar.close()
+    return {"summary": basis.summary(), "arch": basis.arch, "targets": len(targets), "rank": basis.rank,
+            "method": settings.method, "cache": basis.cache_status, "seconds": round(basis.seconds, 4),
+            "file": str(basis.path), "basis_fingerprint": basis.fingerprint}
+
+
+def describe_file(path: str) -> dict:
+    header, meta = read_header(path)
+    fmt = meta.get("qr_lora_format", "")
+    info = {"file": str(path), "size_bytes": Path(path).stat().st_size, "tensors": len(header)}
+    if fmt.startswith("qr-lora-delta"):
+        d = QRDelta.load(path)
+        info.update(kind="ΔR", arch=d.arch, rank=d.rank, mode=d.mode, triangular=d.triangular,
+                    targets=len(d.targets), preset=d.targets.preset, parameters=d.num_params(),
+                    trigger_words=d.trigger_words, training=d.training, created=d.created,
+                    basis_fingerprint=d.basis_fingerprint, base_model_fingerprint=d.base_fingerprint,
+                    dtype=meta.get("dtype"))
+    elif fmt.startswith("qr-lora-basis"):
+        t = json.loads(meta["targets"])
+        info.update(kind="basis", arch=t["arch"], preset=t["preset"], targets=len(t["targets"]),
+                    settings=json.loads(meta["settings"]), basis_fingerprint=meta.get("basis_fingerprint"))
+    elif any(k.endswith("lora_down.weight") for k in header):
+        info.update(kind="LoRA", modules=sum(k.endswith("lora_down.weight") for k in header),
+                    metadata={k: v for k, v in meta.items() if k.startswith(("ss_", "modelspec.", "qr_lora"))})
+    else:
+        info.update(kind="unknown safetensors file")
+    return info
+
+
+def cmd_info(a) -> dict:
+    return describe_file(a.file)
+
+
+def cmd_merge(a) -> dict:
+    weights = a.weights or [1.0] * len(a.deltas)
+    deltas = [QRDelta.load(p) for p in a.deltas]
+    if a.export_lora:
+        terms = merge(deltas, weights, allow_mixed_bases=a.allow_mixed_bases)
+        shapes = {k: s for d in deltas for k, s in d.targets.shapes.items()}
+        path = export_lora(terms, shapes, deltas[0].arch, a.output, a.naming, a.dtype,
+                           sources=[Path(p).stem for p in a.deltas], weights=weights)
+        return {"written": str(path), "kind": "LoRA", "naming": a.naming, "modules": len({t.target.key for t in terms})}
+    path = merged_delta(deltas, weights, Path(a.output).stem).save(a.output, a.dtype)
+    return {"written": str(path), "kind": "ΔR", "weights": weights}
+
+
+def cmd_cache(a) -> dict:
+    cache = BasisCache(a.cache_dir)
+    if a.action == "clear":
+        return {"directory": str(cache.directory), "freed_bytes": cache.clear()}
+    entries = cache.entries()
+    return {"directory": str(cache.directory), "total_bytes": sum(e.size for e in entries),
+            "entries": [{"file": e.path.name, "size_bytes": e.size, "arch": e.arch, "preset": e.preset,
+                         "targets": e.targets, "settings": e.settings, "created": e.created} for e in entries]}
+
+
+def cmd_demo(a) -> dict:
+    from .demo import run_demo
+
+    report = run_demo(a.out, steps=a.steps, rank=a.rank, log=(lambda *_: None) if a.json else print)
+    return {k: v for k, v in report.items() if not k.startswith("loss_curve")} if a.json else {}
+
+
+def _print_human(result: dict, indent: str = "") -> None:
+    for k, v in result.items():
+        if isinstance(v, dict):
+            print(f"{indent}{k}:")
+            _print_human(v, indent + "  ")
+        elif isinstance(v, list) and v and isinstance(v[0], dict):
+            print(f"{indent}{k}:")
+            for item in v:
+                print(f"{indent}  - " + ", ".join(f"{ik}={iv}" for ik, iv in item.items()))
+        else:
+            print(f"{indent}{k}: {v}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="qr-lora", description="QR-LoRA: decompose, inspect, merge and export ΔR adapters.")
+    p.add_argument("--json", action="store_true", help="print machine-readable JSON")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    d = sub.add_parser("decompose", help="decompose a checkpoint's targets into the basis cache")
+    d.add_argument("checkpoint", help="model .safetensors (a full checkpoint or a diffusion model)")
+    d.add_argument("--preset", choices=PRESETS, default="paper")
+    d.add_argument("--regex", help="target-name regex for --preset custom")
+    d.add_argument("--arch", help="override architecture detection (sd15, sdxl, sd3, flux)")
+    d.add_argument("--rank", type=int, default=64)
+    d.add_argument("--method", choices=METHODS, default="fast")
+    d.add_argument("--oversample", type=int, default=8)
+    d.add_argument("--power-iters", type=int, default=2)
+    d.add_argument("--seed", type=int, default=0)
+    d.add_argument("--device", default=None, help="e.g. cuda; default cpu")
+    d.add_argument("--cache-dir", help="basis cache directory (default $QR_LORA_CACHE or the user cache)")
+    d.set_defaults(func=cmd_decompose)
+
+    i = sub.add_parser("info", help="describe a ΔR, basis or exported LoRA file")
+    i.add_argument("file")
+    i.set_defaults(func=cmd_info)
+
+    m = sub.add_parser("merge", help="merge ΔR files with weights λ into a ΔR or a standard LoRA")
+    m.add_argument("deltas", nargs="+", help="ΔR files")
+    m.add_argument("--weights", type=float, nargs="+", help="one λ per ΔR (default 1 each)")
+    m.add_argument("-o", "--output", required=True)
+    m.add_argument("--export-lora", action="store_true", help="write a standard LoRA instead of a ΔR")
+    m.add_argument("--naming", choices=NAMINGS, default="comfyui", help="LoRA key naming")
+    m.add_argument("--dtype", choices=list(DTYPES), default="fp16")
+    m.add_argument("--allow-mixed-bases", action="store_true",
+                   help="apply ΔR from different bases term by term (LoRA export only)")
+    m.set_defaults(func=cmd_merge)
+
+    c = sub.add_parser("cache", help="list or clear the basis cache")
+    c.add_argument("action", choices=["ls", "clear"])
+    c.add_argument("--cache-dir")
+    c.set_defaults(func=cmd_cache)
+
+    demo = sub.add_parser("demo", help="run the whole job on the built-in model and task")
+    demo.add_argument("--out", default="qr_lora_demo")
+    demo.add_argument("--steps", type=int, default=300)
+    demo.add_argument("--rank", type=int, default=32)
+    demo.set_defaults(func=cmd_demo)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.command == "merge" and args.weights and len(args.weights) != len(args.deltas):
+        print(f"error: {len(args.deltas)} ΔR files but {len(args.weights)} weights; give one λ per file.", file=sys.stderr)
+        return 2
+    try:
+        result = args.func(args)
+    except (QRLoRAError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    if args.json:
+        print(json.dumps(result, indent=1, default=str))
+    elif result:
+        _print_human(result)
+    return 0

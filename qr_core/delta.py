@@ -1,0 +1,136 @@
+"""ΔR adapters and their self-contained files.
+
+A ΔR file holds, per target, the basis Q it was trained in and ΔR itself:
+the top-r subspace of real weights is ill-conditioned, so two machines can
+compute different Q for the same model, and a ΔR means nothing without its Q.
+The update a file describes is `W + Q·ΔR` on each target's rows.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from .errors import BasisMismatchError, DeltaFileError
+from .files import atomic_save, load_tensors
+from .targets import TargetSet
+
+DELTA_FORMAT = "qr-lora-delta/1"
+DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+MODES = ("delta_r", "qr")  # ΔR only (disentangled, the default), or Q and R trained directly
+
+
+@dataclass
+class QRDelta:
+    """Per-target Q [rows, k] and ΔR [k, in] (k = rank; 2·rank in "qr" mode, which stores [Q'|Q₀] and [R'; −R₀])."""
+
+    targets: TargetSet
+    rank: int
+    q: dict[str, torch.Tensor]
+    delta: dict[str, torch.Tensor]
+    basis_fingerprint: str
+    base_fingerprint: str = ""
+    mode: str = "delta_r"
+    triangular: bool = False
+    trigger_words: str = ""
+    training: dict = field(default_factory=dict)
+    created: str = field(default_factory=lambda: time.strftime("%Y-%m-%dT%H:%M:%S%z"))
+    name: str = ""
+
+    @property
+    def arch(self) -> str:
+        return self.targets.arch
+
+    def num_params(self) -> int:
+        return sum(d.numel() for d in self.delta.values())
+
+    def metadata(self) -> dict[str, str]:
+        return {
+            "qr_lora_format": DELTA_FORMAT,
+            "arch": self.arch,
+            "rank": str(self.rank),
+            "mode": self.mode,
+            "triangular": str(self.triangular).lower(),
+            "targets": json.dumps(self.targets.to_json()),
+            "basis_fingerprint": self.basis_fingerprint,
+            "base_model_fingerprint": self.base_fingerprint,
+            "trigger_words": self.trigger_words,
+            "training": json.dumps(self.training),
+            "created": self.created,
+        }
+
+    def save(self, path: str | Path, dtype: str = "bf16") -> Path:
+        if dtype not in DTYPES:
+            raise ValueError(f"storage dtype must be one of {', '.join(DTYPES)}, not {dtype!r}")
+        tensors = {}
+        for n in self.targets.names():
+            tensors[f"q.{n}"] = self.q[n].to(DTYPES[dtype])
+            tensors[f"delta_r.{n}"] = self.delta[n].to(DTYPES[dtype])
+        meta = self.metadata()
+        meta["dtype"] = dtype
+        return atomic_save(tensors, path, meta)
+
+    @staticmethod
+    def load(path: str | Path, expect_arch: str | None = None, expect_rank: int | None = None) -> "QRDelta":
+        """Read and validate a ΔR file; tensors come back in fp32."""
+        path = Path(path)
+        tensors, meta = load_tensors(path)
+        fmt = meta.get("qr_lora_format")
+        if fmt != DELTA_FORMAT:
+            hint = " It is a QR-LoRA basis cache file, not a ΔR." if fmt and "basis" in fmt else (
+                " It looks like an ordinary LoRA: load it with ComfyUI's LoRA loader." if any(
+                    k.endswith("lora_down.weight") for k in tensors) else "")
+            raise DeltaFileError(f"{path.name}: not a QR-LoRA ΔR file (format {fmt!r}).{hint}")
+        try:
+            targets = TargetSet.from_json(json.loads(meta["targets"]))
+            rank = int(meta["rank"])
+            q = {n: tensors[f"q.{n}"].float() for n in targets.names()}
+            delta = {n: tensors[f"delta_r.{n}"].float() for n in targets.names()}
+            d = QRDelta(targets, rank, q, delta, meta["basis_fingerprint"], meta.get("base_model_fingerprint", ""),
+                        meta.get("mode", "delta_r"), meta.get("triangular") == "true", meta.get("trigger_words", ""),
+                        json.loads(meta.get("training") or "{}"), meta.get("created", ""), path.stem)
+        except (KeyError, ValueError, TypeError) as e:
+            raise DeltaFileError(f"{path.name}: ΔR file is incomplete or damaged ({type(e).__name__}: {e}).") from None
+        d.validate(str(path.name))
+        if expect_arch and d.arch != expect_arch:
+            raise BasisMismatchError(
+                f"{path.name} is a ΔR for {d.arch.upper()}, but the model is {expect_arch.upper()}: "
+                f"load it with a {d.arch.upper()} model, or train a new ΔR for this one.")
+        if expect_rank and d.rank != expect_rank:
+            raise BasisMismatchError(
+                f"{path.name} has rank {d.rank}, but the basis in use has rank {expect_rank}: "
+                f"decompose with rank {d.rank} or retrain at rank {expect_rank}.")
+        return d
+
+    def validate(self, what: str = "ΔR") -> None:
+        if self.mode not in MODES:
+            raise DeltaFileError(f"{what}: unknown training mode {self.mode!r}.")
+        k = self.rank * (2 if self.mode == "qr" else 1)
+        for t in self.targets:
+            rows, cols = self.targets.shapes[t.key]
+            rows = t.size if t.is_slice else rows
+            q, d = self.q[t.name], self.delta[t.name]
+            if tuple(q.shape) != (rows, k) or tuple(d.shape) != (k, cols):
+                raise DeltaFileError(
+                    f"{what}: target {t.name} has Q {list(q.shape)} and ΔR {list(d.shape)}, "
+                    f"expected [{rows}, {k}] and [{k}, {cols}]: the file is damaged.")
+            if not (torch.isfinite(q).all() and torch.isfinite(d).all()):
+                raise DeltaFileError(f"{what}: target {t.name} holds NaN or infinite values; the file is unusable.")
+
+    def check_model(self, shapes: dict[str, tuple[int, ...]], arch: str | None) -> None:
+        """Refuse to apply to a model whose architecture or target shapes differ."""
+        label = self.name or "this ΔR"
+        if arch and arch != self.arch:
+            raise BasisMismatchError(
+                f"{label} was trained on {self.arch.upper()}, but the model is {arch.upper()}: "
+                f"use a {self.arch.upper()} model with it.")
+        for key, shape in self.targets.shapes.items():
+            live = shapes.get(key)
+            if live is None or tuple(live[:2]) != tuple(shape):
+                raise BasisMismatchError(
+                    f"{label} targets {key} {list(shape)}, but the model has "
+                    f"{'no such weight' if live is None else list(live)}: it was trained on a different model size.")

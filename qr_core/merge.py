@@ -1,0 +1,145 @@
+"""Merging ΔR (paper eq. 7, N-way as in Fig. 9) into patch terms, and writing the result as a standard LoRA."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections import defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import torch
+
+from .delta import DTYPES, QRDelta
+from .errors import BasisMismatchError
+from .files import atomic_save
+from .targets import Target, TargetSet
+
+
+@dataclass
+class PatchTerm:
+    """The update `up @ down` on one target's rows: a LoRA with alpha = rank (scale 1)."""
+
+    target: Target
+    up: torch.Tensor  # [rows, k]
+    down: torch.Tensor  # [k, in]
+
+    @property
+    def rank(self) -> int:
+        return self.up.shape[1]
+
+    def dense(self) -> torch.Tensor:
+        return self.up @ self.down
+
+
+def merge(deltas: Sequence[QRDelta], weights: Sequence[float], allow_mixed_bases: bool = False) -> list[PatchTerm]:
+    """Σ λᵢ Q ΔRᵢ per target.
+
+    ΔR trained in one basis are summed (one rank-r term per target). ΔR from
+    different bases cannot be summed; with `allow_mixed_bases` each basis
+    contributes its own term, stacked into one exact LoRA of rank r·(#bases).
+    """
+    if len(deltas) != len(weights):
+        raise ValueError(f"{len(deltas)} ΔR but {len(weights)} weights: give one λ per ΔR.")
+    if not deltas:
+        raise ValueError("nothing to merge: give at least one ΔR.")
+    archs = {d.arch for d in deltas}
+    if len(archs) > 1:
+        raise BasisMismatchError(f"these ΔR were trained on different architectures ({', '.join(sorted(archs))}); "
+                                 "only ΔR of one model can be merged.")
+    groups: dict[str, list[tuple[QRDelta, float]]] = defaultdict(list)
+    for d, w in zip(deltas, weights):
+        groups[d.basis_fingerprint].append((d, float(w)))
+    if len(groups) > 1 and not allow_mixed_bases:
+        names = ", ".join(d.name or f"#{i}" for i, d in enumerate(deltas))
+        raise BasisMismatchError(
+            f"ΔR {names} were trained in {len(groups)} different bases Q (other base weights or decomposition "
+            "settings), so their ΔR cannot be added. Train them all from one QR_BASIS, or allow mixed bases "
+            "to apply each basis's term separately.")
+    targets: dict[str, Target] = {}
+    up: dict[str, list[torch.Tensor]] = defaultdict(list)
+    down: dict[str, list[torch.Tensor]] = defaultdict(list)
+    for members in groups.values():
+        summed: dict[str, torch.Tensor] = {}
+        basis: dict[str, torch.Tensor] = {}
+        for d, w in members:
+            for t in d.targets:
+                targets.setdefault(t.name, t)
+                basis.setdefault(t.name, d.q[t.name])
+                term = w * d.delta[t.name].float()
+                summed[t.name] = summed[t.name] + term if t.name in summed else term
+        for name, s in summed.items():
+            up[name].append(basis[name].float())
+            down[name].append(s)
+    return [PatchTerm(targets[n], torch.cat(up[n], 1), torch.cat(down[n], 0)) for n in targets]
+
+
+def merged_delta(deltas: Sequence[QRDelta], weights: Sequence[float], name: str = "") -> QRDelta:
+    """The merge as one ΔR (one basis only), e.g. to keep a favourite (λc, λs) as a file."""
+    terms = merge(deltas, weights)
+    first = deltas[0]
+    shapes = {k: s for d in deltas for k, s in d.targets.shapes.items()}
+    target_set = TargetSet(first.arch, first.targets.preset, tuple(t.target for t in terms), first.targets.regex, shapes)
+    return QRDelta(target_set, first.rank, {t.target.name: t.up for t in terms}, {t.target.name: t.down for t in terms},
+                   first.basis_fingerprint, first.base_fingerprint, first.mode, all(d.triangular for d in deltas),
+                   ", ".join(filter(None, (d.trigger_words for d in deltas))),
+                   {"merged_from": [d.name for d in deltas], "weights": list(map(float, weights))}, name=name)
+
+
+_LORA_ARCH = {  # kohya's ss_base_model_version and the model spec's architecture
+    "sd15": ("sd_v1", "stable-diffusion-v1/lora"),
+    "sdxl": ("sdxl_base_v1-0", "stable-diffusion-xl-v1-base/lora"),
+    "sd3": ("sd3", "stable-diffusion-3-medium/lora"),
+    "flux": ("flux1", "flux-1-dev/lora"),
+}
+NAMINGS = ("comfyui", "kohya")
+
+
+def lora_state_dict(terms: Sequence[PatchTerm], shapes: dict[str, tuple[int, int]], naming: str = "comfyui",
+                    dtype: str = "fp16") -> dict[str, torch.Tensor]:
+    """One LoRA per weight key. Slices of a fused weight become one exact LoRA on the fused key:
+    their up matrices sit on their own rows (zeros elsewhere) and their ranks are stacked."""
+    if naming not in NAMINGS:
+        raise ValueError(f"LoRA naming must be one of {', '.join(NAMINGS)}, not {naming!r}")
+    by_key: dict[str, list[PatchTerm]] = defaultdict(list)
+    for t in terms:
+        by_key[t.target.key].append(t)
+    out = {}
+    for key, ts in by_key.items():
+        rows = shapes[key][0]
+        k = sum(t.rank for t in ts)
+        up = torch.zeros(rows, k)
+        col = 0
+        for t in ts:
+            up[t.target.rows(rows), col:col + t.rank] = t.up.float()
+            col += t.rank
+        down = torch.cat([t.down.float() for t in ts], 0)
+        stem = key[: -len(".weight")]
+        prefix = f"diffusion_model.{stem}" if naming == "comfyui" else "lora_unet_" + stem.replace(".", "_")
+        out[f"{prefix}.lora_up.weight"] = up.to(DTYPES[dtype])
+        out[f"{prefix}.lora_down.weight"] = down.to(DTYPES[dtype])
+        out[f"{prefix}.alpha"] = torch.tensor(float(k))  # alpha = rank: the stored product is the update itself
+    return out
+
+
+def export_lora(terms: Sequence[PatchTerm], shapes: dict[str, tuple[int, int]], arch: str, path: str | Path,
+                naming: str = "comfyui", dtype: str = "fp16", title: str = "", sources: Sequence[str] = (),
+                weights: Sequence[float] = ()) -> Path:
+    """Write the merge as a standard LoRA file that any stock loader applies with no QR-LoRA code."""
+    sd = lora_state_dict(terms, shapes, naming, dtype)
+    rank = max(t.rank for t in terms)
+    base_version, spec_arch = _LORA_ARCH.get(arch, (arch, f"{arch}/lora"))
+    meta = {
+        "ss_network_module": "networks.lora",
+        "ss_network_dim": str(rank),
+        "ss_network_alpha": str(rank),
+        "ss_base_model_version": base_version,
+        "modelspec.sai_model_spec": "1.0.0",
+        "modelspec.architecture": spec_arch,
+        "modelspec.implementation": "qr-lora",
+        "modelspec.title": title or Path(path).stem,
+        "modelspec.date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "qr_lora_merge": json.dumps({"sources": list(sources), "weights": list(map(float, weights)), "arch": arch}),
+    }
+    return atomic_save(sd, path, meta)

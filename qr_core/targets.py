@@ -1,0 +1,248 @@
+"""Which weights QR-LoRA adapts: architecture detection and target presets.
+
+A target is one 2-D `Linear` weight, or a row slice of a fused weight (FLUX's
+and SD3's `qkv`, FLUX's single-block `linear1`): the paper decomposes q, k and
+v as separate projections, so a fused weight is split into its slices here.
+Keys are ComfyUI's diffusion-model state-dict keys without the
+`diffusion_model.` prefix.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Iterable, Mapping, Sequence
+
+from .errors import TargetError
+
+ARCHITECTURES = ("sd15", "sdxl", "sd3", "flux")
+PRESETS = ("paper", "paper-self-attention", "attention", "attention+mlp", "custom")
+_PREFIXES = ("model.diffusion_model.", "diffusion_model.")
+
+
+@dataclass(frozen=True)
+class Target:
+    """One adapted weight: `key` (a state-dict key ending in `.weight`), optionally its rows `offset:offset+size`."""
+
+    name: str
+    key: str
+    offset: int | None = None
+    size: int | None = None
+
+    @property
+    def is_slice(self) -> bool:
+        return self.offset is not None
+
+    def rows(self, full_rows: int) -> slice:
+        if self.offset is None:
+            return slice(0, full_rows)
+        return slice(self.offset, self.offset + self.size)
+
+    def to_json(self) -> dict:
+        d = {"name": self.name, "key": self.key}
+        if self.is_slice:
+            d.update(offset=self.offset, size=self.size)
+        return d
+
+    @staticmethod
+    def from_json(d: Mapping) -> "Target":
+        return Target(d["name"], d["key"], d.get("offset"), d.get("size"))
+
+
+@dataclass(frozen=True)
+class TargetSet:
+    """The targets of one model under one preset, in a fixed order."""
+
+    arch: str
+    preset: str
+    targets: tuple[Target, ...]
+    regex: str | None = None
+    # (rows, cols) of every weight key the targets touch: lets a ΔR file be
+    # exported or checked against a model without the model at hand.
+    shapes: Mapping[str, tuple[int, int]] = field(default_factory=dict, compare=False)
+
+    def __len__(self) -> int:
+        return len(self.targets)
+
+    def __iter__(self):
+        return iter(self.targets)
+
+    def names(self) -> list[str]:
+        return [t.name for t in self.targets]
+
+    def describe(self) -> str:
+        fused = sum(t.is_slice for t in self.targets)
+        extra = f" /{self.regex}/" if self.regex else ""
+        return f"{self.arch} preset '{self.preset}'{extra}: {len(self)} targets ({fused} row slices of fused weights)"
+
+    def to_json(self) -> dict:
+        return {"arch": self.arch, "preset": self.preset, "regex": self.regex,
+                "targets": [t.to_json() for t in self.targets],
+                "shapes": {k: list(v) for k, v in self.shapes.items()}}
+
+    @staticmethod
+    def from_json(d: Mapping) -> "TargetSet":
+        shapes = {k: tuple(v) for k, v in d.get("shapes", {}).items()}
+        return TargetSet(d["arch"], d["preset"], tuple(Target.from_json(t) for t in d["targets"]), d.get("regex"), shapes)
+
+
+@dataclass(frozen=True)
+class _Candidate:
+    target: Target
+    tags: frozenset = field(default_factory=frozenset)
+
+
+def strip_prefix(key: str) -> str:
+    for p in _PREFIXES:
+        if key.startswith(p):
+            return key[len(p):]
+    return key
+
+
+def normalize_shapes(shapes: Mapping[str, Sequence[int]]) -> dict[str, tuple[int, ...]]:
+    """Map state-dict keys (any of ComfyUI's prefixes) to shapes, keeping diffusion-model keys only."""
+    out = {}
+    has_prefix = any(k.startswith(_PREFIXES) for k in shapes)
+    for k, s in shapes.items():
+        if has_prefix and not k.startswith(_PREFIXES):
+            continue  # text encoders, VAE: not ours to adapt
+        out[strip_prefix(k)] = tuple(int(x) for x in s)
+    return out
+
+
+def detect_architecture(keys: Iterable[str]) -> str | None:
+    """Name the architecture from its state-dict keys (prefix optional); None if unknown."""
+    keys = {strip_prefix(k) for k in keys}
+    if "double_blocks.0.img_attn.qkv.weight" in keys:
+        return "flux"
+    if "joint_blocks.0.x_block.attn.qkv.weight" in keys:
+        return "sd3"
+    if any(".transformer_blocks.0.attn1.to_q.weight" in k for k in keys):
+        # SDXL conditions on pooled text and image size through `label_emb`; SD1.x/2.x do not.
+        return "sdxl" if "label_emb.0.0.weight" in keys else "sd15"
+    return None
+
+
+def _slices(key: str, parts: Sequence[tuple[str, int, int]], tags: set) -> list[_Candidate]:
+    base = key[: -len(".weight")]
+    return [_Candidate(Target(f"{base}[{p}]", key, off, size), frozenset(tags)) for p, off, size in parts]
+
+
+def _whole(key: str, tags: set) -> _Candidate:
+    return _Candidate(Target(key[: -len(".weight")], key), frozenset(tags))
+
+
+def _flux_candidates(shapes: Mapping[str, tuple]) -> list[_Candidate]:
+    out = []
+    doubles = sorted({int(m.group(1)) for k in shapes if (m := re.match(r"double_blocks\.(\d+)\.", k))})
+    singles = sorted({int(m.group(1)) for k in shapes if (m := re.match(r"single_blocks\.(\d+)\.", k))})
+    for n in doubles:
+        for stream in ("img", "txt"):
+            p = f"double_blocks.{n}.{stream}_"
+            qkv = p + "attn.qkv.weight"
+            h = shapes[qkv][0] // 3
+            out += _slices(qkv, [("q", 0, h), ("k", h, h), ("v", 2 * h, h)], {"attn", "paper"})
+            out.append(_whole(p + "attn.proj.weight", {"attn", "paper"}))
+            out += [_whole(p + f"mlp.{i}.weight", {"mlp", "paper"}) for i in (0, 2) if p + f"mlp.{i}.weight" in shapes]
+    for n in singles:
+        p = f"single_blocks.{n}."
+        h = shapes[p + "linear2.weight"][0]
+        rows = shapes[p + "linear1.weight"][0]
+        out += _slices(p + "linear1.weight", [("q", 0, h), ("k", h, h), ("v", 2 * h, h)], {"attn", "paper"})
+        out += _slices(p + "linear1.weight", [("mlp", 3 * h, rows - 3 * h)], {"mlp"})
+        out.append(_whole(p + "linear2.weight", {"mlp"}))
+    return out
+
+
+def _sd3_candidates(shapes: Mapping[str, tuple]) -> list[_Candidate]:
+    out = []
+    blocks = sorted({int(m.group(1)) for k in shapes if (m := re.match(r"joint_blocks\.(\d+)\.", k))})
+    for n in blocks:
+        for stream in ("x_block", "context_block"):
+            for attn, tags in (("attn", {"attn", "paper"}), ("attn2", {"attn"})):  # attn2: SD3.5's dual attention
+                p = f"joint_blocks.{n}.{stream}.{attn}."
+                if p + "qkv.weight" not in shapes:
+                    continue
+                h = shapes[p + "qkv.weight"][0] // 3
+                out += _slices(p + "qkv.weight", [("q", 0, h), ("k", h, h), ("v", 2 * h, h)], tags)
+                if p + "proj.weight" in shapes:  # the last context block is `pre_only`: no output projection
+                    out.append(_whole(p + "proj.weight", tags))
+            for fc in ("fc1", "fc2"):
+                key = f"joint_blocks.{n}.{stream}.mlp.{fc}.weight"
+                if key in shapes:
+                    out.append(_whole(key, {"mlp"}))
+    return out
+
+
+_UNET_ATTN = re.compile(r".*transformer_blocks\.\d+\.(attn1|attn2)\.(to_q|to_k|to_v|to_out\.0)\.weight$")
+_UNET_MLP = re.compile(r".*transformer_blocks\.\d+\.ff\.net\.(0\.proj|2)\.weight$")
+
+
+def _unet_candidates(shapes: Mapping[str, tuple]) -> list[_Candidate]:
+    out = []
+    for k in shapes:
+        if m := _UNET_ATTN.match(k):
+            out.append(_whole(k, {"attn", "paper"} | ({"self-attn"} if m.group(1) == "attn1" else set())))
+        elif _UNET_MLP.match(k):
+            out.append(_whole(k, {"mlp"}))
+    return out
+
+
+_CANDIDATES = {"flux": _flux_candidates, "sd3": _sd3_candidates, "sdxl": _unet_candidates, "sd15": _unet_candidates}
+
+_PRESET_TAGS = {
+    "paper": lambda tags: "paper" in tags,
+    "paper-self-attention": lambda tags: "self-attn" in tags,
+    "attention": lambda tags: "attn" in tags,
+    "attention+mlp": lambda tags: "attn" in tags or "mlp" in tags,
+}
+
+
+def select_targets(shapes: Mapping[str, Sequence[int]], preset: str = "paper", regex: str | None = None,
+                   arch: str | None = None) -> TargetSet:
+    """Build the target set of a model from its state-dict shapes.
+
+    `shapes` maps keys (with or without ComfyUI's prefixes) to shapes. `arch`
+    is detected when not given. `preset="custom"` matches `regex` (re.search)
+    against target names, e.g. `img_attn\\.qkv\\[q\\]` or `attn1\\.to_q`; it
+    also works on architectures this module does not know.
+    """
+    shapes = normalize_shapes(shapes)
+    if preset not in PRESETS:
+        raise TargetError(f"unknown preset '{preset}'; choose one of {', '.join(PRESETS)}.")
+    arch = arch or detect_architecture(shapes) or "unknown"
+    if arch not in ARCHITECTURES and arch != "unknown":
+        raise TargetError(f"unknown architecture '{arch}'; choose one of {', '.join(ARCHITECTURES)} or leave it to detection.")
+    if arch == "unknown" and preset != "custom":
+        raise TargetError(
+            "could not recognise the architecture from the state-dict keys (known: SD1.5, SDXL, SD3, FLUX). "
+            "Use preset 'custom' with a regular expression over weight keys, e.g. 'attn.*(q|k|v)_proj'."
+        )
+    candidates = _CANDIDATES[arch](shapes) if arch in _CANDIDATES else []
+    if preset == "custom":
+        if not regex:
+            raise TargetError("preset 'custom' needs a regular expression over target names, e.g. 'img_attn\\.qkv'.")
+        try:
+            pattern = re.compile(regex)
+        except re.error as e:
+            raise TargetError(f"invalid regular expression {regex!r}: {e}.") from None
+        covered = {c.target.key for c in candidates}
+        pool = [c.target for c in candidates]
+        pool += [Target(k[: -len(".weight")], k) for k in shapes if k.endswith(".weight") and k not in covered]
+        chosen = [t for t in pool if pattern.search(t.name)]
+        bad = [t for t in chosen if len(shapes[t.key]) != 2]
+        if bad:
+            raise TargetError(
+                f"regex {regex!r} matches weights that are not 2-D Linear weights, e.g. {bad[0].key} {list(shapes[bad[0].key])}; "
+                "QR-LoRA adapts Linear layers only: narrow the regex."
+            )
+    else:
+        if preset == "paper-self-attention" and arch not in ("sd15", "sdxl"):
+            raise TargetError(f"preset 'paper-self-attention' is the SD1.5/SDXL UNet reading of the paper; for {arch} use 'paper'.")
+        keep = _PRESET_TAGS[preset]
+        chosen = [c.target for c in candidates if keep(c.tags)]
+    if not chosen:
+        what = f"regex {regex!r}" if preset == "custom" else f"preset '{preset}'"
+        raise TargetError(f"{what} selects no weights of this {arch} model; pick another preset or widen the regex.")
+    used = {t.key: shapes[t.key] for t in chosen}
+    return TargetSet(arch, preset, tuple(chosen), regex if preset == "custom" else None, used)
