@@ -6,6 +6,7 @@ weights λ (paper eq. 7) and export the merge as a standard LoRA.
 """
 
 from .adapter import QRAdapter, frozen
+from .analysis import delta_similarity, summarize
 from .basis import Basis
 from .cache import BasisCache, default_cache_dir, get_basis
 from .decompose import DecomposeSettings, captured_energy, check_basis, decompose
@@ -21,7 +22,7 @@ __version__ = "0.1.0"
 __all__ = [
     "ARCHITECTURES", "PRESETS", "Basis", "BasisCache", "BasisMismatchError", "DecomposeSettings", "DeltaFileError",
     "NonFiniteLossError", "PatchTerm", "QRAdapter", "QRDelta", "QRLoRAError", "Target", "TargetError", "TargetSet",
-    "TrainResult", "TrainSettings", "captured_energy", "check_basis", "decompose", "default_cache_dir",
+    "TrainResult", "TrainSettings", "captured_energy", "check_basis", "decompose", "default_cache_dir", "delta_similarity",
     "detect_architecture", "export_lora", "fingerprint_tensors", "fingerprint_weights", "frozen", "get_basis",
-    "lora_state_dict", "merge", "merged_delta", "select_targets", "train",
+    "lora_state_dict", "merge", "merged_delta", "select_targets", "summarize", "train",
 ]

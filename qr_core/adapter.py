@@ -63,7 +63,7 @@ class QRAdapter(nn.Module):
         if init is not None:
             self._check_init(init)
         for t in self.targets:
-            q0 = basis.q[t.name].to(device, torch.float32)
+            q0 = basis.q[t.name].to(device, torch.float32).clone()  # a normal tensor even if Q was made under inference_mode
             self.q0.append(nn.Parameter(q0, requires_grad=False))
             if mode == "delta_r":
                 start = init.delta[t.name] if init is not None else torch.zeros(r, basis.targets.shapes[t.key][1])

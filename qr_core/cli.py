@@ -91,7 +91,8 @@ def cmd_cache(a) -> dict:
 def cmd_demo(a) -> dict:
     from .demo import run_demo
 
-    report = run_demo(a.out, steps=a.steps, rank=a.rank, log=(lambda *_: None) if a.json else print)
+    report = run_demo(a.out, steps=a.steps, rank=a.rank, lr=a.lr, lambdas=(a.lambda_content, a.lambda_style),
+                      log=(lambda *_: None) if a.json else print)
     return {k: v for k, v in report.items() if not k.startswith("loss_curve")} if a.json else {}
 
 
@@ -120,7 +121,7 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--arch", help="override architecture detection (sd15, sdxl, sd3, flux)")
     d.add_argument("--rank", type=int, default=64)
     d.add_argument("--method", choices=METHODS, default="fast")
-    d.add_argument("--oversample", type=int, default=8)
+    d.add_argument("--oversample", type=int, default=16)
     d.add_argument("--power-iters", type=int, default=2)
     d.add_argument("--seed", type=int, default=0)
     d.add_argument("--device", default=None, help="e.g. cuda; default cpu")
@@ -147,10 +148,13 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--cache-dir")
     c.set_defaults(func=cmd_cache)
 
-    demo = sub.add_parser("demo", help="run the whole job on the built-in model and task")
+    demo = sub.add_parser("demo", help="train a content and a style ΔR on the built-in world model and merge them")
     demo.add_argument("--out", default="qr_lora_demo")
-    demo.add_argument("--steps", type=int, default=300)
-    demo.add_argument("--rank", type=int, default=32)
+    demo.add_argument("--steps", type=int, default=150, help="training steps per ΔR")
+    demo.add_argument("--rank", type=int, default=16)
+    demo.add_argument("--lr", type=float, default=5e-3)
+    demo.add_argument("--lambda-content", type=float, default=1.0)
+    demo.add_argument("--lambda-style", type=float, default=1.0)
     demo.set_defaults(func=cmd_demo)
     return p
 

@@ -1,88 +1,89 @@
-"""`python -m qr_core demo`: the whole QR-LoRA job on a built-in model and task, in about a minute on a CPU.
+"""`python -m qr_core demo`: the whole QR-LoRA job on the shipped world model, in about two minutes on a CPU.
 
-A FLUX-layout model (fused qkv, ComfyUI key names, ~5 M parameters, fixed
-seed) is decomposed (cold, then warm from the cache); a content ΔR and a
-style ΔR are trained on two small built-in latents with the flow-matching
-velocity objective; they are merged at (λc, λs), exported as a standard LoRA,
-reloaded with plain LoRA arithmetic and checked against the merge. The report
-gives timings, parameter counts, the per-target cosine similarity of the two
-ΔR, and how well each model fits each task.
+The base model is the small FLUX-layout text-to-image flow model pretrained
+on the procedural world (`qr_core/assets/world_model.safetensors`, see
+`world_model.py`). The demo picks a held-out shape as the new content `<c>`
+and a held-out style as `<s>`, decomposes the model (cold, then warm from the
+basis cache), trains a content ΔR on one image ("a <c>") and a style ΔR on one
+image ("a <shape> in <s> style"), merges them at (λc, λs) = (1, 1), exports the
+merge as a standard LoRA, reloads it with plain LoRA arithmetic and checks it,
+and writes into the output folder: the references, content-only, style-only and
+merged samples, a λ grid, the loss curves, `report.json` and `report.md`
+(timings, parameter counts, ΔR similarity, encoder scores).
 """
 
 from __future__ import annotations
 
 import json
-import math
 import shutil
 import time
-import zlib
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
-from .adapter import QRAdapter, frozen
+from . import world
 from .analysis import delta_similarity, summarize
 from .cache import BasisCache, get_basis
 from .decompose import DecomposeSettings
-from .delta import QRDelta
 from .files import load_tensors
 from .merge import export_lora, merge
-from .mini_flux import MiniFlux, MiniFluxConfig
 from .targets import select_targets
-from .training import TrainSettings, train
+from .training import TrainSettings
+from .world_model import load_world_model
+from .world_tasks import content_task, merged_prompt, patched_model, sample_images, style_task, train_qr
 
-CONTENT_PROMPT = "a photo of a <c> dog"
-STYLE_PROMPT = "a cat in <s> style"
-
-
-def encode_prompt(prompt: str, dim: int, length: int = 8) -> torch.Tensor:
-    """A fixed stand-in for a text encoder: each word maps to its own seeded random vector."""
-    words = (prompt.lower().split() + ["<pad>"] * length)[:length]
-    vecs = [torch.randn(dim, generator=torch.Generator().manual_seed(zlib.crc32(w.encode()))) for w in words]
-    return torch.stack(vecs)[None]
+CONTENT = ("heart", "sketch")  # held-out shape <c>, and the seen style its reference is painted in
+STYLE = ("tiger", "circle")  # held-out style <s>, and the seen shape its reference shows
+LAMBDAS = (0.0, 0.5, 0.75, 1.0)
 
 
-def task_latents(size: int = 16, channels: int = 4) -> dict[str, torch.Tensor]:
-    """Two one-image tasks: a content latent (a ring-shaped subject) and a style latent (diagonal stripes)."""
-    y, x = torch.meshgrid(torch.linspace(-1, 1, size), torch.linspace(-1, 1, size), indexing="ij")
-    ring = torch.exp(-((x.square() + y.square()).sqrt() - 0.55).square() / 0.02)
-    content = torch.stack([ring * 2 - 0.5, -ring, ring * 0.5, torch.zeros_like(ring)])[:channels]
-    stripes = torch.sin((x + y) * 3 * math.pi)
-    style = torch.stack([stripes, stripes.roll(2, 1), -stripes, stripes * 0.5])[:channels]
-    return {"content": content[None], "style": style[None]}
+def loss_curve_png(curves: dict[str, list[float]], path: Path, width: int = 480, height: int = 240) -> None:
+    """Smoothed loss curves drawn with Pillow (no matplotlib needed)."""
+    from PIL import Image, ImageDraw
+
+    img = Image.new("RGB", (width, height), "white")
+    d = ImageDraw.Draw(img)
+    pad = 30
+    colors = [(200, 40, 40), (40, 90, 200), (30, 150, 60), (150, 60, 160)]
+    smooth = {}
+    for name, ys in curves.items():
+        k = max(1, len(ys) // 20)
+        smooth[name] = [sum(ys[max(0, i - k + 1): i + 1]) / len(ys[max(0, i - k + 1): i + 1]) for i in range(len(ys))]
+    lo = min(min(v) for v in smooth.values())
+    hi = max(max(v) for v in smooth.values())
+    hi = hi if hi > lo else lo + 1
+    d.rectangle([pad, 10, width - 10, height - pad], outline="black")
+    for (name, ys), col in zip(smooth.items(), colors):
+        n = max(len(ys) - 1, 1)
+        pts = [(pad + (width - pad - 10) * i / n, height - pad - (height - pad - 10) * (y - lo) / (hi - lo))
+               for i, y in enumerate(ys)]
+        if len(pts) > 1:
+            d.line(pts, fill=col, width=2)
+    for j, (name, col) in enumerate(zip(smooth, colors)):
+        d.text((pad + 8, 14 + 12 * j), f"{name} loss", fill=col)
+    d.text((2, 10), f"{hi:.3f}", fill="black")
+    d.text((2, height - pad - 10), f"{lo:.3f}", fill="black")
+    d.text((width // 2 - 20, height - pad + 8), "step", fill="black")
+    img.save(path)
 
 
-def flow_loss(model, x0, context, generator: torch.Generator | None = None, batch: int = 4):
-    """The flow-matching objective of SD3/FLUX: regress the velocity noise − x0 at uniform t."""
-    x0 = x0.expand(batch, -1, -1, -1)
-    noise = torch.randn(x0.shape, generator=generator)
-    t = torch.rand(batch, generator=generator)
-    xt = (1 - t)[:, None, None, None] * x0 + t[:, None, None, None] * noise
-    return F.mse_loss(model(xt, t, context.expand(batch, -1, -1)), noise - x0)
-
-
-def evaluate(model, x0, context, samples: int = 16) -> float:
-    with torch.no_grad():
-        return float(flow_loss(model, x0, context, torch.Generator().manual_seed(1234), batch=samples))
-
-
-def run_demo(out_dir: str | Path = "qr_lora_demo", steps: int = 300, rank: int = 32, lr: float = 1e-3,
-             lambdas: tuple[float, float] = (1.0, 1.0), seed: int = 0, log=print) -> dict:
+def run_demo(out_dir: str | Path = "qr_lora_demo", steps: int = 150, rank: int = 16, lr: float = 5e-3,
+             lambdas: tuple[float, float] = (1.0, 1.0), seed: int = 0, samples: int = 4, sample_steps: int = 20,
+             log=print) -> dict:
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     cache_dir = out / "basis_cache"
     shutil.rmtree(cache_dir, ignore_errors=True)  # the demo shows a cold start, then a warm one
-    torch.manual_seed(seed)
-    config = MiniFluxConfig()
-    model = MiniFlux(config).eval()
-    weights = {k: v for k, v in model.state_dict().items()}
+    t_all = time.perf_counter()
+    model, meta = load_world_model()
+    weights = dict(model.state_dict())
     report: dict = {"model": {"layout": "FLUX (ComfyUI keys)", "params": sum(v.numel() for v in weights.values()),
-                              "config": config.to_json()}}
+                              "config": model.config.to_json(), "pretrained": {k: meta.get(k) for k in
+                                                                                ("steps", "seed", "command", "machine")}}}
     timings = report["timings_s"] = {}
 
     targets = select_targets({k: v.shape for k, v in weights.items()}, "paper")
-    settings = DecomposeSettings(rank=rank, method="fast", seed=seed)
+    settings = DecomposeSettings(rank=rank, method="exact", seed=seed)
     cache = BasisCache(cache_dir)
     basis = get_basis(weights.__getitem__, targets, settings, cache)
     timings["decompose_cold"] = basis.seconds
@@ -92,24 +93,23 @@ def run_demo(out_dir: str | Path = "qr_lora_demo", steps: int = 300, rank: int =
     log(f"decomposed {targets.describe()} at rank {rank}: cold {basis.seconds:.2f} s ({basis.cache_status}), "
         f"warm {timings['decompose_warm']:.2f} s ({warm.cache_status})")
 
-    latents = task_latents(config.latent_size, config.in_channels)
-    contexts = {"content": encode_prompt(CONTENT_PROMPT, config.context_dim),
-                "style": encode_prompt(STYLE_PROMPT, config.context_dim)}
-    deltas: dict[str, QRDelta] = {}
-    base_loss = {task: evaluate(model, latents[task], contexts[task]) for task in latents}
-    for task in ("content", "style"):
-        adapter = QRAdapter(basis)
-        gen = torch.Generator().manual_seed(seed + (task == "style"))
+    tasks = {"content": content_task(*CONTENT, pose_seed=seed), "style": style_task(*STYLE, pose_seed=seed)}
+    prompt = merged_prompt(tasks["content"], tasks["style"])
+    report["tasks"] = {k: {"prompt": t.prompt, "shape": t.shape, "style": t.style} for k, t in tasks.items()}
+    report["merged_prompt"] = prompt
+    trained, deltas = {}, {}
+    for i, (kind, task) in enumerate(tasks.items()):
         ts = TrainSettings(steps=steps, lr=lr, seed=seed)
-        with frozen(model), adapter.attached(model):
-            result = train(adapter.trainable(), lambda step: flow_loss(model, latents[task], contexts[task], gen), ts)
-        timings[f"train_{task}"] = result.seconds
-        prompt = CONTENT_PROMPT if task == "content" else STYLE_PROMPT
-        deltas[task] = adapter.to_delta(trigger_words=prompt, training=ts.to_json(), name=task)
-        deltas[task].save(out / f"delta_{task}.safetensors")
-        report[f"loss_curve_{task}"] = result.losses
-        log(f"trained {task} ΔR ({steps} steps): loss {sum(result.losses[:20]) / 20:.4f} → "
-            f"{sum(result.losses[-20:]) / 20:.4f} in {result.seconds:.1f} s")
+        trained[kind] = train_qr(model, basis, task, ts, data_seed=seed + i)
+        deltas[kind] = trained[kind].delta
+        deltas[kind].save(out / f"delta_{kind}.safetensors")
+        timings[f"train_{kind}"] = trained[kind].seconds
+        losses = trained[kind].losses
+        k = max(1, min(20, len(losses) // 4))
+        report[f"loss_curve_{kind}"] = losses
+        log(f"trained {kind} ΔR on \"{task.prompt}\" ({steps} steps): loss {sum(losses[:k]) / k:.4f} → "
+            f"{sum(losses[-k:]) / k:.4f} in {trained[kind].seconds:.1f} s")
+    loss_curve_png({k: v.losses for k, v in trained.items()}, out / "loss_curves.png")
 
     t0 = time.perf_counter()
     terms = merge([deltas["content"], deltas["style"]], list(lambdas))
@@ -134,32 +134,58 @@ def run_demo(out_dir: str | Path = "qr_lora_demo", steps: int = 300, rank: int =
         exact[term.target.key] = w
     report["lora_reload_max_abs_error"] = max(float((merged_weights[k] - exact[k]).abs().max()) for k in targets.shapes)
 
-    def fit(state, task):
-        m = MiniFlux(config).eval()
-        m.load_state_dict(state)
-        return evaluate(m, latents[task], contexts[task])
-
-    def with_delta(d):
-        state = dict(weights)
-        for term in merge([d], [1.0]):
-            w = state[term.target.key].clone()
-            w[term.target.rows(w.shape[0])] += term.dense()
-            state[term.target.key] = w
-        return state
-
-    report["fit_loss"] = {  # lower is better: each task's flow loss under each model
-        "base": base_loss,
-        "content ΔR": {t: fit(with_delta(deltas["content"]), t) for t in latents},
-        "style ΔR": {t: fit(with_delta(deltas["style"]), t) for t in latents},
-        f"merged λ={lambdas}": {t: fit(merged_weights, t) for t in latents},
+    # Images: references, base, content only, style only, merged, λ grid.
+    t0 = time.perf_counter()
+    uc, us = trained["content"].updates, trained["style"].updates
+    refs = torch.stack([tasks["content"].image, tasks["style"].image])
+    world.save_png(world.image_grid(refs, 2, scale=4), out / "references.png")
+    rows = {
+        f"base model: {prompt}": (model, prompt),
+        f"content ΔR: {tasks['content'].prompt}": (patched_model(model, targets, [(uc, 1.0)]), tasks["content"].prompt),
+        f"style ΔR: {tasks['style'].prompt}": (patched_model(model, targets, [(us, 1.0)]), tasks["style"].prompt),
+        f"merged λ={lambdas}: {prompt}": (patched_model(model, targets, [(uc, lambdas[0]), (us, lambdas[1])]), prompt),
     }
+    names = ["base", "content_only", "style_only", "merged"]
+    panel = []
+    for name, (label, (m, p)) in zip(names, rows.items()):
+        imgs = sample_images(m, p, samples, seed=1000 + seed, steps=sample_steps)
+        world.save_png(world.image_grid(imgs, samples, scale=4), out / f"{name}.png")
+        panel.append(imgs)
+    world.labeled_rows([refs, *panel], ["references: content \"" + tasks["content"].prompt + "\", style \""
+                                        + tasks["style"].prompt + "\"", *rows], scale=3).save(out / "overview.png")
+    grid = []
+    for ls in LAMBDAS:
+        for lc in LAMBDAS:
+            m = patched_model(model, targets, [(uc, lc), (us, ls)])
+            grid.append(sample_images(m, prompt, 1, seed=1000 + seed, steps=sample_steps)[0])
+    world.save_png(world.image_grid(torch.stack(grid), len(LAMBDAS), scale=4), out / "lambda_grid.png")
+    timings["sampling"] = time.perf_counter() - t0
+    report["images"] = {"references.png": "content reference, style reference",
+                        **{f"{n}.png": label for n, label in zip(names, rows)},
+                        "overview.png": "references, then base, content only, style only, merged (labelled rows)",
+                        "lambda_grid.png": f"rows λs = {LAMBDAS}, columns λc = {LAMBDAS}, prompt \"{prompt}\"",
+                        "loss_curves.png": "training loss of both ΔR"}
+    try:  # scores from the world encoder, when its weights are shipped
+        from .world_encoder import Scorer
+
+        scorer = Scorer()
+        report["scores_merged"] = scorer.score(panel[3], tasks["content"].image, tasks["style"].image,
+                                               tasks["content"].shape, tasks["style"].style)
+        report["scores_base"] = scorer.score(panel[0], tasks["content"].image, tasks["style"].image,
+                                             tasks["content"].shape, tasks["style"].style)
+    except FileNotFoundError:
+        pass
+
     sims = delta_similarity(deltas["content"], deltas["style"])
     report["delta_r_cosine"] = {**summarize(sims), "per_target": sims}
     in_out = [(targets.shapes[t.key][1], (t.size if t.is_slice else targets.shapes[t.key][0])) for t in targets]
     report["params"] = {"delta_r_per_adapter": deltas["content"].num_params(),
                         "lora_same_rank": sum(rank * (i + o) for i, o in in_out), "targets": len(targets), "rank": rank}
+    timings["total"] = time.perf_counter() - t_all
     (out / "report.json").write_text(json.dumps(report, indent=1))
-    log(format_report(report, out))
+    text = format_report(report, out)
+    (out / "report.md").write_text("```\n" + text.strip() + "\n```\n")
+    log(text)
     return report
 
 
@@ -169,16 +195,22 @@ def format_report(r: dict, out: Path) -> str:
     c = r["delta_r_cosine"]
     lines = [
         "", f"QR-LoRA demo report (files in {out}/)",
-        f"  model: {r['model']['layout']}, {r['model']['params'] / 1e6:.1f} M parameters; "
-        f"{p['targets']} targets at rank {p['rank']}",
+        f"  model: {r['model']['layout']}, {r['model']['params'] / 1e6:.2f} M parameters, pretrained on the "
+        f"procedural world ({r['model']['pretrained'].get('steps')} steps); {p['targets']} targets at rank {p['rank']}",
+        f"  content task: \"{r['tasks']['content']['prompt']}\"; style task: \"{r['tasks']['style']['prompt']}\"; "
+        f"merged prompt: \"{r['merged_prompt']}\"",
         f"  decompose: cold {t['decompose_cold']:.2f} s, warm (cache) {t['decompose_warm']:.2f} s",
-        f"  train: content {t['train_content']:.1f} s, style {t['train_style']:.1f} s; merge {t['merge'] * 1000:.1f} ms",
+        f"  train: content {t['train_content']:.1f} s, style {t['train_style']:.1f} s; merge {t['merge'] * 1000:.1f} ms; "
+        f"sampling {t['sampling']:.1f} s; total {t['total']:.1f} s",
         f"  trainable parameters per ΔR: {p['delta_r_per_adapter']:,} (a LoRA of the same rank: {p['lora_same_rank']:,})",
         f"  cosine(ΔR_content, ΔR_style) over targets: max {c['max']:.3f}, mean {c['mean']:.3f}, min {c['min']:.3f}",
         f"  exported LoRA reloaded with plain LoRA arithmetic: max |error| {r['lora_reload_max_abs_error']:.2e}",
-        "  flow loss per task (lower fits better):",
-        f"    {'model':<24}{'content task':>14}{'style task':>12}",
     ]
-    for name, losses in r["fit_loss"].items():
-        lines.append(f"    {name:<24}{losses['content']:>14.4f}{losses['style']:>12.4f}")
+    for key, label in (("scores_base", "base model"), ("scores_merged", "merged ΔR")):
+        if key in r:
+            s = r[key]
+            lines.append(f"  {label:<11} on the merged prompt: P(shape=<c>) {s['p_shape']:.2f}, P(style=<s>) "
+                         f"{s['p_style']:.2f}, content sim {s['content_sim']:.2f}, style sim {s['style_sim']:.2f}")
+    lines.append("  images: references.png, base.png, content_only.png, style_only.png, merged.png, overview.png, "
+                 "lambda_grid.png, loss_curves.png")
     return "\n".join(lines)

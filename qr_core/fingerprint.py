@@ -21,6 +21,8 @@ SAMPLES = 4096
 
 
 def _sample_index(numel: int, device) -> torch.Tensor:
+    if numel == 0:
+        return torch.zeros(0, dtype=torch.long, device=device)
     strided = torch.linspace(0, numel - 1, min(SAMPLES, numel), dtype=torch.float64).long()
     g = torch.Generator().manual_seed(numel)
     scattered = torch.randint(0, numel, (min(SAMPLES, numel),), generator=g)

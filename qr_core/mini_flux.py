@@ -29,6 +29,7 @@ class MiniFluxConfig:
     depth_single: int = 4
     context_dim: int = 64
     latent_size: int = 16  # spatial size the positional table covers
+    vec_in_dim: int = 0  # > 0: FLUX's `vector_in`, fed the mean of the context (FLUX feeds CLIP's pooled vector)
 
     def to_json(self) -> dict:
         return asdict(self)
@@ -175,7 +176,10 @@ class LastLayer(nn.Module):
 
 
 class MiniFlux(nn.Module):
-    """forward(x [B, C, H, W] noisy latent at time t ∈ [0, 1], t [B], context [B, L, context_dim]) -> velocity."""
+    """forward(x [B, C, H, W] noisy latent at time t ∈ [0, 1], t [B], context [B, L, context_dim]) -> velocity.
+
+    `y` [B, vec_in_dim] is the pooled text vector when the config has `vec_in_dim` (default: the context's mean).
+    """
 
     def __init__(self, config: MiniFluxConfig = MiniFluxConfig()):
         super().__init__()
@@ -183,18 +187,22 @@ class MiniFlux(nn.Module):
         self.img_in = nn.Linear(c.in_channels * c.patch**2, c.hidden)
         self.time_in = MLPEmbedder(256, c.hidden)
         self.txt_in = nn.Linear(c.context_dim, c.hidden)
+        if c.vec_in_dim:
+            self.vector_in = MLPEmbedder(c.vec_in_dim, c.hidden)
         self.double_blocks = nn.ModuleList(DoubleStreamBlock(c.hidden, c.heads, c.mlp_ratio) for _ in range(c.depth))
         self.single_blocks = nn.ModuleList(SingleStreamBlock(c.hidden, c.heads, c.mlp_ratio) for _ in range(c.depth_single))
         self.final_layer = LastLayer(c.hidden, c.in_channels * c.patch**2)
         self.register_buffer("pos", _sincos_2d(c.latent_size // c.patch, c.hidden), persistent=False)
 
-    def forward(self, x, t, context):
+    def forward(self, x, t, context, y=None):
         c = self.config
         b, _, h, w = x.shape
         img = self.img_in(rearrange(x, "b c (h p) (w q) -> b (h w) (c p q)", p=c.patch, q=c.patch))
         img = img + self.pos[: img.shape[1]].to(img.dtype)
         txt = self.txt_in(context)
         vec = self.time_in(timestep_embedding(t).to(img.dtype))
+        if c.vec_in_dim:
+            vec = vec + self.vector_in(context.mean(1) if y is None else y)
         for block in self.double_blocks:
             img, txt = block(img, txt, vec)
         x = torch.cat([txt, img], 1)

@@ -1,0 +1,117 @@
+"""Merge ΔR (λc, λs) onto a model, and Export the merge as a standard LoRA."""
+
+from __future__ import annotations
+
+from comfy_api.latest import io, ui
+
+from ..qr_core import QRDelta, export_lora, merge
+from ..qr_core.merge import NAMINGS
+from ..qr_core.delta import DTYPES
+from . import bridge
+from .sockets import CATEGORY, QRDeltaType
+
+EXTRA_SLOTS = 2  # further ΔR beyond content and style (paper Fig. 9: N-way composition)
+
+
+def _lambda(id_: str, what: str) -> io.Float.Input:
+    return io.Float.Input(id_, default=1.0, min=-2.0, max=2.0, step=0.01,
+                          tooltip=f"Weight λ of the {what} ΔR (paper eq. 7); 0 leaves it out, 1 as trained.")
+
+
+def mix_inputs(optional_pair: bool = False) -> list:
+    """Content, style and extra ΔR with their λ (shared by Merge and Export)."""
+    inputs = [
+        QRDeltaType.Input("content", optional=optional_pair, tooltip="The content ΔR (e.g. trained on 'a photo of a <c> dog')."),
+        QRDeltaType.Input("style", optional=optional_pair, tooltip="The style ΔR (e.g. trained on 'a cat in <s> style')."),
+        _lambda("lambda_content", "content"),
+        _lambda("lambda_style", "style"),
+    ]
+    for i in range(1, EXTRA_SLOTS + 1):
+        inputs += [QRDeltaType.Input(f"extra_{i}", optional=True, tooltip=f"Optional further ΔR #{i}, mixed in with its own λ."),
+                   _lambda(f"lambda_extra_{i}", f"extra #{i}")]
+    inputs.append(io.Boolean.Input(
+        "allow_mixed_bases", default=False,
+        tooltip="ΔR trained in different bases Q cannot be added; when on, each basis's term is applied on its own "
+                "(exact, but the rank adds up). Off: such a mix is refused."))
+    return inputs
+
+
+def collect(kwargs: dict) -> tuple[list[QRDelta], list[float]]:
+    deltas, weights = [], []
+    for slot, lam in [("content", "lambda_content"), ("style", "lambda_style")] + [
+            (f"extra_{i}", f"lambda_extra_{i}") for i in range(1, EXTRA_SLOTS + 1)]:
+        if kwargs.get(slot) is not None:
+            deltas.append(kwargs[slot])
+            weights.append(float(kwargs.get(lam, 1.0)))
+    if not deltas:
+        raise ValueError("nothing to merge: connect at least one ΔR.")
+    return deltas, weights
+
+
+def merge_onto(model, deltas: list[QRDelta], weights: list[float], allow_mixed_bases: bool = False):
+    """A patched clone of `model` with W + Σ λᵢ Q ΔRᵢ on every target (shared by the node and tests)."""
+    for d in deltas:
+        bridge.check_delta_fits(d, model)
+    return bridge.apply_terms(model, merge(deltas, weights, allow_mixed_bases))
+
+
+def _summary(deltas, weights) -> str:
+    return " + ".join(f"{w:g}·{d.name or 'ΔR'}" for d, w in zip(deltas, weights))
+
+
+class QRMergeDeltas(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="QRLoRAMergeDeltas",
+            display_name="QR-LoRA Merge ΔR (λc, λs)",
+            category=CATEGORY,
+            description="Applies λc·ΔR_content + λs·ΔR_style (+ extras) as W + Q(Σλ ΔR) patches on a copy of the "
+                        "model; the original model, other LoRAs and memory management are untouched.",
+            inputs=[io.Model.Input("model", tooltip="The base model the ΔR were trained on.")] + mix_inputs(),
+            outputs=[io.Model.Output(display_name="MODEL", tooltip="The model with the merged ΔR applied.")],
+        )
+
+    @classmethod
+    def execute(cls, model, allow_mixed_bases=False, **kwargs) -> io.NodeOutput:
+        deltas, weights = collect(kwargs)
+        patched = merge_onto(model, deltas, weights, allow_mixed_bases)
+        return io.NodeOutput(patched, ui=ui.PreviewText(_summary(deltas, weights)))
+
+
+def export_merge(deltas: list[QRDelta], weights: list[float], name: str, naming: str = "comfyui",
+                 dtype: str = "fp16", allow_mixed_bases: bool = False):
+    """Write the merge into models/loras as a standard LoRA; returns the path."""
+    path = bridge.output_path("loras", name)
+    terms = merge(deltas, weights, allow_mixed_bases)
+    shapes = {k: s for d in deltas for k, s in d.targets.shapes.items()}
+    return export_lora(terms, shapes, deltas[0].arch, path, naming, dtype, title=path.stem,
+                       sources=[d.name for d in deltas], weights=weights)
+
+
+class QRExportLoRA(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="QRLoRAExportLoRA",
+            display_name="QR-LoRA Export as LoRA",
+            category=CATEGORY,
+            description="Writes the merge Q(Σλ ΔR) as a standard LoRA file (lora_up = Q, lora_down = Σλ ΔR, "
+                        "alpha = rank) into models/loras; ComfyUI's stock LoRA loaders apply it with no QR-LoRA code.",
+            is_output_node=True,
+            inputs=mix_inputs() + [
+                io.String.Input("lora_name", default="qr_lora_merge",
+                                tooltip="File name in models/loras (no extension needed); an existing file is replaced."),
+                io.Combo.Input("naming", options=list(NAMINGS), default="comfyui",
+                               tooltip="Key naming: 'comfyui' (diffusion_model.…) or 'kohya' (lora_unet_…)."),
+                io.Combo.Input("dtype", options=list(DTYPES), default="fp16",
+                               tooltip="Storage precision; fp32 reproduces Merge ΔR bit for bit in fp32 models."),
+            ],
+            outputs=[],
+        )
+
+    @classmethod
+    def execute(cls, lora_name, naming, dtype, allow_mixed_bases=False, **kwargs) -> io.NodeOutput:
+        deltas, weights = collect(kwargs)
+        path = export_merge(deltas, weights, lora_name, naming, dtype, allow_mixed_bases)
+        return io.NodeOutput(ui=ui.PreviewText(f"wrote loras/{path.name}: {_summary(deltas, weights)}"))

@@ -1,0 +1,225 @@
+"""Train ΔR through ComfyUI's own sampling path.
+
+Like comfy_extras/nodes_train.py, a Guider_Basic runs a custom Sampler, so
+conditioning (SDXL's pooled and size conds, FLUX's guidance), latent
+processing and model loading are ComfyUI's. Unlike it, the loss is the
+paper's (eq. 1 and 2): the model's native prediction target, derived from its
+model_sampling, and ΔR is attached as a forward bypass instead of a weight
+wrapper that rebuilds every weight per step.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+import torch.utils.checkpoint
+
+import comfy.model_management
+import comfy.samplers
+import comfy_extras.nodes_custom_sampler
+
+from ..qr_core import QRAdapter, TrainResult, TrainSettings, frozen, train
+from . import bridge
+
+TIMESTEP_SAMPLING = ("uniform", "logit-normal")
+LOSS_SPACES = ("native", "x0")
+# Keep sampled noise levels off the ends: σ→0 makes the native target's scale
+# 1/σ explode, and percent 0 means "infinite σ" for discrete models.
+_PERCENT_RANGE = (1e-3, 1.0 - 1e-3)
+
+
+@dataclass(frozen=True)
+class Objective:
+    timestep_sampling: str = "uniform"
+    loss_space: str = "native"
+    batch_size: int = 1
+
+    def __post_init__(self):
+        if self.timestep_sampling not in TIMESTEP_SAMPLING:
+            raise ValueError(f"timestep sampling must be one of {TIMESTEP_SAMPLING}")
+        if self.loss_space not in LOSS_SPACES:
+            raise ValueError(f"loss space must be one of {LOSS_SPACES}")
+
+
+def sample_sigmas(model_sampling, n: int, how: str, device) -> torch.Tensor:
+    """Noise levels from the model's own schedule: a 'percent' of the schedule mapped by percent_to_sigma."""
+    if how == "logit-normal":  # SD3's sampling: noise level t = sigmoid(N(0, 1)), percent = 1 − t
+        percent = 1.0 - torch.sigmoid(torch.randn(n))
+    else:
+        percent = torch.rand(n)
+    percent = percent.clamp(*_PERCENT_RANGE)
+    return torch.tensor([model_sampling.percent_to_sigma(float(p)) for p in percent], device=device)
+
+
+def native_error(model_sampling, sigma: torch.Tensor, denoised: torch.Tensor, x0: torch.Tensor) -> torch.Tensor:
+    """Error of the model's native output (ε, v or flow velocity noise − x0), from its x0 error.
+
+    ComfyUI models return denoised = A(σ)·x + B(σ)·output, affine in the
+    native output; so output − target = (denoised − x0) / B(σ), and B is read
+    off model_sampling itself. EPS and CONST give B = −σ (ε and noise − x0),
+    V_PREDICTION gives v, X0 models give their own x0 loss.
+    """
+    scale = model_sampling.calculate_denoised(sigma, torch.ones_like(x0), torch.zeros_like(x0))
+    return (denoised - x0) / scale
+
+
+def _clone_tensors(obj):
+    """Deep copy of tensors inside conds: tensors made in inference mode cannot be saved for backward."""
+    if isinstance(obj, torch.Tensor):
+        return obj.clone() if obj.is_inference() else obj
+    if isinstance(obj, dict):
+        return {k: _clone_tensors(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(_clone_tensors(v) for v in obj)
+    if hasattr(obj, "cond") and isinstance(getattr(obj, "cond"), torch.Tensor) and obj.cond.is_inference():
+        c = obj._copy_with(obj.cond.clone()) if hasattr(obj, "_copy_with") else obj
+        return c
+    return obj
+
+
+# Block inputs count even when they need no gradient yet: FLUX's text stream
+# enters its first block without one and gets it from the first in-place add.
+def _is_state(v) -> bool:
+    return isinstance(v, torch.Tensor) and v.is_floating_point()
+
+
+def _tensor_keys(values) -> set:
+    return {(v.data_ptr(), tuple(v.shape)) for v in values if _is_state(v)}
+
+
+def _clone_inputs(args: tuple, kwargs: dict) -> tuple[tuple, dict]:
+    def c(v):
+        return v.clone() if _is_state(v) else v
+    return tuple(c(a) for a in args), {k: c(v) for k, v in kwargs.items()}
+
+
+@contextlib.contextmanager
+def trainable_blocks(blocks: list[torch.nn.Module], checkpoint: bool):
+    """Make the model's blocks safe (and optionally cheap) to differentiate.
+
+    ComfyUI's blocks update their input in place (FLUX: `x += gate * out`
+    after a LayerNorm saved x), which is fine for inference but breaks
+    autograd once ΔR upstream makes x require grad. Tensors saved for
+    backward that alias a block input are therefore cloned when saved (one
+    hidden-state copy per block). With `checkpoint`, activations are instead
+    recomputed in backward from a cloned input; the ΔR hooks run again then.
+    """
+    originals = []
+    for b in blocks:
+        forward = b.forward
+
+        if checkpoint:
+            def run(*args, _f=forward, **kwargs):
+                def inner(*a, **k):
+                    a, k = _clone_inputs(a, k)
+                    return _f(*a, **k)
+                return torch.utils.checkpoint.checkpoint(inner, *args, use_reentrant=False, **kwargs)
+        else:
+            def run(*args, _f=forward, **kwargs):
+                keys = _tensor_keys(list(args) + list(kwargs.values()))
+                if not keys:
+                    return _f(*args, **kwargs)
+
+                def pack(t):
+                    return t.clone() if (t.data_ptr(), tuple(t.shape)) in keys else t
+                with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+                    return _f(*args, **kwargs)
+        originals.append((b, "forward" in b.__dict__, forward))
+        b.forward = run
+    try:
+        yield
+    finally:
+        for b, had_own, forward in originals:
+            if had_own:
+                b.forward = forward
+            else:
+                del b.forward
+
+
+def transformer_blocks(diffusion_model: torch.nn.Module) -> list[torch.nn.Module]:
+    """The repeated blocks (members of the model's top-level ModuleLists): the unit of checkpointing."""
+    blocks = []
+    for child in diffusion_model.children():
+        if isinstance(child, torch.nn.ModuleList):
+            blocks.extend(child)
+    return blocks
+
+
+class QRTrainSampler(comfy.samplers.Sampler):
+    """A 'sampler' whose sample() trains the adapter; ComfyUI's guider has prepared conds and latents."""
+
+    def __init__(self, adapter: QRAdapter, settings: TrainSettings, objective: Objective,
+                 training_dtype: torch.dtype, gradient_checkpointing: bool,
+                 on_step: Callable[[int, float], None], check_cancel: Callable[[], None]):
+        self.adapter, self.settings, self.objective = adapter, settings, objective
+        self.training_dtype = training_dtype
+        self.gradient_checkpointing = gradient_checkpointing
+        self.on_step, self.check_cancel = on_step, check_cancel
+        self.result: TrainResult | None = None
+
+    def sample(self, model_wrap, sigmas, extra_args, callback, noise, latent_image=None, denoise_mask=None,
+               disable_pbar=False):
+        base = model_wrap.inner_model  # the BaseModel, loaded by ComfyUI
+        ms = base.model_sampling
+        model_wrap.conds = _clone_tensors(model_wrap.conds)
+        positive = list(model_wrap.conds["positive"])
+        latents = latent_image.clone() if latent_image.is_inference() else latent_image
+        n = latents.shape[0]
+        shared_cond = len(positive) == 1
+        device = latents.device
+        autocast = (torch.autocast(device.type, dtype=self.training_dtype)
+                    if self.training_dtype != torch.float32 else contextlib.nullcontext())
+
+        def forward(idx: list[int]) -> torch.Tensor:
+            x0 = latents[idx].float()
+            noise_ = torch.randn_like(x0)
+            sigma = sample_sigmas(ms, len(idx), self.objective.timestep_sampling, device)
+            xt = ms.noise_scaling(sigma, noise_, x0, False)
+            with autocast:
+                denoised = model_wrap(xt, sigma, **extra_args).float()
+            if self.objective.loss_space == "native":
+                err = native_error(ms, sigma, denoised, x0)
+            else:
+                err = denoised - x0
+            return err.square().mean()
+
+        def loss_fn(step: int) -> torch.Tensor:
+            idx = torch.randperm(n)[: self.objective.batch_size].tolist()
+            if shared_cond:
+                return forward(idx)
+            # One conditioning per image: each keeps its own cond (ComfyUI would blend a list of conds).
+            losses = []
+            for i in idx:
+                model_wrap.conds["positive"] = [positive[i]]
+                losses.append(forward([i]))
+            return torch.stack(losses).mean()
+
+        bridge.release_inference_tensors(base)
+        with self.adapter.attached(base.diffusion_model), frozen(base), \
+                trainable_blocks(transformer_blocks(base.diffusion_model), self.gradient_checkpointing):
+            self.result = train(self.adapter.trainable(), loss_fn, self.settings, self.on_step, self.check_cancel)
+        return torch.zeros_like(latent_image)
+
+
+def run_training(model, adapter: QRAdapter, latents: torch.Tensor, positive: list, settings: TrainSettings,
+                 objective: Objective, training_dtype: torch.dtype, gradient_checkpointing: bool,
+                 on_step: Callable[[int, float], None]) -> TrainResult:
+    """Train `adapter` on a clone of `model` with ComfyUI's guider; the adapter is detached afterwards."""
+    n = latents.shape[0]
+    if len(positive) not in (1, n):
+        raise ValueError(f"{len(positive)} conditionings for {n} latents: give one conditioning, "
+                         "or one per latent image.")
+    patcher = model.clone()
+    if training_dtype != torch.float32:
+        patcher.set_model_compute_dtype(training_dtype)
+    sampler = QRTrainSampler(adapter, settings, objective, training_dtype, gradient_checkpointing, on_step,
+                             comfy.model_management.throw_exception_if_processing_interrupted)
+    guider = comfy_extras.nodes_custom_sampler.Guider_Basic(patcher)
+    guider.set_conds(positive)
+    with torch.inference_mode(False):
+        # `sigmas` only has to be non-empty: noise levels are drawn per step by the sampler.
+        guider.sample(torch.zeros_like(latents), latents, sampler, torch.ones(1), seed=settings.seed)
+    return sampler.result

@@ -1,0 +1,66 @@
+"""HTTP route for the front end: GET /qr_lora/delta_info?file=<name> → a ΔR file's metadata.
+
+Reads only the safetensors header (no tensors), so hovering or picking a
+file in Load ΔR costs nothing. Registered once, only when ComfyUI's server
+exists (not in tests that load the pack without one).
+"""
+
+from __future__ import annotations
+
+import json
+
+from . import bridge
+
+ROUTE = "/qr_lora/delta_info"
+_registered = False
+
+
+def delta_info(file_name: str) -> dict:
+    """Metadata of a ΔR file in models/qr_lora, as shown under the Load ΔR picker."""
+    from safetensors import safe_open
+
+    path = bridge.input_path(bridge.FOLDER, file_name)
+    with safe_open(str(path), framework="pt") as f:
+        meta = f.metadata() or {}
+    info = {"file": file_name, "format": meta.get("qr_lora_format"), "arch": meta.get("arch"),
+            "rank": int(meta["rank"]) if str(meta.get("rank", "")).isdigit() else None,
+            "mode": meta.get("mode"), "trigger_words": meta.get("trigger_words", ""),
+            "dtype": meta.get("dtype"), "created": meta.get("created"), "size_mb": round(path.stat().st_size / 2**20, 2)}
+    try:
+        targets = json.loads(meta.get("targets") or "{}")
+        info["targets"], info["preset"] = len(targets.get("targets", [])), targets.get("preset")
+    except (ValueError, AttributeError, TypeError):
+        info["targets"], info["preset"] = None, None
+    try:
+        training = json.loads(meta.get("training") or "{}")
+    except ValueError:
+        training = {}
+    info["training"] = {k: training.get(k) for k in ("steps", "steps_done", "lr", "final_loss")
+                        if training.get(k) is not None}
+    return info
+
+
+def register_routes() -> None:
+    global _registered
+    if _registered:
+        return
+    try:
+        from aiohttp import web
+        from server import PromptServer
+    except ImportError:
+        return
+    server = getattr(PromptServer, "instance", None)
+    if server is None:
+        return
+
+    @server.routes.get(ROUTE)
+    async def _delta_info(request):
+        name = request.query.get("file", "")
+        try:
+            return web.json_response(delta_info(name))
+        except (FileNotFoundError, ValueError) as e:
+            return web.json_response({"file": name, "error": str(e)})  # 200: the picker may name a file not (yet) there
+        except Exception as e:  # a damaged file: say so instead of a 500 page
+            return web.json_response({"file": name, "error": f"{type(e).__name__}: {e}"})
+
+    _registered = True

@@ -1,0 +1,197 @@
+"""The small text-to-image flow model of the procedural world: config, loading, flow loss, sampler, pretraining.
+
+The model is a `MiniFlux` (FLUX layout, ComfyUI key names, fused qkv) on
+32×32 RGB pixels, conditioned on `world.encode_prompts`. It is trained with
+the rectified-flow objective of SD3/FLUX (x_t = (1−t)·x0 + t·noise, regress
+the velocity noise − x0, t logit-normal) with 10 % empty prompts, so it
+samples with classifier-free guidance. The shipped weights
+(`assets/world_model.safetensors`) are the EMA weights written by
+`pretrain()` (`bench/pretrain_world_model.py`); their metadata records the
+command, machine, steps and seed.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import platform
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from . import world
+from .mini_flux import MiniFlux, MiniFluxConfig
+
+ASSET = Path(__file__).parent / "assets" / "world_model.safetensors"
+
+WORLD_CONFIG = MiniFluxConfig(in_channels=3, patch=4, hidden=128, heads=4, mlp_ratio=4.0, depth=2, depth_single=2,
+                              context_dim=32, latent_size=world.SIZE, vec_in_dim=32)
+
+
+def encode(prompts, config: MiniFluxConfig = WORLD_CONFIG) -> torch.Tensor:
+    return world.encode_prompts(prompts, config.context_dim)
+
+
+def load_world_model(path: str | Path = ASSET) -> tuple[MiniFlux, dict]:
+    """The shipped (or a given) world model in eval mode, and its file metadata."""
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+
+    with safe_open(str(path), "pt") as f:
+        meta = f.metadata() or {}
+    config = MiniFluxConfig(**json.loads(meta["config"])) if "config" in meta else WORLD_CONFIG
+    model = MiniFlux(config)
+    model.load_state_dict({k: v.float() for k, v in load_file(str(path)).items()})
+    return model.eval(), meta
+
+
+def sample_t(n: int, generator: torch.Generator | None = None) -> torch.Tensor:
+    """SD3's logit-normal timestep density (m = 0, s = 1)."""
+    return torch.sigmoid(torch.randn(n, generator=generator))
+
+
+def flow_loss(model, x0: torch.Tensor, context: torch.Tensor, generator: torch.Generator | None = None,
+              t: torch.Tensor | None = None) -> torch.Tensor:
+    """Rectified-flow loss: ‖model(x_t, t, c) − (noise − x0)‖² with x_t = (1−t)·x0 + t·noise."""
+    b = x0.shape[0]
+    noise = torch.randn(x0.shape, generator=generator)
+    t = sample_t(b, generator) if t is None else t
+    tt = t[:, None, None, None]
+    xt = (1 - tt) * x0 + tt * noise
+    return F.mse_loss(model(xt, t, context), noise - x0)
+
+
+@torch.no_grad()
+def generate(model, prompts, seed: int = 0, steps: int = 24, guidance: float = 3.0,
+             noise: torch.Tensor | None = None) -> torch.Tensor:
+    """Euler integration of the flow ODE from t = 1 (noise) to 0 with classifier-free guidance -> [B, 3, H, W]."""
+    prompts = list(prompts)
+    c = model.config
+    n = len(prompts)
+    size = c.latent_size
+    x = noise.clone() if noise is not None else torch.randn(
+        n, c.in_channels, size, size, generator=torch.Generator().manual_seed(seed))
+    cond = encode(prompts, c)
+    uncond = encode([""] * n, c)
+    ts = torch.linspace(1, 0, steps + 1)
+    for i in range(steps):
+        t = ts[i].expand(n)
+        if guidance != 1.0:
+            v = model(torch.cat([x, x]), torch.cat([t, t]), torch.cat([cond, uncond]))
+            vc, vu = v.chunk(2)
+            v = vu + guidance * (vc - vu)
+        else:
+            v = model(x, t, cond)
+        x = x + (ts[i + 1] - ts[i]) * v
+    return x.clamp(-1, 1)
+
+
+@dataclass(frozen=True)
+class PretrainSettings:
+    steps: int = 5000
+    batch: int = 32
+    lr: float = 1e-3
+    warmup: int = 100
+    ema: float = 0.995
+    decay_start: int = 2500  # > 0: constant LR until this step, then linear decay to 0 at `steps`
+    seed: int = 0
+    threads: int = 1  # one thread per process is much faster than two on a shared 2-core VM
+
+
+def machine() -> str:
+    import os
+
+    return (f"{platform.platform()}, {platform.processor() or platform.machine()}, {os.cpu_count()} logical CPUs, "
+            f"torch {torch.__version__}, python {sys.version.split()[0]}")
+
+
+def pretrain(out: str | Path, s: PretrainSettings = PretrainSettings(), config: MiniFluxConfig = WORLD_CONFIG,
+             checkpoint: str | Path | None = None, log=print, sample_every: int = 500, command: str = "") -> Path:
+    """Train the world model from scratch (or resume `checkpoint`) and write its EMA weights to `out`.
+
+    Every step's data, timesteps and noise come from a generator seeded by (seed, step), and the LR is
+    constant after warm-up, so a run stopped at step k and resumed, or a run with `steps=k`, gives the same
+    weights at step k (up to `decay_start`, after which the LR decays linearly to 0 at `steps`).
+    """
+    from safetensors.torch import save_file
+
+    torch.set_num_threads(s.threads)
+    torch.manual_seed(s.seed)
+    model = MiniFlux(config)
+    ema = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    opt = torch.optim.AdamW(model.parameters(), lr=s.lr, weight_decay=0.0, betas=(0.9, 0.99))
+    start, prior_seconds = 0, 0.0
+    ckpt_path = Path(checkpoint) if checkpoint else Path(str(out) + ".ckpt")
+    if ckpt_path.exists():
+        state = torch.load(ckpt_path, weights_only=False)
+        model.load_state_dict(state["model"])
+        ema = state["ema"]
+        opt.load_state_dict(state["opt"])
+        start = state["step"]
+        prior_seconds = state.get("seconds", 0.0)
+        log(f"resumed from {ckpt_path} at step {start}")
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    shapes, styles = world.SEEN_SHAPES, world.SEEN_STYLES
+    probe = [world.prompt_for(sh, st) for sh, st in zip(shapes, styles)]
+    t0, losses = time.perf_counter(), []
+
+    def write(step: int):
+        meta = {"config": json.dumps(config.to_json()), "steps": str(step), "seed": str(s.seed),
+                "settings": json.dumps(s.__dict__), "command": command, "machine": machine(),
+                "objective": "rectified flow (SD3/FLUX): v = noise - x0, t ~ logit-normal(0, 1), 10% empty prompts",
+                "weights": f"EMA {s.ema}", "world": json.dumps({"seen_shapes": shapes, "seen_styles": styles,
+                                                                 "size": world.SIZE}),
+                "train_seconds": f"{prior_seconds + time.perf_counter() - t0:.0f}"}
+        save_file({k: v.contiguous() for k, v in ema.items()}, str(out), meta)
+        torch.save({"model": model.state_dict(), "ema": ema, "opt": opt.state_dict(), "step": step,
+                    "seconds": prior_seconds + time.perf_counter() - t0}, ckpt_path)
+
+    model.train()
+    for step in range(start, s.steps):
+        g = torch.Generator().manual_seed(s.seed * 1_000_003 + step)
+        seeds = torch.randint(2**31 - 1, (s.batch,), generator=g).tolist()
+        x0, prompts, _ = world.batch(seeds, shapes=shapes, styles=styles)
+        lr = s.lr * min(1.0, (step + 1) / s.warmup)
+        if 0 < s.decay_start <= step:
+            lr *= (s.steps - step) / (s.steps - s.decay_start)
+        for group in opt.param_groups:
+            group["lr"] = lr
+        loss = flow_loss(model, x0, encode(prompts, config), g)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        with torch.no_grad():
+            for k, v in model.state_dict().items():
+                ema[k].mul_(s.ema).add_(v.detach(), alpha=1 - s.ema) if v.dtype.is_floating_point else ema[k].copy_(v)
+        losses.append(loss.item())
+        if (step + 1) % 25 == 0:
+            rate = (time.perf_counter() - t0) / len(losses)
+            log(f"step {step + 1}/{s.steps} loss {sum(losses[-25:]) / 25:.4f} lr {lr:.2e} {rate:.2f} s/step")
+        if (step + 1) % sample_every == 0 or step + 1 == s.steps:
+            write(step + 1)
+            if sample_every:
+                m = MiniFlux(config).eval()
+                m.load_state_dict(ema)
+                imgs = generate(m, probe, seed=0)
+                world.save_png(world.image_grid(imgs, len(probe), scale=3), str(out) + f".step{step + 1}.png")
+            log(f"wrote {out} at step {step + 1}")
+    return out
+
+
+def sample_sheet(model, path, seed: int = 0, steps: int = 24, guidance: float = 3.0) -> torch.Tensor:
+    """One sample per (seen style row, seen shape column) of "a <shape> in <style> style"; writes a PNG."""
+    prompts = [world.prompt_for(sh, st) for st in world.SEEN_STYLES for sh in world.SEEN_SHAPES]
+    imgs = generate(model, prompts, seed=seed, steps=steps, guidance=guidance)
+    world.save_png(world.image_grid(imgs, len(world.SEEN_SHAPES), scale=3), path)
+    return imgs
+
+
+if __name__ == "__main__":  # python -m qr_core.world_model OUT.png: the shipped model's sample sheet
+    torch.set_num_threads(1)
+    sample_sheet(load_world_model()[0], sys.argv[1] if len(sys.argv) > 1 else "world_model_samples.png")
