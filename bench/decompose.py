@@ -1,0 +1,718 @@
+"""Decomposition benchmark: the paper's exact SVD layer by layer against `fast`.
+
+Runs, in one process, on the real ComfyUI target sets of SDXL, SD3-medium and
+FLUX.1-dev (built by `qr_core.targets.select_targets(..., "paper")` from the
+models' state-dict key -> shape maps, so fused q/k/v row slices are cut by the
+library's own logic) filled with synthetic weights whose singular values
+follow a power law (σ_i ∝ i^-decay, random orthonormal singular vectors):
+
+* exact per layer: `decompose(method="exact")` on one target at a time (full
+  fp32 `torch.linalg.svd`, the paper's and the official code's way);
+* fast per layer: `decompose(method="fast")` on one target at a time;
+* fast batched: `decompose(method="fast")` on the whole set (the library's
+  normal path: same-shape targets stacked in batches);
+* worst energy ratio: ‖Q_fastᵀW‖² / Σ(exact top-r σ²) over the sampled layers;
+* fingerprint time of the set's weights (`fingerprint_weights`, sampled mode);
+* cache: `get_basis` twice into a temporary `BasisCache`; the second call is
+  the warm load (cache hit, validated against the live weights).
+
+Exact SVD of every layer is too slow to run in full on a CPU (FLUX would take
+hours), so per distinct target shape `--samples-per-shape` layers are timed
+and the total is extrapolated by count (fields `est_*`, flag `extrapolated`).
+A set whose weights do not fit the memory budget is not built whole: its
+batched time is then measured on the sampled layers and extrapolated too, and
+fingerprint and cache steps are skipped (reported as null with the reason).
+
+Weights are stored in `--dtype` (bf16 by default, as ComfyUI holds them) on
+the benchmark device. Results go to `<out-dir>/decompose-<machine>.json` and
+`.md`, machine being e.g. `cpu-2core` or `cuda-nvidia-h200`.
+
+`fast` uses the library's DecomposeSettings defaults unless --oversample /
+--power-iters say otherwise; each set records the settings it ran with
+(`fast_settings`). On a shared CPU, wall times suffer from other processes:
+process CPU times are recorded as well (`cpu_time`), with the load average.
+
+    python bench/decompose.py                       # all sets on the CPU
+    python bench/decompose.py --device cuda         # on a GPU (all sets built whole, FLUX cache step)
+    python bench/decompose.py --sets flux --samples-per-shape 1 --merge   # add/replace one set in the file
+    python bench/decompose.py --quick --out-dir /tmp/x   # tiny shapes, CI smoke
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import re
+import sys
+import tempfile
+import time
+import zlib
+from collections import defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+import torch  # noqa: E402
+
+from qr_core.cache import BasisCache, get_basis  # noqa: E402
+from qr_core.decompose import DecomposeSettings, captured_energy, decompose, target_shape  # noqa: E402
+from qr_core.fingerprint import fingerprint_weights  # noqa: E402
+from qr_core.targets import TargetSet, select_targets  # noqa: E402
+
+SETS = ("sdxl", "sd3", "flux")
+
+# The issue's targets (issue 2, section Benchmark).
+TARGET_CPU_SDXL_SPEEDUP = 15.0
+TARGET_GPU_FLUX_FAST_S = 2.0
+TARGET_GPU_FLUX_ENERGY = 0.99
+TARGET_GPU_FLUX_WARM_S = 0.5
+
+
+# ---------------------------------------------------------------------------
+# Shape maps of the real models (ComfyUI diffusion-model keys, no prefix)
+# ---------------------------------------------------------------------------
+
+def sdxl_shapes(chans=(320, 640, 1280), depths=(0, 2, 10), ctx=2048, adm=2816) -> dict:
+    """SDXL UNet: transformer blocks at input 4,5 / 7,8, the middle block and output 0-5."""
+    shapes = {"label_emb.0.0.weight": (chans[0] * 4, adm)}
+    spots = []  # (prefix, channels, depth)
+    for level, (c, d) in enumerate(zip(chans, depths)):
+        for j in range(2):
+            spots.append((f"input_blocks.{1 + 3 * level + j}.1", c, d))
+    spots.append(("middle_block.1", chans[-1], depths[-1]))
+    for level in reversed(range(len(chans))):
+        for j in range(3):
+            spots.append((f"output_blocks.{3 * (len(chans) - 1 - level) + j}.1", chans[level], depths[level]))
+    for prefix, c, d in spots:
+        for b in range(d):
+            p = f"{prefix}.transformer_blocks.{b}."
+            for attn, kv_in in (("attn1", c), ("attn2", ctx)):
+                shapes[p + f"{attn}.to_q.weight"] = (c, c)
+                shapes[p + f"{attn}.to_k.weight"] = (c, kv_in)
+                shapes[p + f"{attn}.to_v.weight"] = (c, kv_in)
+                shapes[p + f"{attn}.to_out.0.weight"] = (c, c)
+            shapes[p + "ff.net.0.proj.weight"] = (8 * c, c)  # GEGLU
+            shapes[p + "ff.net.2.weight"] = (c, 4 * c)
+    return shapes
+
+
+def sd3_shapes(depth=24, hidden=1536) -> dict:
+    """SD3-medium MMDiT: fused qkv per stream; the last context block is pre_only (no proj, no MLP)."""
+    shapes = {}
+    for n in range(depth):
+        for stream in ("x_block", "context_block"):
+            p = f"joint_blocks.{n}.{stream}."
+            shapes[p + "attn.qkv.weight"] = (3 * hidden, hidden)
+            if stream == "context_block" and n == depth - 1:
+                continue
+            shapes[p + "attn.proj.weight"] = (hidden, hidden)
+            shapes[p + "mlp.fc1.weight"] = (4 * hidden, hidden)
+            shapes[p + "mlp.fc2.weight"] = (hidden, 4 * hidden)
+    return shapes
+
+
+def flux_shapes(doubles=19, singles=38, hidden=3072, mlp=12288) -> dict:
+    """FLUX.1-dev: 19 double blocks (img/txt streams), 38 single blocks with fused linear1."""
+    shapes = {}
+    for n in range(doubles):
+        for s in ("img", "txt"):
+            p = f"double_blocks.{n}.{s}_"
+            shapes[p + "attn.qkv.weight"] = (3 * hidden, hidden)
+            shapes[p + "attn.proj.weight"] = (hidden, hidden)
+            shapes[p + "mlp.0.weight"] = (mlp, hidden)
+            shapes[p + "mlp.2.weight"] = (hidden, mlp)
+    for n in range(singles):
+        p = f"single_blocks.{n}."
+        shapes[p + "linear1.weight"] = (3 * hidden + mlp, hidden)
+        shapes[p + "linear2.weight"] = (hidden, hidden + mlp)
+    return shapes
+
+
+FULL = {"sdxl": sdxl_shapes, "sd3": sd3_shapes, "flux": flux_shapes}
+QUICK = {  # same structure, tiny widths: exercises every code path in seconds
+    "sdxl": lambda: sdxl_shapes(chans=(16, 32, 64), depths=(0, 1, 1), ctx=96, adm=80),
+    "sd3": lambda: sd3_shapes(depth=2, hidden=64),
+    "flux": lambda: flux_shapes(doubles=1, singles=2, hidden=64, mlp=256),
+}
+LABELS = {"sdxl": "SDXL UNet attn1+attn2 q,k,v,out", "sd3": "SD3-medium q,k,v,proj x2 streams",
+          "flux": "FLUX.1-dev paper targets (342)"}
+
+
+# ---------------------------------------------------------------------------
+# Synthetic weights with a power-law spectrum
+# ---------------------------------------------------------------------------
+
+class SyntheticWeights:
+    """Weights of a target set: each target block is U diag(σ) Vᵀ with σ_i ∝ i^-decay.
+
+    U and V are signed row permutations and column selections of one random
+    orthonormal basis per (dim, rank) pair, drawn once: exactly orthonormal, a
+    different subspace per layer, and one matmul per block to build. Rows of a
+    fused weight that no target covers (FLUX linear1's MLP input) are Gaussian.
+    """
+
+    def __init__(self, targets: TargetSet, device, dtype, decay: float, seed: int, rms: float = 0.02):
+        self.targets, self.device, self.dtype, self.decay, self.seed, self.rms = targets, device, dtype, decay, seed, rms
+        self._bases: dict[tuple[int, int], torch.Tensor] = {}
+        self.store: dict[str, torch.Tensor] = {}
+        self.by_key = defaultdict(list)
+        for t in targets:
+            self.by_key[t.key].append(t)
+
+    def _gen(self, tag: str) -> torch.Generator:
+        return torch.Generator(device=self.device).manual_seed(self.seed * 7919 + zlib.crc32(tag.encode()))
+
+    def _basis(self, d: int, k: int) -> torch.Tensor:
+        if (d, k) not in self._bases:
+            g = self._gen(f"basis/{d}x{k}")
+            self._bases[(d, k)] = torch.linalg.qr(torch.randn(d, k, generator=g, device=self.device))[0]
+        return self._bases[(d, k)]
+
+    def spectrum(self, m: int, n: int) -> torch.Tensor:
+        k = min(m, n)
+        s = torch.arange(1, k + 1, dtype=torch.float64, device=self.device) ** -self.decay
+        return (s * (self.rms * math.sqrt(m * n) / s.square().sum().sqrt())).float()
+
+    def block(self, name: str, m: int, n: int) -> torch.Tensor:
+        k = min(m, n)
+        g = self._gen(name)
+
+        def factor(d):
+            b = self._basis(d, k)
+            rows = torch.randperm(d, generator=g, device=self.device)
+            cols = torch.randperm(k, generator=g, device=self.device)
+            signs = torch.randint(0, 2, (d, 1), generator=g, device=self.device).float() * 2 - 1
+            return b[rows][:, cols] * signs
+
+        u, v = factor(m), factor(n)
+        return (u * self.spectrum(m, n)) @ v.T
+
+    def build(self, key: str) -> torch.Tensor:
+        rows, cols = self.targets.shapes[key]
+        w = torch.empty(rows, cols, dtype=self.dtype, device=self.device)
+        covered = torch.zeros(rows, dtype=torch.bool)
+        for t in self.by_key[key]:
+            r = t.rows(rows)
+            w[r] = self.block(t.name, r.stop - r.start, cols).to(self.dtype)
+            covered[r] = True
+        if not covered.all():
+            idx = (~covered).nonzero().squeeze(1).to(self.device)
+            w[idx] = (torch.randn(len(idx), cols, generator=self._gen(key + "/rest"), device=self.device)
+                      * self.rms).to(self.dtype)
+        return w
+
+    def materialize(self, keys) -> None:
+        for k in keys:
+            if k not in self.store:
+                self.store[k] = self.build(k)
+
+    def drop(self) -> None:
+        self.store.clear()
+
+    def __call__(self, key: str) -> torch.Tensor:
+        if key not in self.store:  # a benchmark bug, not a lazy path: timings must not include generation
+            raise KeyError(f"weight {key} was not materialized before timing")
+        return self.store[key]
+
+
+def stored_bytes(targets: TargetSet, dtype) -> int:
+    es = torch.empty(0, dtype=dtype).element_size()
+    return sum(r * c * es for r, c in targets.shapes.values())
+
+
+def subset(targets: TargetSet, chosen) -> TargetSet:
+    chosen = tuple(chosen)
+    keys = {t.key for t in chosen}
+    return TargetSet(targets.arch, targets.preset, chosen, targets.regex,
+                     {k: v for k, v in targets.shapes.items() if k in keys})
+
+
+# ---------------------------------------------------------------------------
+# Timing helpers
+# ---------------------------------------------------------------------------
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def timed(device, fn):
+    """(wall seconds, process CPU seconds, result)."""
+    sync(device)
+    c0, t0 = time.process_time(), time.perf_counter()
+    out = fn()
+    sync(device)
+    return time.perf_counter() - t0, time.process_time() - c0, out
+
+
+def median(xs):
+    xs = sorted(xs)
+    n = len(xs)
+    return xs[n // 2] if n % 2 else (xs[n // 2 - 1] + xs[n // 2]) / 2
+
+
+def machine_info(device: torch.device) -> dict:
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:
+        cores = os.cpu_count()
+    info = {"cpu": cpu, "cores": cores, "torch_threads": torch.get_num_threads(), "torch": torch.__version__,
+            "python": platform.python_version(), "platform": platform.platform(), "device": str(device),
+            "gpu": None}
+    try:
+        info["mem_total_gb"] = round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1)
+    except (ValueError, OSError, AttributeError):
+        pass
+    if device.type == "cuda":
+        p = torch.cuda.get_device_properties(device)
+        info.update(gpu=p.name, gpu_mem_gb=round(p.total_memory / 2**30, 1), cuda=torch.version.cuda)
+        info["slug"] = "cuda-" + re.sub(r"[^a-z0-9]+", "-", p.name.lower()).strip("-")
+    else:
+        info["slug"] = f"cpu-{cores}core"
+    return info
+
+
+def loadavg():
+    try:
+        return [float(x) for x in Path("/proc/loadavg").read_text().split()[:3]]
+    except OSError:
+        return None
+
+
+def default_budget(device: torch.device) -> int:
+    """Bytes of stored weights a set may take to be built whole."""
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        return int(free * 0.45)
+    avail = None
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                avail = int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return int(min(6 * 2**30, 0.3 * avail)) if avail else 4 * 2**30
+
+
+# ---------------------------------------------------------------------------
+# One target set
+# ---------------------------------------------------------------------------
+
+@dataclass
+class Options:
+    device: torch.device
+    dtype: torch.dtype
+    rank: int
+    oversample: int
+    power_iters: int
+    samples: int
+    repeats: int
+    decay: float
+    seed: int
+    budget: int
+    max_batch_bytes: int
+    cache: bool
+    log: callable
+
+
+def run_set(name: str, shapes: dict, o: Options) -> dict:
+    log, dev = o.log, o.device
+    load0 = loadavg()
+    targets = select_targets(shapes, "paper")
+    fast = DecomposeSettings(rank=o.rank, method="fast", oversample=o.oversample, power_iters=o.power_iters,
+                             seed=o.seed)
+    exact = DecomposeSettings(rank=o.rank, method="exact")
+    groups = defaultdict(list)
+    for t in targets:
+        groups[target_shape(targets, t)].append(t)
+    need = stored_bytes(targets, o.dtype)
+    whole = need <= o.budget
+    log(f"[{name}] {targets.describe()}; {len(groups)} shapes; weights {need / 2**30:.2f} GiB "
+        f"{'built whole' if whole else 'over budget: sampled layers only'}")
+
+    # Sampled layers: evenly spaced in each shape group (all of them when the group is small).
+    samples = {}
+    for shp, ts in groups.items():
+        k = min(o.samples, len(ts))
+        idx = sorted({round(i * (len(ts) - 1) / max(k - 1, 1)) for i in range(k)}) if k > 1 else [0]
+        samples[shp] = [ts[i] for i in idx]
+    sampled = [t for ts in samples.values() for t in ts]
+
+    src = SyntheticWeights(targets, dev, o.dtype, o.decay, o.seed)
+    t_gen, _, _ = timed(dev, lambda: src.materialize(targets.shapes if whole else {t.key for t in sampled}))
+    log(f"[{name}] generated weights in {t_gen:.1f} s")
+
+    # Warm-up, untimed: kernels, LAPACK / cuSOLVER handles and the allocator's buffers of each shape
+    # (the first large allocation of a size costs page faults on the CPU). Exact is warmed up per
+    # shape on a GPU and for shapes up to 1536x1536 on the CPU (larger CPU SVDs take minutes).
+    warm_exact = []
+    for (m, n), ts in samples.items():
+        one = subset(targets, ts[:1])
+        decompose(src, one, fast, device=dev)
+        if dev.type == "cuda" or m * n * min(m, n) <= 1536**3:
+            decompose(src, one, exact, device=dev)
+            warm_exact.append(f"{m}x{n}")
+    warm = torch.randn(64, 64, device=dev)
+    torch.linalg.svd(warm)
+
+    cpu = dev.type == "cpu"
+    per_shape, worst, worst_batched_nominal = {}, 1.0, 1.0
+    exact_sigma = {}
+    for (m, n), ts in samples.items():
+        rows = {"count": len(groups[(m, n)]), "sampled": len(ts), "exact_warmed_up": f"{m}x{n}" in warm_exact,
+                "exact_s": [], "fast_s": [], "exact_cpu_s": [], "fast_cpu_s": [], "energy_ratio": []}
+        for t in ts:
+            one = subset(targets, [t])
+            te = ce = tf = cf = math.inf
+            for _ in range(o.repeats):  # alternate exact and fast; keep each one's fastest run
+                te_i, ce_i, (qe, se) = timed(dev, lambda: decompose(src, one, exact, device=dev))
+                tf_i, cf_i, (qf, _) = timed(dev, lambda: decompose(src, one, fast, device=dev))
+                te, ce, tf, cf = min(te, te_i), min(ce, ce_i), min(tf, tf_i), min(cf, cf_i)
+            w = src(t.key)[t.rows(src(t.key).shape[0])].to(dev, torch.float32)
+            ratio = (captured_energy(qf[t.name].to(dev), w) / se[t.name].to(dev).square().sum()).item()
+            exact_sigma[t.name] = se[t.name]
+            rows["exact_s"].append(te)
+            rows["fast_s"].append(tf)
+            rows["exact_cpu_s"].append(ce)
+            rows["fast_cpu_s"].append(cf)
+            rows["energy_ratio"].append(ratio)
+            worst = min(worst, ratio)
+            log(f"[{name}] {m}x{n} {t.name}: exact {te:.3f} s, fast {tf:.4f} s, energy ratio {ratio:.5f}")
+        # Layers of one shape do the same work, and noise from other processes only adds time: the
+        # estimate per layer is the fastest sample (min), for exact and fast alike. Medians are kept.
+        for k in ("exact_s", "fast_s", "exact_cpu_s", "fast_cpu_s"):
+            rows[k + "_median"] = median(rows[k])
+            rows[k + "_min"] = min(rows[k])
+        rows["est_exact_total_s"] = rows["exact_s_min"] * rows["count"]
+        rows["est_fast_total_s"] = rows["fast_s_min"] * rows["count"]
+        per_shape[f"{m}x{n}"] = rows
+
+    # Fast batched: the whole set when it was built, else each shape's sampled layers stacked
+    # and extrapolated by that shape's count.
+    if whole:
+        batched_set = targets
+        runs = [timed(dev, lambda: decompose(src, targets, fast, device=dev, max_batch_bytes=o.max_batch_bytes))
+                for _ in range(o.repeats)]
+        t_b, c_b, (qb, _) = min(runs, key=lambda x: x[0])
+        batched_total, batched_cpu, batched_extrap = t_b, min(r[1] for r in runs), False
+        del runs
+    else:
+        batched_set = subset(targets, sampled)
+        qb, t_b, batched_total, batched_cpu = {}, 0.0, 0.0, 0.0
+        for (m, n), ts in samples.items():
+            part = subset(targets, ts)
+            runs = [timed(dev, lambda: decompose(src, part, fast, device=dev, max_batch_bytes=o.max_batch_bytes))
+                    for _ in range(o.repeats)]
+            tp, cp, (qp, _) = min(runs, key=lambda x: x[0])
+            cp = min(r[1] for r in runs)
+            del runs
+            qb.update(qp)
+            per_shape[f"{m}x{n}"]["fast_batched_sampled_s"] = tp
+            t_b += tp
+            batched_total += tp * len(groups[(m, n)]) / len(ts)
+            batched_cpu += cp * len(groups[(m, n)]) / len(ts)
+        batched_extrap = True
+    # Every batched Q against the known (nominal) spectrum: covers all layers, not just the sampled ones.
+    for t in batched_set:
+        m, n = target_shape(batched_set, t)
+        w = src(t.key)[t.rows(src(t.key).shape[0])].to(dev, torch.float32)
+        ref = src.spectrum(m, n)[: o.rank].square().sum()
+        worst_batched_nominal = min(worst_batched_nominal, (captured_energy(qb[t.name].to(dev), w) / ref).item())
+    for t in sampled:  # batched Q of the sampled layers against their exact σ
+        w = src(t.key)[t.rows(src(t.key).shape[0])].to(dev, torch.float32)
+        r = (captured_energy(qb[t.name].to(dev), w) / exact_sigma[t.name].to(dev).square().sum()).item()
+        worst = min(worst, r)
+    log(f"[{name}] fast batched: {t_b:.3f} s on {len(batched_set)} targets"
+        + (f" -> est. {batched_total:.2f} s for {len(targets)}" if batched_extrap else ""))
+
+    est_exact = sum(r["est_exact_total_s"] for r in per_shape.values())
+    est_fast = sum(r["est_fast_total_s"] for r in per_shape.values())
+    est_exact_cpu = sum(r["exact_cpu_s_min"] * r["count"] for r in per_shape.values())
+    est_fast_cpu = sum(r["fast_cpu_s_min"] * r["count"] for r in per_shape.values())
+    extrapolated = any(r["sampled"] < r["count"] for r in per_shape.values())
+    res = {
+        "label": LABELS.get(name, name), "arch": targets.arch, "preset": targets.preset,
+        "fast_settings": fast.to_json(), "samples_per_shape": o.samples, "repeats": o.repeats,
+        "layers": len(targets), "row_slices": sum(t.is_slice for t in targets),
+        "params_M": round(sum(m * n for m, n in (target_shape(targets, t) for t in targets)) / 1e6, 1),
+        "stored_weights_GiB": round(need / 2**30, 2), "built_whole": whole, "generate_s": t_gen,
+        "per_shape": per_shape,
+        "extrapolated": extrapolated,
+        "est_exact_per_layer_total_s": est_exact,
+        "est_fast_per_layer_total_s": est_fast,
+        "fast_batched_total_s": batched_total,
+        "fast_batched_measured_s": t_b,
+        "fast_batched_measured_layers": len(batched_set),
+        "fast_batched_extrapolated": batched_extrap,
+        "speedup_per_layer": est_exact / est_fast,
+        "speedup_batched": est_exact / batched_total,
+        "date_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "loadavg_start": load0,
+        "worst_energy_ratio": worst,
+        # Process CPU time (all threads): the work done, but on a shared CPU inflated too (OpenMP
+        # threads spin while descheduled). Meaningless on a GPU (host waits), so null there.
+        "cpu_time": None if not cpu else {
+            "est_exact_per_layer_total_s": est_exact_cpu, "est_fast_per_layer_total_s": est_fast_cpu,
+            "fast_batched_total_s": batched_cpu, "speedup_batched": est_exact_cpu / batched_cpu,
+            "speedup_per_layer": est_exact_cpu / est_fast_cpu},
+        "worst_energy_ratio_batched_vs_nominal": worst_batched_nominal,
+        "energy_ratio_layers": len(sampled),
+        "fingerprint_s": None, "cache_cold_s": None, "cache_warm_s": None, "cache_warm_status": None,
+        "skipped": [],
+    }
+
+    if whole:
+        keys = list(targets.shapes)
+        res["fingerprint_s"], _, _ = timed(dev, lambda: fingerprint_weights(src, keys))
+        log(f"[{name}] fingerprint of {len(keys)} weights: {res['fingerprint_s']:.3f} s")
+    else:
+        res["skipped"].append("fingerprint (set not built whole)")
+    if whole and o.cache:
+        with tempfile.TemporaryDirectory(prefix="qr-bench-cache-") as d:
+            cache = BasisCache(d)
+            res["cache_cold_s"], _, b1 = timed(dev, lambda: get_basis(src, targets, fast, cache, dev))
+            res["cache_warm_s"], _, b2 = timed(dev, lambda: get_basis(src, targets, fast, cache, dev))
+            res["cache_cold_status"], res["cache_warm_status"] = b1.cache_status, b2.cache_status
+            res["cache_file_MB"] = round(sum(p.stat().st_size for p in Path(d).glob("*.safetensors")) / 2**20, 1)
+        log(f"[{name}] cache: cold {res['cache_cold_s']:.2f} s ({b1.cache_status}), "
+            f"warm {res['cache_warm_s']:.3f} s ({b2.cache_status})")
+    elif not whole:
+        res["skipped"].append("cache (set not built whole)")
+    else:
+        res["skipped"].append("cache (not run for this set on this device)")
+    res["loadavg_end"] = loadavg()
+    src.drop()
+    if dev.type == "cuda":
+        torch.cuda.empty_cache()
+    return res
+
+
+# ---------------------------------------------------------------------------
+# Report
+# ---------------------------------------------------------------------------
+
+def check_targets(results: dict, device: torch.device) -> dict:
+    out = {}
+    sdxl, flux = results["sets"].get("sdxl"), results["sets"].get("flux")
+    if device.type == "cpu":
+        out["cpu_sdxl_fast_speedup_ge_15x"] = (
+            None if sdxl is None else {
+                "target": TARGET_CPU_SDXL_SPEEDUP, "value": sdxl["speedup_batched"],
+                "batched": sdxl["speedup_batched"], "per_layer": sdxl["speedup_per_layer"],
+                "batched_cpu_time": (sdxl.get("cpu_time") or {}).get("speedup_batched"),
+                "per_layer_cpu_time": (sdxl.get("cpu_time") or {}).get("speedup_per_layer"),
+                "met": sdxl["speedup_batched"] >= TARGET_CPU_SDXL_SPEEDUP,
+                "note": "met = wall-time speedup of fast batched (the library's path) over exact per layer"})
+        for k in ("gpu_flux_fast_le_2s", "gpu_flux_energy_ge_0.99", "gpu_flux_warm_cache_le_0.5s"):
+            out[k] = "n/a (CPU run)"
+    else:
+        out["cpu_sdxl_fast_speedup_ge_15x"] = "n/a (GPU run)"
+        if flux is None:
+            out["gpu_flux_fast_le_2s"] = out["gpu_flux_energy_ge_0.99"] = out["gpu_flux_warm_cache_le_0.5s"] = None
+        else:
+            out["gpu_flux_fast_le_2s"] = {"target": TARGET_GPU_FLUX_FAST_S, "value": flux["fast_batched_total_s"],
+                                          "extrapolated": flux["fast_batched_extrapolated"],
+                                          "met": flux["fast_batched_total_s"] <= TARGET_GPU_FLUX_FAST_S}
+            e = min(flux["worst_energy_ratio"], flux["worst_energy_ratio_batched_vs_nominal"])
+            out["gpu_flux_energy_ge_0.99"] = {"target": TARGET_GPU_FLUX_ENERGY, "value": e,
+                                              "met": e >= TARGET_GPU_FLUX_ENERGY}
+            w = flux["cache_warm_s"]
+            out["gpu_flux_warm_cache_le_0.5s"] = {"target": TARGET_GPU_FLUX_WARM_S, "value": w,
+                                                  "met": None if w is None else w <= TARGET_GPU_FLUX_WARM_S}
+    return out
+
+
+def fmt_s(x):
+    if x is None:
+        return "—"
+    return f"{x:.3f}" if x < 10 else f"{x:.1f}"
+
+
+def markdown(r: dict) -> str:
+    m = r["machine"]
+    head = f"{m['gpu']} (torch {m['torch']})" if m["gpu"] else f"{m['cpu']}, {m['cores']} cores (torch {m['torch']})"
+    lines = [f"# Decomposition benchmark: {m['slug']}", "",
+             f"{head}; rank {r['settings']['rank']}, fast = q {r['settings']['rank'] + r['settings']['oversample']}, "
+             f"{r['settings']['power_iters']} power iterations; synthetic weights σ_i ∝ i^-{r['settings']['decay']} "
+             f"stored as {r['settings']['dtype']} on {m['device']}; sampled layers per shape: see the "
+             f"per-shape table{' (QUICK smoke run: tiny shapes)' if r['quick'] else ''}.", "",
+             "| set | layers | exact per layer | fast per layer | fast batched | speedup batched | speedup per layer "
+             "| worst energy ratio | fingerprint | cache cold | cache warm |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for name, s in r["sets"].items():
+        est = "≈" if s["extrapolated"] else ""
+        best = "≈" if s["fast_batched_extrapolated"] else ""
+        lines.append(
+            f"| {name} | {s['layers']} | {est}{fmt_s(s['est_exact_per_layer_total_s'])} s "
+            f"| {est}{fmt_s(s['est_fast_per_layer_total_s'])} s | {best}{fmt_s(s['fast_batched_total_s'])} s "
+            f"| {s['speedup_batched']:.1f}× | {s['speedup_per_layer']:.1f}× "
+            f"| {s['worst_energy_ratio']:.4f} ({s['energy_ratio_layers']} layers) "
+            f"| {fmt_s(s['fingerprint_s'])}{' s' if s['fingerprint_s'] is not None else ''} "
+            f"| {fmt_s(s['cache_cold_s'])}{' s' if s['cache_cold_s'] is not None else ''} "
+            f"| {fmt_s(s['cache_warm_s'])}{' s' if s['cache_warm_s'] is not None else ''} |")
+    lines += ["", "≈: extrapolated by count from the sampled layers of each shape (fastest sampled layer of each shape × count; fastest of the repeats)."]
+    if any(s.get("cpu_time") for s in r["sets"].values()):
+        lines += ["", "Process CPU time (all threads; also inflated by other load: OpenMP threads spin while descheduled):", "",
+                  "| set | exact per layer | fast per layer | fast batched | speedup batched | speedup per layer |",
+                  "|---|---|---|---|---|---|"]
+        for name, s in r["sets"].items():
+            c = s.get("cpu_time")
+            if c:
+                lines.append(f"| {name} | {fmt_s(c['est_exact_per_layer_total_s'])} s "
+                             f"| {fmt_s(c['est_fast_per_layer_total_s'])} s | {fmt_s(c['fast_batched_total_s'])} s "
+                             f"| {c['speedup_batched']:.1f}× | {c['speedup_per_layer']:.1f}× |")
+    lines += ["",
+              "| set | shape | count | sampled | exact s/layer (min) | fast s/layer (min) | worst energy ratio |",
+              "|---|---|---|---|---|---|---|"]
+    for name, s in r["sets"].items():
+        for shp, p in s["per_shape"].items():
+            lines.append(f"| {name} | {shp} | {p['count']} | {p['sampled']} | {min(p['exact_s']):.4f} "
+                         f"| {min(p['fast_s']):.4f} | {min(p['energy_ratio']):.5f} |")
+    lines += ["", "## Targets (issue 2)", ""]
+    for k, v in r["targets"].items():
+        if isinstance(v, dict):
+            val = v.get("value")
+            extra = ""
+            if "per_layer" in v:
+                extra = f"; per layer {v['per_layer']:.1f}×"
+                if v.get("batched_cpu_time"):
+                    extra += (f"; by process CPU time: batched {v['batched_cpu_time']:.1f}×, "
+                              f"per layer {v['per_layer_cpu_time']:.1f}×")
+            lines.append(f"- `{k}`: {'MET' if v['met'] else 'NOT MET' if v['met'] is False else 'unknown'} "
+                         f"(value {val:.4g}, target {v['target']}{extra})" if val is not None else f"- `{k}`: no value")
+        else:
+            lines.append(f"- `{k}`: {v}")
+    if r.get("notes"):
+        lines += ["", "## Notes", ""] + [f"- {n}" for n in r["notes"]]
+    return "\n".join(lines) + "\n"
+
+
+def parse_args(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default cpu)")
+    ap.add_argument("--sets", default="all", help="comma list of sdxl, sd3, flux (default all)")
+    ap.add_argument("--samples-per-shape", type=int, default=None,
+                    help="layers timed per distinct shape (default 2 on the CPU, 4 on a GPU, 1 with --quick)")
+    ap.add_argument("--repeats", type=int, default=None,
+                    help="runs of each timed layer and of the batched set; the fastest counts "
+                         "(default 2 on the CPU, where other processes add noise; 3 on a GPU; 1 with --quick)")
+    ap.add_argument("--out-dir", default=str(ROOT / "bench" / "results"))
+    ap.add_argument("--quick", action="store_true", help="tiny shapes of the same structure (CI smoke)")
+    ap.add_argument("--rank", type=int, default=None, help="default 64 (8 with --quick)")
+    ap.add_argument("--oversample", type=int, default=None, help="fast: extra probes (default: the library's)")
+    ap.add_argument("--power-iters", type=int, default=None, help="fast: power iterations (default: the library's)")
+    ap.add_argument("--decay", type=float, default=0.5, help="power-law exponent of the synthetic spectrum")
+    ap.add_argument("--dtype", default="bf16", choices=("bf16", "fp16", "fp32"), help="storage dtype of the weights")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--max-weight-gb", type=float, default=None,
+                    help="build a set whole only if its weights fit (default: 45%% of free GPU memory; "
+                         "on the CPU min(6 GB, 30%% of available RAM))")
+    ap.add_argument("--max-batch-mb", type=int, default=256, help="decompose's max_batch_bytes, in MiB")
+    ap.add_argument("--cache-sets", default=None,
+                    help="sets to run the cache step on (default: all on a GPU, sdxl,sd3 on the CPU)")
+    ap.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    ap.add_argument("--note", action="append", default=[], help="free text recorded in the results")
+    ap.add_argument("--merge", action="store_true",
+                    help="keep the other sets of an existing results file of this machine (replace only those run now)")
+    ap.add_argument("--quiet", action="store_true")
+    return ap.parse_args(argv)
+
+
+def main(argv=None) -> dict:
+    a = parse_args(argv)
+    if a.threads:
+        torch.set_num_threads(a.threads)
+    device = torch.device(a.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("--device cuda given but torch sees no CUDA device")
+    sets = SETS if a.sets == "all" else tuple(s.strip() for s in a.sets.split(",") if s.strip())
+    bad = [s for s in sets if s not in SETS]
+    if bad:
+        raise SystemExit(f"unknown set(s) {bad}; choose from {', '.join(SETS)}")
+    samples = a.samples_per_shape or (1 if a.quick else 4 if device.type == "cuda" else 2)
+    rank = a.rank or (8 if a.quick else 64)
+    repeats = a.repeats or (1 if a.quick else 3 if device.type == "cuda" else 2)
+    lib = DecomposeSettings()
+    oversample = lib.oversample if a.oversample is None else a.oversample
+    power_iters = lib.power_iters if a.power_iters is None else a.power_iters
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[a.dtype]
+    if a.cache_sets is None:
+        cache_sets = set(SETS) if (device.type == "cuda" or a.quick) else {"sdxl", "sd3"}
+    else:
+        cache_sets = {s.strip() for s in a.cache_sets.split(",")}
+    budget = int(a.max_weight_gb * 2**30) if a.max_weight_gb is not None else default_budget(device)
+    log = (lambda *x: None) if a.quiet else (lambda msg: print(msg, flush=True))
+
+    info = machine_info(device)
+    results = {
+        "benchmark": "qr-lora decompose", "quick": a.quick,
+        "date_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "machine": info, "loadavg_start": loadavg(),
+        "settings": {"rank": rank, "oversample": oversample, "power_iters": power_iters,
+                     "decay": a.decay, "dtype": a.dtype,
+                     "samples_per_shape": samples, "repeats": repeats, "max_batch_mb": a.max_batch_mb,
+                     "weight_budget_GiB": round(budget / 2**30, 2), "seed": a.seed,
+                     "weights_on": str(device), "cache_sets": sorted(cache_sets & set(sets))},
+        "method": ("exact = decompose(method='exact') one target at a time (full fp32 torch.linalg.svd + QR, "
+                   "the paper's way); fast per layer = decompose(method='fast') one target at a time; fast batched "
+                   "= decompose(method='fast') on the whole set (extrapolated from the sampled layers when the set "
+                   "is not built whole). Each timing is the fastest of --repeats runs; est_* totals = fastest sampled layer "
+                   "of each shape x count (noise from other processes only adds time). "
+                   "worst_energy_ratio = min over sampled layers of ||Q_fast^T W||^2 / sum(exact top-r sigma^2), "
+                   "per-layer and batched Q; worst_energy_ratio_batched_vs_nominal = the batched Q of every "
+                   "built layer against the synthetic spectrum's top-r energy. cache_warm_s = second get_basis "
+                   "call into a fresh BasisCache (fingerprint + load + validation against live weights)."),
+        "sets": {}, "notes": list(a.note),
+    }
+    opts = Options(device, dtype, rank, oversample, power_iters, samples, repeats, a.decay, a.seed, budget, a.max_batch_mb * 2**20, True, log)
+    shape_fns = QUICK if a.quick else FULL
+    t_all = time.perf_counter()
+    for name in sets:
+        opts.cache = name in cache_sets
+        results["sets"][name] = run_set(name, shape_fns[name](), opts)
+    results["wall_s"] = time.perf_counter() - t_all
+    results["loadavg_end"] = loadavg()
+    results["targets"] = check_targets(results, device)
+    if a.quick:
+        results["notes"].append("quick smoke run: tiny shapes of the same structure; times mean nothing")
+
+    out = Path(a.out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    stem = f"decompose-{info['slug']}{'-quick' if a.quick else ''}"
+    old = out / f"{stem}.json"
+    if a.merge and old.exists():
+        prev = json.loads(old.read_text())
+        for k in ("rank", "oversample", "power_iters", "decay", "dtype"):
+            if prev.get("settings", {}).get(k) != results["settings"][k]:
+                raise SystemExit(f"--merge: {old} has {k} = {prev.get('settings', {}).get(k)!r}, this run "
+                                 f"{results['settings'][k]!r}; results of different settings are not merged")
+        merged = {k: v for k, v in prev.get("sets", {}).items() if k not in results["sets"]}
+        merged.update(results["sets"])
+        results["sets"] = {k: merged[k] for k in SETS if k in merged}
+        results["merged_from_previous_run"] = {k: prev.get("date_utc") for k in merged if k not in sets}
+        results["notes"] = list(dict.fromkeys(prev.get("notes", []) + results["notes"]))
+        results["targets"] = check_targets(results, device)
+    (out / f"{stem}.json").write_text(json.dumps(results, indent=1) + "\n")
+    (out / f"{stem}.md").write_text(markdown(results))
+    results["files"] = [str(out / f"{stem}.json"), str(out / f"{stem}.md")]
+    log(markdown(results))
+    log(f"wrote {results['files'][0]} and .md")
+    return results
+
+
+if __name__ == "__main__":
+    main()

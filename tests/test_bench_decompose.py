@@ -1,0 +1,46 @@
+"""Smoke test of bench/decompose.py: --quick runs every set on tiny shapes and writes the result files."""
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+BENCH = Path(__file__).resolve().parents[1] / "bench" / "decompose.py"
+
+
+def _load():
+    spec = importlib.util.spec_from_file_location("bench_decompose", BENCH)
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = mod  # dataclasses look their module up here
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_quick_run_writes_json_and_markdown(tmp_path):
+    bench = _load()
+    res = bench.main(["--quick", "--quiet", "--out-dir", str(tmp_path)])
+    slug = res["machine"]["slug"]
+    js = tmp_path / f"decompose-{slug}-quick.json"
+    md = tmp_path / f"decompose-{slug}-quick.md"
+    assert js.exists() and md.exists()
+    data = json.loads(js.read_text())
+    assert data["quick"] is True
+    for key in ("machine", "settings", "sets", "targets", "method"):
+        assert key in data
+    for key in ("cpu", "cores", "torch", "gpu", "slug"):
+        assert key in data["machine"]
+    assert set(data["sets"]) == {"sdxl", "sd3", "flux"}
+    for name, s in data["sets"].items():
+        for key in ("layers", "per_shape", "est_exact_per_layer_total_s", "est_fast_per_layer_total_s",
+                    "fast_batched_total_s", "speedup_batched", "speedup_per_layer", "worst_energy_ratio",
+                    "fingerprint_s", "cache_warm_s", "extrapolated"):
+            assert key in s, (name, key)
+        assert s["layers"] > 0 and s["fast_batched_total_s"] > 0
+        assert 0.9 < s["worst_energy_ratio"] <= 1.0 + 1e-4
+        assert s["cache_warm_status"] == "hit"
+        for shp in s["per_shape"].values():
+            assert shp["sampled"] >= 1 and shp["count"] >= shp["sampled"]
+    # The quick shapes keep the real structure: the same slicing of fused weights as the real models.
+    assert data["sets"]["flux"]["row_slices"] > 0 and data["sets"]["sd3"]["row_slices"] > 0
+    assert "cpu_sdxl_fast_speedup_ge_15x" in data["targets"]
+    assert "| sdxl |" in md.read_text()
