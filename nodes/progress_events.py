@@ -8,6 +8,7 @@ is a no-op.
 from __future__ import annotations
 
 import math
+import sys
 import time
 
 EVENT = "qr_lora.train_progress"
@@ -17,11 +18,9 @@ _runs: dict[str, dict] = {}
 
 
 def _server():
-    try:
-        from server import PromptServer
-    except ImportError:
-        return None
-    return getattr(PromptServer, "instance", None)
+    """ComfyUI's running PromptServer, or None (scripts and tests that load the pack without main.py)."""
+    prompt_server = getattr(sys.modules.get("server"), "PromptServer", None)
+    return getattr(prompt_server, "instance", None)
 
 
 def send_train_progress(node_id, step: int, total: int, loss: float) -> None:

@@ -8,6 +8,7 @@ exists (not in tests that load the pack without one).
 from __future__ import annotations
 
 import json
+import sys
 
 from . import bridge
 
@@ -44,14 +45,13 @@ def register_routes() -> None:
     global _registered
     if _registered:
         return
-    try:
-        from aiohttp import web
-        from server import PromptServer
-    except ImportError:
-        return
-    server = getattr(PromptServer, "instance", None)
+    module = sys.modules.get("server")  # ComfyUI's server.py, loaded by main.py before custom nodes
+    prompt_server = getattr(module, "PromptServer", None)
+    server = getattr(prompt_server, "instance", None)
     if server is None:
         return
+
+    from aiohttp import web
 
     @server.routes.get(ROUTE)
     async def _delta_info(request):

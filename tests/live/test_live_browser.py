@@ -1,0 +1,207 @@
+"""ComfyUI's real front end (comfyui-frontend-package) in headless Chromium, driven by Playwright.
+
+Each shipped workflow is loaded as a user's drag-and-drop would (app.loadGraphData):
+no missing-node dialog, no schema alert, every widget keeps the file's value,
+no console error from this pack's extension; a screenshot of each goes to docs/.
+Then the SDXL workflow runs (tiny models, as in test_live_prompt) with the page
+attached, and the screenshot shows the extension's live panels after a real run.
+
+Needs the PyPI package `playwright` (its driver only: the browser is Debian's
+chromium, `playwright install` is never run) and a Chromium binary
+($QR_LORA_CHROMIUM, or chromium / chromium-browser on PATH); skipped otherwise.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import tempfile
+import time
+
+import pytest
+
+from workflow_check import FRONTEND_ONLY, WORKFLOW_DIR, workflow_files
+
+pytest.importorskip("playwright.sync_api", reason="the PyPI package 'playwright' is not installed")
+
+CHROMIUM = os.environ.get("QR_LORA_CHROMIUM") or shutil.which("chromium") or shutil.which("chromium-browser")
+if not CHROMIUM:
+    pytest.skip("no Chromium binary: install Debian's 'chromium' or set QR_LORA_CHROMIUM", allow_module_level=True)
+
+VIEWPORT = {"width": 2400, "height": 1350}
+ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+        "--disable-sync", "--no-first-run", "--disable-dev-shm-usage"]
+DEMO_STEPS = 12
+OUR_MARKERS = ("/extensions/qr-lora/", "qr_lora.js", "[qr_lora]")
+
+
+@pytest.fixture(scope="module")
+def browser_page(comfy_server):
+    from playwright.sync_api import sync_playwright
+
+    profile = tempfile.mkdtemp(prefix="qr-lora-chromium-")
+    with sync_playwright() as p:
+        context = p.chromium.launch_persistent_context(profile, executable_path=CHROMIUM, headless=True, args=ARGS,
+                                                       viewport=VIEWPORT)
+        page = context.pages[0] if context.pages else context.new_page()
+        page.console_log = []
+        page.on("console", lambda m: page.console_log.append(
+            {"type": m.type, "text": m.text, "url": (m.location or {}).get("url", "")}))
+        page.on("pageerror", lambda e: page.console_log.append(
+            {"type": "pageerror", "text": f"{e}\n{getattr(e, 'stack', '')}", "url": ""}))
+        page.goto(comfy_server.url + "/")
+        page.wait_for_function(
+            "() => window.app?.graph && window.LiteGraph && 'QRLoRATrainDelta' in window.LiteGraph.registered_node_types",
+            timeout=180_000)
+        extensions = page.evaluate("() => window.app.extensions.map(e => e.name)")
+        assert "qr_lora.ui" in extensions, extensions
+        yield page
+        context.close()
+    shutil.rmtree(profile, ignore_errors=True)
+
+
+def our_errors(log: list[dict]) -> list[dict]:
+    return [e for e in log if e["type"] in ("error", "pageerror")
+            and any(m in e["text"] or m in e["url"] for m in OUR_MARKERS)]
+
+
+def load(page, workflow: dict, name: str) -> None:
+    page.evaluate("async ([wf, name]) => { await window.app.loadGraphData(wf, true, true, name); }", [workflow, name])
+    page.wait_for_timeout(800)
+    page.evaluate("() => window.app.canvas.setDirty(true, true)")
+    page.wait_for_timeout(400)
+
+
+def zoomed_shot(page, names: list[str], path, scale: float = 1.25) -> None:
+    """A legible close-up: the canvas zoomed on the nodes with these types or titles, clipped to them."""
+    rect = page.evaluate("""([names, scale]) => {
+        const app = window.app, nodes = app.graph.nodes.filter(n => names.includes(n.type) || names.includes(n.title));
+        const x0 = Math.min(...nodes.map(n => n.pos[0])), y0 = Math.min(...nodes.map(n => n.pos[1] - 30));
+        const x1 = Math.max(...nodes.map(n => n.pos[0] + n.size[0])), y1 = Math.max(...nodes.map(n => n.pos[1] + n.size[1]));
+        const ds = app.canvas.ds, box = app.canvas.canvas.getBoundingClientRect();
+        ds.scale = scale;
+        ds.offset = [40 / scale - x0, 40 / scale - y0];
+        app.canvas.setDirty(true, true);
+        return {x: box.left + 20, y: box.top + 20, width: Math.min((x1 - x0) * scale + 40, box.width - 40),
+                height: Math.min((y1 - y0) * scale + 40, box.height - 40)};
+    }""", [names, scale])
+    page.wait_for_timeout(500)
+    page.screenshot(path=str(path), clip=rect)
+
+
+def same_value(a, b) -> bool:
+    if isinstance(a, float) or isinstance(b, float):
+        return isinstance(a, (int, float)) and isinstance(b, (int, float)) and math.isclose(a, b, rel_tol=1e-6)
+    return a == b
+
+
+@pytest.mark.parametrize("path", workflow_files(), ids=lambda p: p.stem)
+def test_workflow_loads_in_the_real_front_end(browser_page, docs_dir, path):
+    page = browser_page
+    workflow = json.loads(path.read_text())
+    start = len(page.console_log)
+    load(page, workflow, path.stem)
+
+    state = page.evaluate("""() => ({
+        nodes: window.app.graph.nodes.map(n => ({id: n.id, type: n.type,
+            registered: n.type in window.LiteGraph.registered_node_types, errors: !!n.has_errors})),
+        dialogs: Array.from(document.querySelectorAll('.p-dialog')).map(d => d.innerText),
+        toasts: Array.from(document.querySelectorAll('.p-toast-message')).map(t => t.innerText),
+        saved: window.app.graph.serialize(),
+    })""")
+    assert len(state["nodes"]) == len(workflow["nodes"])
+    unregistered = [n for n in state["nodes"] if not n["registered"]]
+    assert not unregistered, f"node types the front end does not know: {unregistered}"
+    missing = [d for d in state["dialogs"] if "missing" in d.lower()]
+    assert not missing, f"a 'missing' dialog appeared: {missing}"
+    alerts = [t for t in state["toasts"] if "invalid" in t.lower() or "error" in t.lower()]
+    assert not alerts, f"alerts on load: {alerts}"
+    assert not [n for n in state["nodes"] if n["errors"]]
+
+    # The front end maps each widget value back to the same widget (and keeps it when it saves).
+    saved = {n["id"]: n for n in state["saved"]["nodes"]}
+    for node in workflow["nodes"]:
+        got = saved[node["id"]].get("widgets_values") or []
+        want = node.get("widgets_values") or []
+        if node["type"] in FRONTEND_ONLY:
+            assert got[:1] == want[:1]
+            continue
+        assert len(got) >= len(want), (node["type"], got, want)
+        bad = [(i, w, g) for i, (w, g) in enumerate(zip(want, got)) if not same_value(w, g)]
+        assert not bad, f"#{node['id']} {node['type']}: widget values changed on load {bad}"
+
+    errors = our_errors(page.console_log[start:])
+    assert not errors, errors
+    page.keyboard.press("Escape")
+    page.screenshot(path=str(docs_dir / f"workflow_{path.stem}.png"))
+
+
+def test_extension_panels_after_a_real_run(browser_page, comfy_server, docs_dir):
+    """Train ΔR's loss curve, Decompose's cache state, Merge's λ and Load ΔR's metadata, from a real run."""
+    from test_live_prompt import small_prompt
+
+    page = browser_page
+    start = len(page.console_log)
+    workflow = json.loads((WORKFLOW_DIR / "qr_lora_sdxl_train_merge.json").read_text())
+    load(page, workflow, "qr_lora_sdxl_train_merge")
+    prompt = small_prompt(workflow, comfy_server.object_info, "sdxl")
+    for node in prompt.values():
+        if node["class_type"] == "QRLoRATrainDelta":
+            node["inputs"].update(steps=DEMO_STEPS, save_name=node["inputs"]["save_name"] + "_browser")
+    answer = page.evaluate("""async (prompt) => {
+        const api = window.comfyAPI.api.api;
+        const r = await api.fetchApi('/prompt', {method: 'POST', headers: {'Content-Type': 'application/json'},
+                                                 body: JSON.stringify({prompt, client_id: api.clientId})});
+        return {status: r.status, body: await r.json()};
+    }""", prompt)
+    assert answer["status"] == 200, answer
+    prompt_id = answer["body"]["prompt_id"]
+    deadline = time.monotonic() + 240
+    while True:
+        history = comfy_server.get(f"/history/{prompt_id}")
+        if prompt_id in history and history[prompt_id]["status"].get("completed") is not None:
+            break
+        assert time.monotonic() < deadline, comfy_server.log_tail()
+        time.sleep(0.5)
+    assert history[prompt_id]["status"]["status_str"] == "success", history[prompt_id]["status"]
+    page.wait_for_timeout(1500)
+
+    panels = page.evaluate("""() => {
+        const by = (t) => window.app.graph.nodes.filter(n => n.type === t);
+        return {
+          train: by('QRLoRATrainDelta').map(n => ({losses: n.qrTrain?.losses?.length ?? 0, step: n.qrTrain?.step,
+                                                    total: n.qrTrain?.total, done: n.qrTrain?.done,
+                                                    summary: n.qrTrain?.summary ?? []})),
+          decompose: by('QRLoRADecompose').map(n => n.qrDecompose?.text ?? null),
+          merge: by('QRLoRAMergeDeltas').map(n => n.qrText ?? null),
+        };
+    }""")
+    for t in panels["train"]:
+        assert t["losses"] == DEMO_STEPS and t["step"] == t["total"] == DEMO_STEPS and t["done"], t
+        assert any("loss" in line for line in t["summary"]), t
+    assert all(d and "cache" in " ".join(d) for d in panels["decompose"]), panels
+    assert all(m for m in panels["merge"]), panels
+    page.keyboard.press("Escape")
+    page.screenshot(path=str(docs_dir / "ui_after_run_sdxl_train_merge.png"))
+    zoomed_shot(page, ["Train content ΔR"], docs_dir / "ui_train_loss_curve.png", 1.1)
+    zoomed_shot(page, ["QRLoRADecompose"], docs_dir / "ui_decompose_cache.png")
+    zoomed_shot(page, ["QRLoRAMergeDeltas"], docs_dir / "ui_merge_lambdas.png")
+
+    # Load ΔR shows the file's metadata under the picker (the grid workflow names the files just written).
+    grid = json.loads((WORKFLOW_DIR / "qr_lora_sdxl_lambda_grid.json").read_text())
+    for node in grid["nodes"]:
+        if node["type"] == "QRLoRALoadDelta":
+            node["widgets_values"][0] = node["widgets_values"][0].replace(".safetensors", "_browser.safetensors")
+    page.evaluate("() => window.app.refreshComboInNodes?.()")
+    load(page, grid, "qr_lora_sdxl_lambda_grid")
+    page.wait_for_function("""() => window.app.graph.nodes.filter(n => n.type === 'QRLoRALoadDelta')
+                                 .every(n => n.qrInfo && (n.qrInfo.arch || n.qrInfo.error))""", timeout=20_000)
+    infos = page.evaluate("() => window.app.graph.nodes.filter(n => n.type === 'QRLoRALoadDelta').map(n => n.qrInfo)")
+    assert [i.get("arch") for i in infos] == ["sdxl", "sdxl"], infos
+    assert {i["trigger_words"] for i in infos} == {"<c> dog", "<s> style"}
+    page.keyboard.press("Escape")
+    zoomed_shot(page, ["QRLoRALoadDelta"], docs_dir / "ui_load_delta_metadata.png")
+    errors = our_errors(page.console_log[start:])
+    assert not errors, errors

@@ -1,0 +1,65 @@
+"""Every shipped workflow against the live server's /object_info: no missing node, no red input."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from workflow_check import validate, workflow_files
+
+EXPECTED = {"qr_lora_sdxl_train_merge", "qr_lora_sd35_train_merge", "qr_lora_flux_dev_train_merge",
+            "qr_lora_flux_dev_fp8_24gb_train_merge", "qr_lora_sdxl_lambda_grid", "qr_lora_sdxl_nway_composition"}
+
+
+def test_the_promised_workflows_exist_with_thumbnails(workflow_paths):
+    names = {p.stem for p in workflow_paths}
+    assert EXPECTED <= names, EXPECTED - names
+    missing = [p.name for p in workflow_paths if not p.with_suffix(".jpg").is_file()]
+    assert not missing, f"no thumbnail (<name>.jpg, the template browser's convention) for {missing}"
+
+
+def test_template_browser_lists_the_workflows(comfy_server):
+    listed = comfy_server.get("/workflow_templates")
+    assert EXPECTED <= set(listed.get("qr-lora", [])), listed
+
+
+@pytest.mark.parametrize("path", workflow_files(), ids=lambda p: p.stem)
+def test_workflow_fits_the_live_nodes(comfy_server, path):
+    workflow = json.loads(path.read_text())
+    report = validate(workflow, comfy_server.object_info)
+    assert not report.problems, "\n".join(report.problems)
+    assert not any(t.startswith("QRTest") for t in report.node_types), "a test-only node in a shipped workflow"
+    assert "Note" in report.node_types or "MarkdownNote" in report.node_types, "no Note explains the steps"
+    assert any(t.startswith("QRLoRA") for t in report.node_types)
+    # Every model file a loader names is declared for the front end's download offer.
+    for node in workflow["nodes"]:
+        if node["type"] in ("CheckpointLoaderSimple", "UNETLoader", "DualCLIPLoader", "VAELoader"):
+            declared = {m["name"] for m in node["properties"].get("models", [])}
+            named = {v for v in node["widgets_values"] if isinstance(v, str) and v.endswith(".safetensors")}
+            assert named and named <= declared, (node["type"], named, declared)
+            for m in node["properties"]["models"]:
+                assert m["url"].startswith("https://") and m["directory"], m
+
+
+def test_paper_settings_in_the_train_merge_workflows(comfy_server):
+    from workflow_check import widget_slots
+
+    info = comfy_server.object_info["QRLoRATrainDelta"]
+    names = [s[0] for s in widget_slots(info)]
+    prompts = set()
+    for arch in ("sdxl", "sd35", "flux_dev", "flux_dev_fp8_24gb"):
+        wf = json.loads((workflow_files()[0].parent / f"qr_lora_{arch}_train_merge.json").read_text())
+        trains = [dict(zip(names, n["widgets_values"])) for n in wf["nodes"] if n["type"] == "QRLoRATrainDelta"]
+        assert len(trains) == 2
+        for t in trains:
+            assert (t["steps"], t["learning_rate"], t["mode"]) == (500, 1e-4, "ΔR only")
+        decomposes = [n for n in wf["nodes"] if n["type"] == "QRLoRADecompose"]
+        assert decomposes and decomposes[0]["widgets_values"][0] == 64
+        scales = [n["widgets_values"] for n in wf["nodes"] if n["type"] == "ImageScale"]
+        assert scales and all(v[1:3] == [512, 512] for v in scales)
+        prompts |= {n["widgets_values"][0] for n in wf["nodes"] if n["type"] == "CLIPTextEncode"}
+        if "fp8" in arch:
+            unet = next(n for n in wf["nodes"] if n["type"] == "UNETLoader")
+            assert unet["widgets_values"][1] == "fp8_e4m3fn"
+    assert {"a photo of a <c> dog", "a cat in <s> style", "a <c> dog in <s> style"} <= prompts

@@ -1,0 +1,484 @@
+"""Writes the pack's example workflows (workflows/*.json, UI format as ComfyUI's front end saves it).
+
+Widget order and input sockets come from a live server's /object_info, so the
+files match the nodes exactly:
+
+    python tools/build_workflows.py --object-info http://127.0.0.1:8188/object_info
+    python tools/build_workflows.py --object-info object_info.json
+    python tools/build_workflows.py --thumbnails-only   # after tests/live wrote docs/workflow_*.png
+
+tests/live validates the result against a running ComfyUI and in a browser.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import urllib.request
+import uuid
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+OUT = ROOT / "workflows"
+
+WIDGET_TYPES = {"INT", "FLOAT", "STRING", "BOOLEAN", "COMBO"}
+FRONTEND_ONLY = {"Note", "MarkdownNote"}
+PACK_ID = "qr-lora"  # the Registry id (pyproject [project].name)
+
+HF = "https://huggingface.co"
+MODELS = {
+    "sd_xl_base_1.0.safetensors": (f"{HF}/stabilityai/stable-diffusion-xl-base-1.0/resolve/main/sd_xl_base_1.0.safetensors?download=true", "checkpoints"),
+    "sd3.5_large_fp8_scaled.safetensors": (f"{HF}/Comfy-Org/stable-diffusion-3.5-fp8/resolve/main/sd3.5_large_fp8_scaled.safetensors?download=true", "checkpoints"),
+    "flux1-dev.safetensors": (f"{HF}/Comfy-Org/flux1-dev/resolve/main/flux1-dev.safetensors", "diffusion_models"),
+    "clip_l.safetensors": (f"{HF}/comfyanonymous/flux_text_encoders/resolve/main/clip_l.safetensors", "text_encoders"),
+    "t5xxl_fp16.safetensors": (f"{HF}/comfyanonymous/flux_text_encoders/resolve/main/t5xxl_fp16.safetensors", "text_encoders"),
+    "t5xxl_fp8_e4m3fn_scaled.safetensors": (f"{HF}/comfyanonymous/flux_text_encoders/resolve/main/t5xxl_fp8_e4m3fn_scaled.safetensors", "text_encoders"),
+    "ae.safetensors": (f"{HF}/Comfy-Org/Lumina_Image_2.0_Repackaged/resolve/main/split_files/vae/ae.safetensors", "vae"),
+}
+
+# The paper's prompts and settings (QR-LoRA, ICCV 2025).
+CONTENT_PROMPT = "a photo of a <c> dog"
+STYLE_PROMPT = "a cat in <s> style"
+MERGE_PROMPT = "a <c> dog in <s> style"
+TRAIN = dict(steps=500, learning_rate=1e-4, optimizer="AdamW", batch_size=1, seed=0, timestep_sampling="uniform",
+             loss_space="native", training_dtype="bf16", gradient_checkpointing=False, mode="ΔR only",
+             triangular=False, save_every=100)
+TRAIN_PX = 512
+# Room for the pack's front-end panel (js/qr_lora.js) below the widgets.
+PANEL_EXTRA = {"QRLoRATrainDelta": 150, "QRLoRADecompose": 64, "QRLoRAMergeDeltas": 96, "QRLoRALoadDelta": 70}
+GROUP_COLORS = {"models": "#3f789e", "content": "#88A", "style": "#a1309b", "merge": "#8A8", "extra": "#b58b2a"}
+
+
+def input_spec(info: dict, name: str) -> tuple[str, dict]:
+    """(type, options) of a node input from object_info; combos come back as ('COMBO', {'options': [...]})."""
+    for section in ("required", "optional"):
+        spec = info["input"].get(section, {}).get(name)
+        if spec is not None:
+            kind, opts = spec[0], (spec[1] if len(spec) > 1 else {}) or {}
+            if isinstance(kind, list):
+                return "COMBO", {**opts, "options": kind}
+            return kind, opts
+    raise KeyError(name)
+
+
+def ordered_inputs(info: dict) -> list[tuple[str, str, dict, bool]]:
+    """(name, type, options, optional) in the order the front end creates widgets and slots."""
+    out = []
+    for section in ("required", "optional"):
+        names = info.get("input_order", {}).get(section) or list(info["input"].get(section, {}))
+        for n in names:
+            kind, opts = input_spec(info, n)
+            out.append((n, kind, opts, section == "optional"))
+    return out
+
+
+def is_widget(kind: str, opts: dict) -> bool:
+    return kind in WIDGET_TYPES and not opts.get("forceInput")
+
+
+def has_control(name: str, kind: str, opts: dict) -> bool:
+    """The front end adds a 'control after generate' widget (one more value) to these INT inputs."""
+    return kind == "INT" and (opts.get("control_after_generate") or name in ("seed", "noise_seed"))
+
+
+def widget_layout(info: dict) -> list[tuple[str, str, dict]]:
+    """The widgets_values slots of a node: (input name or '<name>:control' / '<name>:upload', type, options)."""
+    slots = []
+    for name, kind, opts, _ in ordered_inputs(info):
+        if not is_widget(kind, opts):
+            continue
+        slots.append((name, kind, opts))
+        if has_control(name, kind, opts):
+            slots.append((name + ":control", "CONTROL", {"options": ["fixed", "increment", "decrement", "randomize"]}))
+        if opts.get("image_upload"):
+            slots.append((name + ":upload", "UPLOAD", {}))
+    return slots
+
+
+class Workflow:
+    def __init__(self, object_info: dict):
+        self.info = object_info
+        self.nodes: list[dict] = []
+        self.links: list[list] = []
+        self.groups: list[dict] = []
+
+    def node(self, type_: str, pos, values: dict | None = None, *, title: str | None = None, size=None,
+             color: str | None = None, text: str | None = None) -> dict:
+        values = dict(values or {})
+        nid = len(self.nodes) + 1
+        node = {"id": nid, "type": type_, "pos": [float(pos[0]), float(pos[1])], "size": None, "flags": {},
+                "order": 0, "mode": 0, "inputs": [], "outputs": [], "properties": {}, "widgets_values": []}
+        if type_ in FRONTEND_ONLY:
+            node["widgets_values"] = [text or ""]
+            node["size"] = list(size or [360, 160])
+            node["color"], node["bgcolor"] = "#432", "#653"
+            self.nodes.append(node)
+            return node
+        info = self.info[type_]
+        n_widgets = 0
+        for name, kind, opts, optional in ordered_inputs(info):
+            if is_widget(kind, opts):
+                continue
+            slot = {"name": name, "type": kind, "link": None}
+            if optional:
+                slot["shape"] = 7
+            node["inputs"].append(slot)
+        for i, (kind, oname) in enumerate(zip(info["output"], info.get("output_name") or info["output"])):
+            node["outputs"].append({"name": oname, "type": kind, "links": [], "slot_index": i})
+        wv = []
+        for name, kind, opts in widget_layout(info):
+            if name.endswith(":control"):
+                wv.append(values.pop(name, "fixed"))
+            elif name.endswith(":upload"):
+                wv.append("image")
+            else:
+                wv.append(values.pop(name) if name in values else opts.get("default", _fallback(kind, opts)))
+                n_widgets += 2 if opts.get("multiline") else 1
+        if values:
+            raise KeyError(f"{type_}: unknown widget(s) {sorted(values)}")
+        node["widgets_values"] = wv
+        props = {"Node name for S&R": type_}
+        is_pack = type_.startswith("QRLoRA")
+        props["cnr_id"] = PACK_ID if is_pack else "comfy-core"
+        models = [{"name": v, "url": MODELS[v][0], "directory": MODELS[v][1]}
+                  for v in wv if isinstance(v, str) and v in MODELS]
+        if models:
+            props["models"] = models
+        node["properties"] = props
+        if title:
+            node["title"] = title
+        if color:
+            node["color"], node["bgcolor"] = color, _darker(color)
+        slots = max(len(node["inputs"]), len(node["outputs"]))
+        height = 36 + slots * 22 + n_widgets * 26 + (200 if type_ == "LoadImage" else 0) + (250 if type_ in ("SaveImage", "PreviewImage") else 0) + PANEL_EXTRA.get(type_, 0)
+        node["size"] = list(size or [340, height])
+        self.nodes.append(node)
+        return node
+
+    def link(self, src: dict, out: int | str, dst: dict, inp: str) -> None:
+        if isinstance(out, str):
+            out = next(i for i, o in enumerate(src["outputs"]) if o["name"] == out)
+        slot = next(i for i, s in enumerate(dst["inputs"]) if s["name"] == inp)
+        kind = src["outputs"][out]["type"]
+        lid = len(self.links) + 1
+        self.links.append([lid, src["id"], out, dst["id"], slot, kind])
+        src["outputs"][out]["links"].append(lid)
+        dst["inputs"][slot]["link"] = lid
+
+    def group(self, title: str, nodes: list[dict], color: str, pad: int = 30) -> None:
+        x0 = min(n["pos"][0] for n in nodes) - pad
+        y0 = min(n["pos"][1] for n in nodes) - pad - 40
+        x1 = max(n["pos"][0] + n["size"][0] for n in nodes) + pad
+        y1 = max(n["pos"][1] + n["size"][1] for n in nodes) + pad
+        self.groups.append({"id": len(self.groups) + 1, "title": title, "bounding": [x0, y0, x1 - x0, y1 - y0],
+                            "color": color, "font_size": 24, "flags": {}})
+
+    def to_json(self, name: str) -> dict:
+        for order, n in enumerate(self.nodes):
+            n["order"] = order
+        return {"id": str(uuid.uuid5(uuid.NAMESPACE_URL, f"qr-lora/workflows/{name}")), "revision": 0, "last_node_id": len(self.nodes), "last_link_id": len(self.links),
+                "nodes": self.nodes, "links": self.links, "groups": self.groups, "config": {},
+                "extra": {"ds": {"scale": 0.62, "offset": [120, 160]}, "frontendVersion": "1.27.10"},
+                "version": 0.4}
+
+
+def _fallback(kind: str, opts: dict):
+    return {"INT": 0, "FLOAT": 0.0, "STRING": "", "BOOLEAN": False}.get(kind, (opts.get("options") or [""])[0])
+
+
+def _darker(color: str) -> str:
+    c = color.lstrip("#")
+    if len(c) == 3:
+        c = "".join(ch * 2 for ch in c)
+    r, g, b = (int(c[i:i + 2], 16) for i in (0, 2, 4))
+    return "#%02x%02x%02x" % (int(r * 0.7), int(g * 0.7), int(b * 0.7))
+
+
+# --------------------------------------------------------------------------- model loaders per architecture
+
+ARCHS = {
+    "sdxl": dict(label="SDXL", ckpt="sd_xl_base_1.0.safetensors", latent="EmptyLatentImage", size=1024, steps=30,
+                 cfg=7.0, sampler="euler", scheduler="normal", vram="≈24 GB for training at bf16"),
+    "sd35": dict(label="SD3.5 Large", ckpt="sd3.5_large_fp8_scaled.safetensors", latent="EmptySD3LatentImage",
+                 size=1024, steps=30, cfg=4.0, sampler="euler", scheduler="sgm_uniform",
+                 vram="≈40 GB for training (the fp8 checkpoint is dequantized per layer)"),
+    "flux": dict(label="FLUX.1-dev", unet="flux1-dev.safetensors", weight_dtype="default", t5="t5xxl_fp16.safetensors",
+                 latent="EmptySD3LatentImage", size=1024, steps=28, cfg=1.0, sampler="euler", scheduler="simple",
+                 vram="≈48–80 GB for training at bf16 (see the 24 GB variant)"),
+    "flux_fp8": dict(label="FLUX.1-dev fp8 (24 GB)", unet="flux1-dev.safetensors", weight_dtype="fp8_e4m3fn",
+                     t5="t5xxl_fp8_e4m3fn_scaled.safetensors", latent="EmptySD3LatentImage", size=1024, steps=28,
+                     cfg=1.0, sampler="euler", scheduler="simple",
+                     vram="fits a 24 GB GPU: fp8 base weights, gradient checkpointing"),
+}
+
+
+def loaders(wf: Workflow, arch: str, x: float, y: float):
+    """Model, CLIP and VAE loader nodes; returns (model_src, clip_src, vae_src, nodes) as (node, slot) pairs."""
+    a = ARCHS[arch]
+    if "ckpt" in a:
+        ck = wf.node("CheckpointLoaderSimple", (x, y), {"ckpt_name": a["ckpt"]}, title=f"Load {a['label']} checkpoint")
+        return (ck, 0), (ck, 1), (ck, 2), [ck]
+    unet = wf.node("UNETLoader", (x, y), {"unet_name": a["unet"], "weight_dtype": a["weight_dtype"]},
+                   title="Load FLUX.1-dev" + (" (fp8 weights)" if a["weight_dtype"] != "default" else ""))
+    clip = wf.node("DualCLIPLoader", (x, y + 150),
+                   {"clip_name1": "clip_l.safetensors", "clip_name2": a["t5"], "type": "flux", "device": "default"})
+    vae = wf.node("VAELoader", (x, y + 340), {"vae_name": "ae.safetensors"})
+    return (unet, 0), (clip, 0), (vae, 0), [unet, clip, vae]
+
+
+def is_flux(arch: str) -> bool:
+    return arch.startswith("flux")
+
+
+def prompt(wf: Workflow, arch: str, clip, text: str, pos, title: str, color: str | None = None):
+    """CLIPTextEncode (+ FluxGuidance 3.5 for FLUX); returns (node, slot) of the conditioning and the nodes."""
+    enc = wf.node("CLIPTextEncode", pos, {"text": text}, title=title, color=color, size=[340, 130])
+    wf.link(clip[0], clip[1], enc, "clip")
+    if not is_flux(arch):
+        return (enc, 0), [enc]
+    g = wf.node("FluxGuidance", (pos[0], pos[1] + 160), {"guidance": 3.5})
+    wf.link(enc, 0, g, "conditioning")
+    return (g, 0), [enc, g]
+
+
+def train_branch(wf: Workflow, arch: str, kind: str, model, basis, clip, vae, x: float, y: float,
+                 image: str, text: str, trigger: str, save: str):
+    """LoadImage → ImageScale (512) → VAEEncode → Train ΔR with the prompt; returns the Train node and all nodes."""
+    color = "#335" if kind == "content" else "#535"
+    img = wf.node("LoadImage", (x, y), {"image": image}, title=f"{kind.capitalize()} image (upload yours)")
+    scale = wf.node("ImageScale", (x, y + 380), {"upscale_method": "lanczos", "width": TRAIN_PX, "height": TRAIN_PX,
+                                                 "crop": "center"}, title=f"Resize to {TRAIN_PX} px")
+    enc = wf.node("VAEEncode", (x, y + 560))
+    wf.link(img, 0, scale, "image")
+    wf.link(scale, 0, enc, "pixels")
+    wf.link(vae[0], vae[1], enc, "vae")
+    cond, cnodes = prompt(wf, arch, clip, text, (x + 380, y), f"{kind.capitalize()} prompt", color)
+    settings = dict(TRAIN, trigger_words=trigger, save_name=save)
+    if is_flux(arch):
+        settings["gradient_checkpointing"] = True
+    if arch == "flux_fp8":
+        settings["save_every"] = 100
+    train = wf.node("QRLoRATrainDelta", (x + 760, y), settings, title=f"Train {kind} ΔR")
+    wf.link(model[0], model[1], train, "model")
+    wf.link(basis[0], basis[1], train, "basis")
+    wf.link(enc, 0, train, "latent")
+    wf.link(cond[0], cond[1], train, "positive")
+    return train, [img, scale, enc, train] + cnodes
+
+
+def sampler_chain(wf: Workflow, arch: str, model, clip, vae, x: float, y: float, text: str, prefix: str):
+    """Prompt → KSampler (on `model`) → VAEDecode → SaveImage; returns the nodes."""
+    a = ARCHS[arch]
+    pos, pnodes = prompt(wf, arch, clip, text, (x, y), "Merged prompt", "#232")
+    nodes_ = list(pnodes)
+    if is_flux(arch):
+        neg = wf.node("ConditioningZeroOut", (x, y + 280), title="Negative (FLUX: none)")
+        wf.link(pnodes[0], 0, neg, "conditioning")
+        negative = (neg, 0)
+    else:
+        n = wf.node("CLIPTextEncode", (x, y + 170), {"text": "blurry, low quality"}, title="Negative prompt",
+                    color="#322", size=[340, 110])
+        wf.link(clip[0], clip[1], n, "clip")
+        neg, negative = n, (n, 0)
+    nodes_.append(neg)
+    lat = wf.node(a["latent"], (x, y + 400), {"width": a["size"], "height": a["size"], "batch_size": 1})
+    ks = wf.node("KSampler", (x + 380, y), {"seed": 42, "seed:control": "fixed", "steps": a["steps"], "cfg": a["cfg"],
+                                            "sampler_name": a["sampler"], "scheduler": a["scheduler"], "denoise": 1.0})
+    wf.link(model[0], model[1], ks, "model")
+    wf.link(pos[0], pos[1], ks, "positive")
+    wf.link(negative[0], negative[1], ks, "negative")
+    wf.link(lat, 0, ks, "latent_image")
+    dec = wf.node("VAEDecode", (x + 380, y + 330))
+    wf.link(ks, 0, dec, "samples")
+    wf.link(vae[0], vae[1], dec, "vae")
+    save = wf.node("SaveImage", (x + 760, y), {"filename_prefix": prefix}, size=[420, 480])
+    wf.link(dec, 0, save, "images")
+    return nodes_ + [lat, ks, dec, save]
+
+
+def decompose(wf: Workflow, model, x, y):
+    d = wf.node("QRLoRADecompose", (x, y), {"rank": 64, "preset": "paper", "custom_regex": "", "method": "fast",
+                                          "use_cache": True}, title="QR-LoRA Decompose (cached)")
+    wf.link(model[0], model[1], d, "model")
+    return d
+
+
+def note_models(arch: str) -> str:
+    a = ARCHS[arch]
+    files = [a["ckpt"]] if "ckpt" in a else [a["unet"], "clip_l.safetensors", a["t5"], "ae.safetensors"]
+    lines = "\n".join(f"- {f} → models/{MODELS[f][1]}/" for f in files)
+    return (f"QR-LoRA on {a['label']}: step 1 — models\n\n{lines}\n\n(ComfyUI offers the downloads when the file is "
+            f"missing.) Memory: {a['vram']}.\n\nDecompose splits each target weight into W = QR + W_comp once per "
+            f"model; the basis is cached in models/qr_lora/bases, so the next run starts in seconds.")
+
+
+NOTE_TRAIN = ("Steps 2 and 3 — train two ΔR, one image each (paper settings: rank 64, lr 1e-4, 500 steps, {px} px).\n\n"
+              "Upload your content image (e.g. your dog) and a style reference. The prompts carry the trigger words "
+              "'<c>' and '<s>'; any rare word works if you use it again in the merged prompt.\n\n"
+              "The ΔR files are written to models/qr_lora/ (save_name), every {every} steps and at the end. "
+              "The node draws the loss curve while it trains.")
+NOTE_MERGE = ("Step 4 — merge and generate: W' = W + Q(λc·ΔR_content + λs·ΔR_style).\n\n"
+              "λc and λs (0…1, above 1 exaggerates) weigh content against style; no retraining needed. To reuse "
+              "trained ΔR without training again, replace the Train nodes by 'QR-LoRA Load ΔR' (file names from "
+              "models/qr_lora) or mute them (Ctrl+M) after the first run.")
+
+
+def train_merge(info: dict, arch: str) -> dict:
+    wf = Workflow(info)
+    a = ARCHS[arch]
+    tag = {"sdxl": "sdxl", "sd35": "sd35", "flux": "flux", "flux_fp8": "flux_fp8"}[arch]
+    model, clip, vae, lnodes = loaders(wf, arch, 0, 0)
+    d = decompose(wf, model, 0, 520)
+    note1 = wf.node("Note", (0, 880), text=note_models(arch), size=[340, 300])
+    wf.group("Step 1 · Models and decomposition", lnodes + [d, note1], GROUP_COLORS["models"])
+    basis = (d, 0)
+    base_model = (d, 1)
+    tc, cnodes = train_branch(wf, arch, "content", base_model, basis, clip, vae, 480, 0, "content_dog.png",
+                              CONTENT_PROMPT, "<c> dog", f"{tag}_content_dog")
+    wf.group("Step 2 · Content ΔR: 'a photo of a <c> dog'", cnodes, GROUP_COLORS["content"])
+    ts, snodes = train_branch(wf, arch, "style", base_model, basis, clip, vae, 480, 820, "style_reference.png",
+                              STYLE_PROMPT, "<s> style", f"{tag}_style")
+    wf.group("Step 3 · Style ΔR: 'a cat in <s> style'", snodes, GROUP_COLORS["style"])
+    note2 = wf.node("Note", (1680, 0), text=NOTE_TRAIN.format(px=TRAIN_PX, every=TRAIN["save_every"]), size=[340, 280])
+    merge = wf.node("QRLoRAMergeDeltas", (1680, 820), {"lambda_content": 1.0, "lambda_style": 1.0,
+                                                       "lambda_extra_1": 1.0, "lambda_extra_2": 1.0,
+                                                       "allow_mixed_bases": False}, title="Merge ΔR (λc, λs)")
+    wf.link(base_model[0], base_model[1], merge, "model")
+    wf.link(tc, 0, merge, "content")
+    wf.link(ts, 0, merge, "style")
+    note3 = wf.node("Note", (1680, 1240), text=NOTE_MERGE, size=[340, 260])
+    gen = sampler_chain(wf, arch, (merge, 0), clip, vae, 2080, 820, MERGE_PROMPT, f"qr_lora/{tag}_merge")
+    wf.group("Step 4 · Merge (λc, λs) and generate: 'a <c> dog in <s> style'", [merge, note3] + gen,
+             GROUP_COLORS["merge"])
+    return wf.to_json(f"train_merge_{arch}")
+
+
+def lambda_grid(info: dict) -> dict:
+    wf = Workflow(info)
+    model, clip, vae, lnodes = loaders(wf, "sdxl", 0, 0)
+    lc = wf.node("QRLoRALoadDelta", (0, 200), {"delta_file": "sdxl_content_dog.safetensors"}, title="Content ΔR")
+    ls = wf.node("QRLoRALoadDelta", (0, 400), {"delta_file": "sdxl_style.safetensors"}, title="Style ΔR")
+    for n in (lc, ls):
+        wf.link(model[0], model[1], n, "model")
+    note = wf.node("Note", (0, 620), size=[340, 330], text=(
+        "λ grid (paper Fig. 7/17): one seed and prompt, rows λc (content), columns λs (style).\n\n"
+        "1. Train the two ΔR with 'qr_lora_sdxl_train_merge' (they land in models/qr_lora/).\n"
+        "2. Pick them in the two Load ΔR nodes (hover shows architecture, rank and trigger words).\n"
+        "3. Queue. 'start:stop:step' also works, e.g. 0.5:1.0:0.1 gives the paper's 6×6 grid (36 images)."))
+    wf.group("Step 1 · Model and the two ΔR", lnodes + [lc, ls, note], GROUP_COLORS["models"])
+    pos = wf.node("CLIPTextEncode", (420, 0), {"text": MERGE_PROMPT}, title="Merged prompt", color="#232", size=[340, 130])
+    neg = wf.node("CLIPTextEncode", (420, 170), {"text": "blurry, low quality"}, title="Negative prompt", color="#322",
+                  size=[340, 110])
+    for n in (pos, neg):
+        wf.link(clip[0], clip[1], n, "clip")
+    lat = wf.node("EmptyLatentImage", (420, 320), {"width": 1024, "height": 1024, "batch_size": 1})
+    grid = wf.node("QRLoRALambdaGrid", (800, 0), {"lambda_content_values": "0.5, 0.75, 1.0",
+                                                  "lambda_style_values": "0.5, 0.75, 1.0", "seed": 42,
+                                                  "seed:control": "fixed", "steps": 30, "cfg": 7.0,
+                                                  "sampler_name": "euler", "scheduler": "normal"},
+                   title="QR-LoRA λ Grid", size=[360, 460])
+    wf.link(model[0], model[1], grid, "model")
+    wf.link(lc, 0, grid, "content")
+    wf.link(ls, 0, grid, "style")
+    wf.link(pos, 0, grid, "positive")
+    wf.link(neg, 0, grid, "negative")
+    wf.link(lat, 0, grid, "latent_image")
+    wf.link(vae[0], vae[1], grid, "vae")
+    save = wf.node("SaveImage", (1200, 0), {"filename_prefix": "qr_lora/sdxl_lambda_grid"}, size=[520, 560])
+    wf.link(grid, 0, save, "images")
+    wf.group("Step 2 · λc × λs grid", [pos, neg, lat, grid, save], GROUP_COLORS["merge"])
+    return wf.to_json("lambda_grid")
+
+
+def nway(info: dict) -> dict:
+    wf = Workflow(info)
+    model, clip, vae, lnodes = loaders(wf, "sdxl", 0, 0)
+    d = decompose(wf, model, 0, 200)
+    lc = wf.node("QRLoRALoadDelta", (0, 540), {"delta_file": "sdxl_content_dog.safetensors"}, title="Content ΔR (<c> dog)")
+    ls = wf.node("QRLoRALoadDelta", (0, 740), {"delta_file": "sdxl_style.safetensors"}, title="Style ΔR (<s> style)")
+    for n in (lc, ls):
+        wf.link(model[0], model[1], n, "model")
+    note = wf.node("Note", (0, 960), size=[340, 300], text=(
+        "N-way composition (paper Fig. 9): content + style + a third attribute, each its own ΔR in the same "
+        "basis Q, added with its own λ.\n\n1. Train content and style with 'qr_lora_sdxl_train_merge'.\n"
+        "2. This workflow trains the third ΔR (an accessory: 'a photo of a <a> hat') and merges all three.\n"
+        "3. The merged prompt uses all three trigger words. Lower a λ if one attribute dominates."))
+    wf.group("Step 1 · Model, basis and the two trained ΔR", lnodes + [d, lc, ls, note], GROUP_COLORS["models"])
+    tx, xnodes = train_branch(wf, "sdxl", "content", (d, 1), (d, 0), clip, vae, 480, 0, "attribute_hat.png",
+                              "a photo of a <a> hat", "<a> hat", "sdxl_attribute_hat")
+    xnodes[0]["title"] = "Attribute image (upload yours)"
+    xnodes[4]["title"] = "Attribute prompt"
+    tx["title"] = "Train attribute ΔR"
+    wf.group("Step 2 · Third attribute ΔR: 'a photo of a <a> hat'", xnodes, GROUP_COLORS["extra"])
+    merge = wf.node("QRLoRAMergeDeltas", (480, 880), {"lambda_content": 1.0, "lambda_style": 0.9,
+                                                      "lambda_extra_1": 0.8, "lambda_extra_2": 1.0,
+                                                      "allow_mixed_bases": False}, title="Merge 3 ΔR (λc, λs, λ₁)")
+    wf.link(d, 1, merge, "model")
+    wf.link(lc, 0, merge, "content")
+    wf.link(ls, 0, merge, "style")
+    wf.link(tx, 0, merge, "extra_1")
+    gen = sampler_chain(wf, "sdxl", (merge, 0), clip, vae, 880, 880, "a <c> dog wearing a <a> hat in <s> style",
+                        "qr_lora/sdxl_nway")
+    wf.group("Step 3 · Merge content + style + attribute and generate", [merge] + gen, GROUP_COLORS["merge"])
+    return wf.to_json("nway")
+
+
+WORKFLOWS = {
+    "qr_lora_sdxl_train_merge": lambda info: train_merge(info, "sdxl"),
+    "qr_lora_sd35_train_merge": lambda info: train_merge(info, "sd35"),
+    "qr_lora_flux_dev_train_merge": lambda info: train_merge(info, "flux"),
+    "qr_lora_flux_dev_fp8_24gb_train_merge": lambda info: train_merge(info, "flux_fp8"),
+    "qr_lora_sdxl_lambda_grid": lambda_grid,
+    "qr_lora_sdxl_nway_composition": nway,
+}
+
+
+def thumbnails(out: Path, docs: Path = ROOT / "docs", width: int = 640) -> int:
+    """<name>.jpg beside each workflow (the template browser's thumbnail for custom-node workflows)."""
+    from PIL import Image
+
+    for wf in sorted(out.glob("*.json")):
+        shot = docs / f"workflow_{wf.stem}.png"
+        if not shot.is_file():
+            print("no screenshot for", wf.name, "- run tests/live first")
+            continue
+        im = Image.open(shot).convert("RGB")
+        w, h = im.size
+        im = im.crop((int(w * 0.03), int(h * 0.05), w, h))  # drop the side bar and the tab strip
+        im.thumbnail((width, width))
+        im.save(wf.with_suffix(".jpg"), quality=85, optimize=True)
+        print("wrote", wf.with_suffix(".jpg"))
+    return 0
+
+
+def load_object_info(source: str) -> dict:
+    if source.startswith("http"):
+        with urllib.request.urlopen(source, timeout=60) as r:
+            return json.load(r)
+    return json.loads(Path(source).read_text())
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--object-info", help="URL of /object_info or a saved copy")
+    p.add_argument("--out", default=str(OUT))
+    p.add_argument("--thumbnails-only", action="store_true",
+                   help="only (re)make <name>.jpg beside each workflow from docs/workflow_<name>.png "
+                        "(the screenshots tests/live/test_live_browser.py takes)")
+    args = p.parse_args(argv)
+    if args.thumbnails_only:
+        return thumbnails(Path(args.out))
+    if not args.object_info:
+        p.error("--object-info is required to build the workflows")
+    info = load_object_info(args.object_info)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    for name, build in WORKFLOWS.items():
+        (out / f"{name}.json").write_text(json.dumps(build(info), indent=2, ensure_ascii=False) + "\n")
+        print("wrote", out / f"{name}.json")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
