@@ -1,4 +1,4 @@
-"""`python -m qr_core demo`: the whole QR-LoRA job on the shipped world model, in about two minutes on a CPU.
+"""`python -m qr_core demo`: the whole QR-LoRA job on the shipped world model, in under a minute on 2 CPU cores.
 
 The base model is the small FLUX-layout text-to-image flow model pretrained
 on the procedural world (`qr_core/assets/world_model.safetensors`, see

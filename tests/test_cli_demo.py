@@ -68,7 +68,9 @@ def test_errors_exit_nonzero_with_a_message(capsys, tmp_path, checkpoint):
 
 
 def test_demo_runs_end_to_end_and_merges_with_the_cli(capsys, tmp_path):
-    report = run_demo(tmp_path / "demo", steps=12, rank=8, log=lambda *_: None)
+    report = run_demo(tmp_path / "demo", steps=12, rank=8, samples=2, sample_steps=4, log=lambda *_: None)
+    for name in ("references", "content_only", "style_only", "merged", "lambda_grid", "loss_curves"):
+        assert (tmp_path / "demo" / f"{name}.png").stat().st_size > 0
     assert report["lora_reload_max_abs_error"] < 1e-2
     assert report["params"]["delta_r_per_adapter"] < report["params"]["lora_same_rank"]
     assert report["timings_s"]["decompose_warm"] < report["timings_s"]["decompose_cold"]

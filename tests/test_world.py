@@ -1,0 +1,104 @@
+"""The procedural world, the shipped world model and encoder, and the disentanglement benchmark at a tiny setting."""
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from qr_core import world
+from qr_core.cache import get_basis
+from qr_core.decompose import DecomposeSettings
+from qr_core.targets import select_targets
+from qr_core.training import TrainSettings
+from qr_core.world_encoder import Scorer, load_encoder
+from qr_core.world_model import ASSET, encode, flow_loss, generate, load_world_model
+from qr_core.world_tasks import content_task, patched_model, train_lora, train_qr
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """These small models run fastest on one thread, and much faster than on two when the cores are shared."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def test_world_is_deterministic_and_splits_held_out_concepts():
+    a, pa, sa = world.batch(range(6))
+    b, pb, sb = world.batch(range(6))
+    assert torch.equal(a, b) and pa == pb and sa == sb
+    assert a.shape == (6, 3, world.SIZE, world.SIZE) and a.min() >= -1 and a.max() <= 1
+    assert not set(world.HELD_OUT_SHAPES) & set(world.SEEN_SHAPES)
+    assert not set(world.HELD_OUT_STYLES) & set(world.SEEN_STYLES)
+    seen = {(s.shape, s.style) for s in world.batch(range(200))[2]}
+    assert all(sh in world.SEEN_SHAPES and st in world.SEEN_STYLES for sh, st in seen)
+    imgs = torch.stack([world.render(s, "crimson") for s in world.SHAPES])
+    assert (imgs[:, None] - imgs[None]).abs().flatten(2).amax(-1).add(torch.eye(len(world.SHAPES))).min() > 0.5
+    assert world.prompt_for("heart", "tiger") == "a heart in tiger style"
+    e = encode(["a heart", "a heart"])
+    assert torch.equal(e[0], e[1]) and not torch.equal(e[0], encode(["a star"])[0])
+
+
+def test_shipped_encoder_knows_the_world():
+    enc = load_encoder()
+    x, _, samples = world.batch(range(-64, 0), shapes=world.SHAPES, styles=tuple(world.STYLES))
+    with torch.no_grad():
+        ls, lt = enc(x)
+    assert (ls.argmax(1) == torch.tensor([world.SHAPES.index(s.shape) for s in samples])).float().mean() > 0.9
+    assert (lt.argmax(1) == torch.tensor([list(world.STYLES).index(s.style) for s in samples])).float().mean() > 0.9
+
+
+def test_shipped_model_draws_the_prompted_shape():
+    model, meta = load_world_model()
+    assert ASSET.stat().st_size <= 20 * 2**20
+    assert {"command", "machine", "steps", "seed"} <= set(meta)
+    scorer = Scorer()
+    # moon and ring are the shapes the small model draws best (see bench/results/world_model_samples.png)
+    a, b = "a moon in mint style", "a ring in mint style"
+    imgs = generate(model, [a] * 4 + [b] * 4, seed=0, steps=16)
+    _, _, p_shape, p_style = scorer.embed(imgs)
+    mo, ri = world.SHAPES.index("moon"), world.SHAPES.index("ring")
+    assert p_shape[:4, mo].mean() > p_shape[4:, mo].mean() + 0.3
+    assert p_shape[4:, ri].mean() > p_shape[:4, ri].mean() + 0.3
+    assert p_style[:, list(world.STYLES).index("mint")].mean() > 0.8
+
+
+def test_short_fine_tune_lowers_the_loss_for_both_adapters():
+    torch.manual_seed(0)
+    model, _ = load_world_model()
+    weights = dict(model.state_dict())
+    targets = select_targets({k: v.shape for k, v in weights.items()}, "paper")
+    basis = get_basis(weights.__getitem__, targets, DecomposeSettings(rank=8, method="exact"), None)
+    task = content_task("heart")
+    x0 = task.image[None].expand(8, -1, -1, -1)
+    ctx = encode([task.prompt] * 8)
+
+    def loss(m):
+        with torch.no_grad():
+            return float(flow_loss(m, x0, ctx, torch.Generator().manual_seed(7)))
+
+    before = loss(model)
+    ts = TrainSettings(steps=30, lr=3e-3)
+    for trained in (train_qr(model, basis, task, ts), train_lora(model, targets, 8, task, ts)):
+        after = loss(patched_model(model, targets, [(trained.updates, 1.0)]))
+        assert after < 0.9 * before, (before, after)
+    assert torch.equal(model.state_dict()["double_blocks.0.img_attn.qkv.weight"],
+                       weights["double_blocks.0.img_attn.qkv.weight"])
+
+
+def test_disentangle_benchmark_runs_at_a_tiny_setting(tmp_path):
+    spec = importlib.util.spec_from_file_location("disentangle", ROOT / "bench" / "disentangle.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    res = bench.main(["--tiny", "--out", str(tmp_path), "--prefix", "t"])
+    md = (tmp_path / "t.md").read_text()
+    assert "QR-LoRA ΔR merged" in md and "LoRA merged" in md and "λ ablation" in md
+    assert (tmp_path / "t_lambda_grid.png").stat().st_size > 0
+    js = json.loads((tmp_path / "t.json").read_text())
+    assert set(js["table"]) >= {"QR-LoRA ΔR merged", "LoRA merged", "base model (no adapter)"}
+    assert res["params"]["QR-LoRA ΔR"] < res["params"]["LoRA"]
