@@ -9,8 +9,9 @@ follow a power law (σ_i ∝ i^-decay, random orthonormal singular vectors):
 * exact per layer: `decompose(method="exact")` on one target at a time (full
   fp32 `torch.linalg.svd`, the paper's and the official code's way);
 * fast per layer: `decompose(method="fast")` on one target at a time;
-* fast batched: `decompose(method="fast")` on the whole set (the library's
-  normal path: same-shape targets stacked in batches);
+* fast batched: `decompose(method="fast")` on the whole set: the library's
+  normal path, which stacks same-shape targets in batches on a GPU and runs
+  one target at a time on the CPU (see `decompose`'s `max_batch_bytes`);
 * worst energy ratio: ‖Q_fastᵀW‖² / Σ(exact top-r σ²) over the sampled layers;
 * fingerprint time of the set's weights (`fingerprint_weights`, sampled mode);
 * cache: `get_basis` twice into a temporary `BasisCache`; the second call is
@@ -324,7 +325,7 @@ class Options:
     decay: float
     seed: int
     budget: int
-    max_batch_bytes: int
+    max_batch_bytes: int | None
     cache: bool
     log: callable
 
@@ -621,7 +622,8 @@ def parse_args(argv=None):
     ap.add_argument("--max-weight-gb", type=float, default=None,
                     help="build a set whole only if its weights fit (default: 45%% of free GPU memory; "
                          "on the CPU min(6 GB, 30%% of available RAM))")
-    ap.add_argument("--max-batch-mb", type=int, default=256, help="decompose's max_batch_bytes, in MiB")
+    ap.add_argument("--max-batch-mb", type=int, default=None,
+                    help="decompose's max_batch_bytes, in MiB (default: the library's: 256 on a GPU, one target at a time on the CPU)")
     ap.add_argument("--cache-sets", default=None,
                     help="sets to run the cache step on (default: all on a GPU, sdxl,sd3 on the CPU)")
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads")
@@ -678,7 +680,7 @@ def main(argv=None) -> dict:
                    "call into a fresh BasisCache (fingerprint + load + validation against live weights)."),
         "sets": {}, "notes": list(a.note),
     }
-    opts = Options(device, dtype, rank, oversample, power_iters, samples, repeats, a.decay, a.seed, budget, a.max_batch_mb * 2**20, True, log)
+    opts = Options(device, dtype, rank, oversample, power_iters, samples, repeats, a.decay, a.seed, budget, None if a.max_batch_mb is None else a.max_batch_mb * 2**20, True, log)
     shape_fns = QUICK if a.quick else FULL
     t_all = time.perf_counter()
     for name in sets:
