@@ -2,7 +2,7 @@
 
     python bench/pretrain_world_model.py --steps 5000 --decay-start 2500 --seed 0 --threads 1
 
-Resumable: rerunning continues from `<out>.ckpt` (not committed). The EMA
+Resumable: rerunning continues from `<out>.ckpt` (safetensors, not committed). The EMA
 weights at the last step are written to --out with the command, the machine,
 the steps and the seed in the safetensors metadata; a sample grid (one seen
 shape per seen style) is written next to it every --sample-every steps.

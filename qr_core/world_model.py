@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 
 from . import world
+from .files import atomic_save, load_tensors
 from .mini_flux import MiniFlux, MiniFluxConfig
 
 ASSET = Path(__file__).parent / "assets" / "world_model.safetensors"
@@ -127,12 +128,7 @@ def pretrain(out: str | Path, s: PretrainSettings = PretrainSettings(), config: 
     start, prior_seconds = 0, 0.0
     ckpt_path = Path(checkpoint) if checkpoint else Path(str(out) + ".ckpt")
     if ckpt_path.exists():
-        state = torch.load(ckpt_path, weights_only=False)
-        model.load_state_dict(state["model"])
-        ema = state["ema"]
-        opt.load_state_dict(state["opt"])
-        start = state["step"]
-        prior_seconds = state.get("seconds", 0.0)
+        start, prior_seconds = load_resume_state(ckpt_path, model, ema, opt)
         log(f"resumed from {ckpt_path} at step {start}")
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -148,8 +144,7 @@ def pretrain(out: str | Path, s: PretrainSettings = PretrainSettings(), config: 
                                                                  "size": world.SIZE}),
                 "train_seconds": f"{prior_seconds + time.perf_counter() - t0:.0f}"}
         save_file({k: v.contiguous() for k, v in ema.items()}, str(out), meta)
-        torch.save({"model": model.state_dict(), "ema": ema, "opt": opt.state_dict(), "step": step,
-                    "seconds": prior_seconds + time.perf_counter() - t0}, ckpt_path)
+        save_resume_state(ckpt_path, model, ema, opt, step, prior_seconds + time.perf_counter() - t0)
 
     model.train()
     for step in range(start, s.steps):
@@ -195,3 +190,30 @@ def sample_sheet(model, path, seed: int = 0, steps: int = 24, guidance: float = 
 if __name__ == "__main__":  # python -m qr_core.world_model OUT.png: the shipped model's sample sheet
     torch.set_num_threads(1)
     sample_sheet(load_world_model()[0], sys.argv[1] if len(sys.argv) > 1 else "world_model_samples.png")
+
+
+def save_resume_state(path: Path, model: torch.nn.Module, ema: dict, opt: torch.optim.Optimizer, step: int,
+                      seconds: float) -> None:
+    """Model, EMA and optimizer state as one safetensors file (no pickles: the optimizer's
+    per-parameter tensors are flattened to `opt.<index>.<name>`, its param groups go to the metadata)."""
+    opt_state = opt.state_dict()
+    tensors = {f"model.{k}": v for k, v in model.state_dict().items()}
+    tensors.update({f"ema.{k}": v for k, v in ema.items()})
+    for index, state in opt_state["state"].items():
+        tensors.update({f"opt.{index}.{name}": torch.as_tensor(v) for name, v in state.items()})
+    atomic_save(tensors, path, {"step": str(step), "seconds": f"{seconds:.1f}",
+                                "param_groups": json.dumps(opt_state["param_groups"])})
+
+
+def load_resume_state(path: Path, model: torch.nn.Module, ema: dict, opt: torch.optim.Optimizer) -> tuple[int, float]:
+    """Restore what save_resume_state wrote; returns (step, seconds trained so far)."""
+    tensors, meta = load_tensors(path)
+    model.load_state_dict({k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")})
+    ema.update({k[len("ema."):]: v for k, v in tensors.items() if k.startswith("ema.")})
+    state: dict = {}
+    for k, v in tensors.items():
+        if k.startswith("opt."):
+            _, index, name = k.split(".", 2)
+            state.setdefault(int(index), {})[name] = v
+    opt.load_state_dict({"state": state, "param_groups": json.loads(meta["param_groups"])})
+    return int(meta["step"]), float(meta["seconds"])

@@ -102,3 +102,32 @@ def test_disentangle_benchmark_runs_at_a_tiny_setting(tmp_path):
     js = json.loads((tmp_path / "t.json").read_text())
     assert set(js["table"]) >= {"QR-LoRA ΔR merged", "LoRA merged", "base model (no adapter)"}
     assert res["params"]["QR-LoRA ΔR"] < res["params"]["LoRA"]
+
+
+def test_pretraining_resume_state_round_trips_without_pickles(tmp_path):
+    from qr_core.mini_flux import MiniFlux
+    from qr_core.world_model import load_resume_state, save_resume_state
+    from qr_testing import TINY
+
+    torch.manual_seed(0)
+    model = MiniFlux(TINY)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    x = (torch.randn(1, TINY.in_channels, 8, 8), torch.rand(1), torch.randn(1, 3, TINY.context_dim))
+    model(*x).square().mean().backward()
+    opt.step()
+    ema = {k: v.detach() * 0.5 for k, v in model.state_dict().items()}
+    path = tmp_path / "resume.ckpt"
+    save_resume_state(path, model, ema, opt, step=7, seconds=12.5)
+    from qr_core.files import read_header
+    read_header(path)  # a whole safetensors file, not a pickle
+
+    torch.manual_seed(1)
+    model2 = MiniFlux(TINY)
+    opt2 = torch.optim.AdamW(model2.parameters(), lr=1e-3)
+    ema2: dict = {}
+    assert load_resume_state(path, model2, ema2, opt2) == (7, 12.5)
+    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), model2.state_dict().values()))
+    assert all(torch.equal(ema[k], ema2[k]) for k in ema)
+    s1, s2 = opt.state_dict()["state"], opt2.state_dict()["state"]
+    assert s1.keys() == s2.keys()
+    assert all(torch.equal(torch.as_tensor(s1[i][n]), torch.as_tensor(s2[i][n])) for i in s1 for n in s1[i])
