@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import sys
 
+from ..qr_core.files import read_header
 from . import bridge
 
 ROUTE = "/qr_lora/delta_info"
@@ -18,11 +19,8 @@ _registered = False
 
 def delta_info(file_name: str) -> dict:
     """Metadata of a ΔR file in models/qr_lora, as shown under the Load ΔR picker."""
-    from safetensors import safe_open
-
     path = bridge.input_path(bridge.FOLDER, file_name)
-    with safe_open(str(path), framework="pt") as f:
-        meta = f.metadata() or {}
+    _, meta = read_header(path)  # header only; also refuses truncated files
     info = {"file": file_name, "format": meta.get("qr_lora_format"), "arch": meta.get("arch"),
             "rank": int(meta["rank"]) if str(meta.get("rank", "")).isdigit() else None,
             "mode": meta.get("mode"), "trigger_words": meta.get("trigger_words", ""),
