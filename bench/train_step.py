@@ -10,24 +10,29 @@ classes, with the same fixed inputs, MSE loss, AdamW and fp32:
   (clones of block inputs that ComfyUI's blocks update in place);
 * comfy_lora_wrapper: what `TrainLoraNode` runs: a `LoraDiff` weight wrapper
   per target through `ModelPatcher.add_weight_wrapper`, which rebuilds
-  W + up·down on every forward.
+  W + up·down on every forward. On FLUX it also gets the node's block
+  handling: the built-in trainer alone fails on FLUX's in-place block
+  updates, with or without its gradient checkpointing (ComfyUI 0.3.64).
+
+`--checkpointing` turns on gradient checkpointing in both: the node's for
+qr_bypass, the built-in trainer's (its default) for the baseline.
 
 Each mechanism runs in a fresh process so that peak memory is its own: on
 CUDA `torch.cuda.max_memory_allocated` during the steps, on the CPU the
 growth of the process's peak RSS from before the first step (coarser: memory
 freed while building the model can be reused without growing the RSS). Step time is the median over the timed steps,
 wall and process-CPU (on a shared CPU the latter suffers less from other
-load). Results go to `<out-dir>/train_step-<machine>.json` and `.md`.
+load). Results go to `<out-dir>/train_step-<machine>[-<size>].json` and `.md`.
 
-    COMFYUI_PATH=/path/to/ComfyUI python bench/train_step.py            # small SD3 + SDXL on the CPU
+    COMFYUI_PATH=/path/to/ComfyUI python bench/train_step.py            # small SD3, SDXL and FLUX on the CPU
     COMFYUI_PATH=... python bench/train_step.py --device cuda --size full   # full-size SDXL and FLUX
+    COMFYUI_PATH=... python bench/train_step.py --size full --arch sdxl --side 32 --threads 2   # full SDXL, CPU
     COMFYUI_PATH=... python bench/train_step.py --quick --out-dir /tmp/x    # tiny, CI smoke
 """
 
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import os
 import platform
@@ -38,102 +43,15 @@ import sys
 import time
 from pathlib import Path
 
-PACK_DIR = Path(__file__).resolve().parents[1]
+from comfy_bench import PACK_DIR, build, comfy_setup, machine_name, pack_module
+
 MECHANISMS = ("qr_bypass", "comfy_lora_wrapper")
 
-# Model configs for ComfyUI's classes. "small": CPU-sized members of the real
-# architectures; "full": the released models' sizes (GPU only).
-CONFIGS = {
-    "sd3": {
-        "small": dict(in_channels=16, out_channels=16, depth=8, patch_size=2, pos_embed_max_size=64,
-                      adm_in_channels=256, num_patches=4096, pos_embed_scaling_factor=None, qk_norm=None,
-                      x_block_self_attn_layers=[], context_embedder_config={
-                          "target": "torch.nn.Linear", "params": {"in_features": 256, "out_features": 512}}),
-        "tiny": dict(in_channels=16, out_channels=16, depth=2, patch_size=2, pos_embed_max_size=32,
-                     adm_in_channels=32, num_patches=1024, pos_embed_scaling_factor=None, qk_norm=None,
-                     x_block_self_attn_layers=[], context_embedder_config={
-                         "target": "torch.nn.Linear", "params": {"in_features": 32, "out_features": 128}}),
-    },
-    "sdxl": {
-        "small": dict(use_linear_in_transformer=True, use_temporal_attention=False, use_temporal_resblock=False,
-                      in_channels=4, out_channels=4, num_res_blocks=[1, 1], channel_mult=[1, 2],
-                      transformer_depth=[1, 2], transformer_depth_output=[1, 1, 2, 2], transformer_depth_middle=2,
-                      num_head_channels=64, num_heads=-1, use_spatial_transformer=True, image_size=32, legacy=False,
-                      context_dim=256, model_channels=128, adm_in_channels=256 + 1536, num_classes="sequential"),
-    },
-    "flux": {
-        "small": dict(image_model="flux", guidance_embed=True, in_channels=64, out_channels=64, vec_in_dim=256,
-                      context_in_dim=256, hidden_size=512, mlp_ratio=4.0, num_heads=8, depth=2,
-                      depth_single_blocks=4, axes_dim=[16, 24, 24], theta=10000, patch_size=2, qkv_bias=True),
-    },
-}
 LATENT = {"sd3": (16, 32), "sdxl": (4, 32), "flux": (16, 32)}  # channels, side
 CONTEXT = {"sd3": 256, "sdxl": 256, "flux": 256}
 
 
-def machine_name(device: str) -> str:
-    if device == "cuda":
-        import torch
-
-        return "cuda-" + torch.cuda.get_device_name().lower().replace(" ", "-")
-    return f"cpu-{os.cpu_count()}core"
-
-
-def _comfy_setup(device: str):
-    comfy_path = os.environ.get("COMFYUI_PATH")
-    if not comfy_path:
-        sys.exit("set COMFYUI_PATH to a ComfyUI checkout")
-    sys.path.insert(0, str(Path(comfy_path).resolve()))
-    from comfy.cli_args import args
-
-    args.cpu = device == "cpu"
-    import nodes
-
-    # The pack as ComfyUI loads it, so the benchmark runs the node's own code.
-    asyncio.run(nodes.load_custom_node(str(PACK_DIR)))
-    return sys.modules[str(PACK_DIR).replace(".", "_x_")]
-
-
-def build(arch: str, size: str, device):
-    import torch
-    import comfy.model_patcher
-    import comfy.supported_models
-
-    cls = {"sd3": comfy.supported_models.SD3, "sdxl": comfy.supported_models.SDXL,
-           "flux": comfy.supported_models.Flux}[arch]
-    if size == "full":
-        config = cls({**cls.unet_config, **FULL_UNET[arch]})
-    else:
-        config = cls(dict(CONFIGS[arch][size]))
-        if arch == "sdxl":
-            config.unet_config.update(num_head_channels=64, num_heads=-1)
-    config.set_inference_dtype(torch.float32 if device.type == "cpu" else torch.bfloat16, None)
-    g = torch.Generator().manual_seed(0)
-    model = config.get_model({}, device=device)
-    with torch.no_grad():
-        for name, p in model.diffusion_model.named_parameters():
-            if p.ndim >= 2:
-                p.copy_(torch.randn(p.shape, generator=g).to(device, p.dtype) / p[0].numel() ** 0.5)
-            else:
-                p.fill_(1.0 if name.endswith("weight") else 0.0)
-    return comfy.model_patcher.ModelPatcher(model, load_device=device, offload_device=torch.device("cpu"))
-
-
-# Full-size unet configs (the released models' shapes) for the device run.
-FULL_UNET = {
-    "sdxl": dict(model_channels=320, use_linear_in_transformer=True, transformer_depth=[0, 0, 2, 2, 10, 10],
-                 context_dim=2048, adm_in_channels=2816, use_temporal_attention=False, in_channels=4,
-                 out_channels=4, num_res_blocks=[2, 2, 2], channel_mult=[1, 2, 4],
-                 transformer_depth_output=[0, 0, 0, 2, 2, 2, 10, 10, 10], transformer_depth_middle=10,
-                 num_classes="sequential", use_spatial_transformer=True, image_size=32, legacy=False,
-                 num_head_channels=64, num_heads=-1, use_temporal_resblock=False),
-    "flux": dict(in_channels=16, out_channels=16, vec_in_dim=768, context_in_dim=4096, hidden_size=3072,
-                 mlp_ratio=4.0, num_heads=24, depth=19, depth_single_blocks=38, axes_dim=[16, 56, 56],
-                 theta=10000, patch_size=2, qkv_bias=True),
-}
-
-
-def inputs(arch: str, patcher, device, size: str):
+def inputs(arch: str, patcher, device, size: str, side_override: int | None = None):
     import torch
 
     g = torch.Generator().manual_seed(1)
@@ -142,6 +60,7 @@ def inputs(arch: str, patcher, device, size: str):
         side, ctx = 128, (2048 if arch == "sdxl" else 4096)
     else:
         ctx = CONTEXT[arch] if size == "small" else 32
+    side = side_override or side
     dtype = next(patcher.model.diffusion_model.parameters()).dtype
     x = torch.randn(1, ch, side, side, generator=g).to(device, dtype)
     kw = {"context": torch.randn(1, 77 if size == "full" else 32, ctx, generator=g).to(device, dtype)}
@@ -163,9 +82,9 @@ def worker(opts) -> dict:
 
     device = torch.device(opts.device)
     torch.set_num_threads(opts.threads)
-    pack = _comfy_setup(opts.device)
-    qr_core = sys.modules[pack.__name__ + ".qr_core"]
-    trainer = sys.modules[pack.__name__ + ".nodes.trainer"]
+    pack = comfy_setup(opts.device)
+    qr_core = pack_module(pack, "qr_core")
+    trainer = pack_module(pack, "nodes.trainer")
     import comfy.model_management
     import comfy.weight_adapter
 
@@ -176,7 +95,7 @@ def worker(opts) -> dict:
     keys = sorted({t.key for t in paper})
     whole = qr_core.TargetSet(paper.arch, "bench", tuple(qr_core.Target(k[:-len(".weight")], k) for k in keys),
                               None, {k: shapes[k] for k in keys})
-    x, t, kw, target = inputs(opts.arch, patcher, device, opts.size)
+    x, t, kw, target = inputs(opts.arch, patcher, device, opts.size, opts.side)
     params: list = []
     contexts = []
     if opts.mechanism == "qr_bypass":
@@ -187,9 +106,18 @@ def worker(opts) -> dict:
         adapter = qr_core.QRAdapter(basis, device=device)
         params = adapter.trainable()
         contexts = [adapter.attached(dm), qr_core.frozen(patcher.model),
-                    trainer.trainable_blocks(trainer.transformer_blocks(dm), False)]
+                    trainer.trainable_blocks(trainer.transformer_blocks(dm), opts.checkpointing)]
         model_fn = dm
     else:
+        if opts.arch == "flux":
+            # FLUX's blocks update their inputs in place; the built-in trainer fails on that with and without
+            # its checkpointing (ComfyUI 0.3.64), so the baseline gets the node's own block handling.
+            contexts = [trainer.trainable_blocks(trainer.transformer_blocks(dm), opts.checkpointing)]
+        elif opts.checkpointing:  # the built-in trainer's own checkpointing (its default)
+            import comfy_extras.nodes_train as nodes_train
+
+            for m in nodes_train.find_all_highest_child_module_with_forward(dm):
+                nodes_train.patch(m)
         for k in keys:
             w = dm.get_parameter(k)
             lora = comfy.weight_adapter.LoRAAdapter.create_train(w, rank=opts.rank, alpha=1.0).to(device)
@@ -247,7 +175,9 @@ def worker(opts) -> dict:
 def run_worker(opts, arch: str, mechanism: str) -> dict:
     cmd = [sys.executable, __file__, "--worker", mechanism, "--arch", arch, "--size", opts.size,
            "--device", opts.device, "--rank", str(opts.rank), "--steps", str(opts.steps),
-           "--warmup", str(opts.warmup), "--threads", str(opts.threads)]
+           "--warmup", str(opts.warmup), "--threads", str(opts.threads)] + (
+               ["--side", str(opts.side)] if opts.side else []) + (
+               ["--checkpointing"] if opts.checkpointing else [])
     proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode != 0:
         raise RuntimeError(f"{arch}/{mechanism} failed:\n{proc.stderr[-3000:]}")
@@ -256,7 +186,9 @@ def run_worker(opts, arch: str, mechanism: str) -> dict:
 
 def report(results: list[dict], opts, machine: str) -> str:
     lines = [f"# Train-step benchmark: {machine}", "",
-             f"ComfyUI model classes, size '{opts.size}', rank {opts.rank}, fp32 on the CPU / bf16 on CUDA, "
+             f"ComfyUI model classes, size '{opts.size}', latent side {opts.side or ('128' if opts.size == 'full' else '32')}, "
+             f"rank {opts.rank}, fp32 on the CPU / bf16 on CUDA, "
+             f"gradient checkpointing {'on' if opts.checkpointing else 'off'}, "
              f"{opts.steps} timed steps after {opts.warmup} warm-up, {opts.threads} thread(s); "
              f"load average at start {os.getloadavg()[0]:.1f}.", "",
              "| arch | targets | mechanism | trainable | step wall | step CPU | peak extra memory |",
@@ -286,9 +218,12 @@ def main(argv=None):
     ap.add_argument("--size", default="small", choices=["tiny", "small", "full"])
     ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     ap.add_argument("--rank", type=int, default=16)
+    ap.add_argument("--side", type=int, default=None, help="latent side (default 128 at full size, else 32)")
     ap.add_argument("--steps", type=int, default=8)
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--checkpointing", action="store_true",
+                    help="gradient checkpointing in both mechanisms (the built-in trainer's default)")
     ap.add_argument("--quick", action="store_true", help="tiny SD3, 3 steps: a smoke test")
     ap.add_argument("--out-dir", default=str(PACK_DIR / "bench" / "results"))
     ap.add_argument("--worker", choices=MECHANISMS, help=argparse.SUPPRESS)
@@ -301,7 +236,7 @@ def main(argv=None):
     if opts.quick:
         opts.size, opts.steps, opts.warmup, opts.rank = "tiny", 3, 1, 4
         opts.arch = opts.arch or ["sd3"]
-    archs = opts.arch or (["sdxl", "flux"] if opts.size == "full" else ["sd3", "sdxl"])
+    archs = opts.arch or (["sdxl", "flux"] if opts.size == "full" else ["sd3", "sdxl", "flux"])
     results = []
     for arch in archs:
         for mech in MECHANISMS:
@@ -313,8 +248,9 @@ def main(argv=None):
     out.mkdir(parents=True, exist_ok=True)
     meta = {"machine": machine, "platform": platform.platform(), "python": platform.python_version(),
             "settings": {k: v for k, v in vars(opts).items() if k not in ("worker", "out_dir")}, "results": results}
-    (out / f"train_step-{machine}.json").write_text(json.dumps(meta, indent=2) + "\n")
-    (out / f"train_step-{machine}.md").write_text(report(results, opts, machine))
+    stem = f"train_step-{machine}" + ("" if opts.size == "small" else f"-{opts.size}")
+    (out / f"{stem}.json").write_text(json.dumps(meta, indent=2) + "\n")
+    (out / f"{stem}.md").write_text(report(results, opts, machine))
     print(report(results, opts, machine))
 
 

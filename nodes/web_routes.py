@@ -7,9 +7,9 @@ exists (not in tests that load the pack without one).
 
 from __future__ import annotations
 
-import json
 import sys
 
+from ..qr_core.delta import describe_delta_header
 from ..qr_core.files import read_header
 from . import bridge
 
@@ -20,22 +20,9 @@ _registered = False
 def delta_info(file_name: str) -> dict:
     """Metadata of a ΔR file in models/qr_lora, as shown under the Load ΔR picker."""
     path = bridge.input_path(bridge.FOLDER, file_name)
-    _, meta = read_header(path)  # header only; also refuses truncated files
-    info = {"file": file_name, "format": meta.get("qr_lora_format"), "arch": meta.get("arch"),
-            "rank": int(meta["rank"]) if str(meta.get("rank", "")).isdigit() else None,
-            "mode": meta.get("mode"), "trigger_words": meta.get("trigger_words", ""),
-            "dtype": meta.get("dtype"), "created": meta.get("created"), "size_mb": round(path.stat().st_size / 2**20, 2)}
-    try:
-        targets = json.loads(meta.get("targets") or "{}")
-        info["targets"], info["preset"] = len(targets.get("targets", [])), targets.get("preset")
-    except (ValueError, AttributeError, TypeError):
-        info["targets"], info["preset"] = None, None
-    try:
-        training = json.loads(meta.get("training") or "{}")
-    except ValueError:
-        training = {}
-    info["training"] = {k: training.get(k) for k in ("steps", "steps_done", "lr", "final_loss")
-                        if training.get(k) is not None}
+    header, meta = read_header(path)  # header only; also refuses truncated files
+    info = describe_delta_header(header, meta)
+    info.update(file=file_name, format=meta.get("qr_lora_format"), size_mb=round(path.stat().st_size / 2**20, 2))
     return info
 
 

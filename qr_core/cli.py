@@ -10,7 +10,7 @@ from pathlib import Path
 from .cache import BasisCache, get_basis
 from .checkpoint import CheckpointWeights
 from .decompose import METHODS, DecomposeSettings
-from .delta import DTYPES, QRDelta
+from .delta import DTYPES, QRDelta, describe_delta_header
 from .errors import QRLoRAError
 from .files import read_header
 from .merge import NAMINGS, export_lora, merge, merged_delta
@@ -43,12 +43,8 @@ def describe_file(path: str) -> dict:
     fmt = meta.get("qr_lora_format", "")
     info = {"file": str(path), "size_bytes": Path(path).stat().st_size, "tensors": len(header)}
     if fmt.startswith("qr-lora-delta"):
-        d = QRDelta.load(path)
-        info.update(kind="ΔR", arch=d.arch, rank=d.rank, mode=d.mode, triangular=d.triangular,
-                    targets=len(d.targets), preset=d.targets.preset, parameters=d.num_params(),
-                    trigger_words=d.trigger_words, training=d.training, created=d.created,
-                    basis_fingerprint=d.basis_fingerprint, base_model_fingerprint=d.base_fingerprint,
-                    dtype=meta.get("dtype"))
+        QRDelta.load(path)  # validates every tensor: `info` is also the way to check a file
+        info.update(kind="ΔR", **describe_delta_header(header, meta))
     elif fmt.startswith("qr-lora-basis"):
         t = json.loads(meta["targets"])
         info.update(kind="basis", arch=t["arch"], preset=t["preset"], targets=len(t["targets"]),

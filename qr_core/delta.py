@@ -9,6 +9,7 @@ The update a file describes is `W + Q·ΔR` on each target's rows.
 from __future__ import annotations
 
 import json
+import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,6 +23,26 @@ from .targets import TargetSet
 DELTA_FORMAT = "qr-lora-delta/1"
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 MODES = ("delta_r", "qr")  # ΔR only (disentangled, the default), or Q and R trained directly
+
+
+def describe_delta_header(header: dict, meta: dict[str, str]) -> dict:
+    """A ΔR file's summary from its safetensors header alone: no tensor is read (the Load ΔR picker, `qr-lora info`)."""
+    def parsed(key: str) -> dict:
+        try:
+            value = json.loads(meta.get(key) or "{}")
+        except ValueError:
+            return {}
+        return value if isinstance(value, dict) else {}
+
+    targets = parsed("targets")
+    rank = str(meta.get("rank", ""))
+    return {"arch": meta.get("arch"), "rank": int(rank) if rank.isdigit() else None,
+            "mode": meta.get("mode", "delta_r"), "triangular": meta.get("triangular") == "true",
+            "targets": len(targets.get("targets", [])), "preset": targets.get("preset"),
+            "parameters": sum(math.prod(e.get("shape", ())) for k, e in header.items() if k.startswith("delta_r.")),
+            "trigger_words": meta.get("trigger_words", ""), "training": parsed("training"),
+            "created": meta.get("created"), "basis_fingerprint": meta.get("basis_fingerprint"),
+            "base_model_fingerprint": meta.get("base_model_fingerprint"), "dtype": meta.get("dtype")}
 
 
 @dataclass

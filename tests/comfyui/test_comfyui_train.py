@@ -8,9 +8,10 @@ import comfy_env  # noqa: F401  (skips the module without ComfyUI)
 import torch
 
 import comfy.model_management
+import comfy.patcher_extension
 import comfy.utils
 
-from comfy_env import diffusion_weights, latent_and_cond, tiny_model
+from comfy_env import diffusion_weights, latent_and_cond, random_delta, tiny_model
 
 STEPS = {"sd15": 40, "flux": 40}
 TRAIN_DEFAULTS = dict(steps=30, learning_rate=1e-2, optimizer="AdamW", batch_size=1, seed=0,
@@ -139,6 +140,38 @@ def test_training_on_fp8_weights_with_manual_cast(pack):
     assert all(torch.isfinite(torch.tensor(out[2]["loss"])))
     after = diffusion_weights(model)
     assert all(torch.equal(before[k].float(), after[k].float()) and before[k].dtype == after[k].dtype for k in before)
+
+
+def test_training_on_partially_offloaded_model_matches_full_load(pack):
+    """Low VRAM: ComfyUI offloads part of the model (partially_unload); those layers cast their weights per
+    forward and apply the model's other patches there (LowVramPatch). The bypass must train exactly as on the
+    fully loaded model, here on top of a merged ΔR (training a style on a content-patched model)."""
+    model = tiny_model("flux")
+    basis = decompose(pack, model)
+    original = diffusion_weights(model)
+    content = pack.node("QRLoRAMergeDeltas").execute(
+        model, content=random_delta(pack, basis, 1, "content", scale=0.2), style=None, lambda_content=1.0,
+        lambda_style=1.0, lambda_extra_1=1.0, lambda_extra_2=1.0)[0]
+    full = run_train(pack, content, basis, "flux", steps=4)
+
+    offloaded, state = content.clone(), {}
+
+    def offload_half(patcher):  # what ComfyUI does when memory runs short, after loading and before the run
+        patcher.partially_unload(patcher.offload_device, patcher.model_size() // 2)
+        cast = [m for m in patcher.model.diffusion_model.modules() if getattr(m, "comfy_cast_weights", False)]
+        state.update(cast=len(cast), patched_at_cast=sum(1 for m in cast if m.weight_function),
+                     lowvram=patcher.model.model_lowvram)
+
+    offloaded.add_callback(comfy.patcher_extension.CallbacksMP.ON_PRE_RUN, offload_half)
+    part = run_train(pack, offloaded, basis, "flux", steps=4)
+    assert state["lowvram"] and state["cast"] > 0 and state["patched_at_cast"] > 0, state
+    assert torch.allclose(torch.tensor(part[2]["loss"]), torch.tensor(full[2]["loss"]), rtol=1e-4)
+    for name, d in full[0].delta.items():
+        assert torch.allclose(part[0].delta[name], d, atol=1e-6, rtol=1e-4), name
+    assert hooks_left(model) == 0
+    comfy.model_management.unload_all_models()
+    after = diffusion_weights(model)
+    assert all(torch.equal(after[k], original[k]) for k in original), "offloading left a weight changed"
 
 
 @pytest.mark.parametrize("arch", ["sdxl", "sd3"])

@@ -1,0 +1,205 @@
+"""λ re-apply benchmark: what moving a λ slider costs, Merge ΔR against ComfyUI's stock LoRA loaders.
+
+A user changes λc or λs and queues again: ComfyUI re-runs Merge ΔR (a new
+patched clone of the model) and the sampler's `load_models_gpu` unpatches
+the previous weights and patches the new ones. The baseline is the same mix
+done the stock way: content and style written as LoRA files by Export as
+LoRA, then two `LoraLoaderModelOnly` nodes with strengths λc and λs (each
+keeps its loaded file between runs, as in a running ComfyUI).
+
+For each λ change after the first application (which also pays for
+switching from the other mechanism's patches) it times the node part (Merge
+ΔR, or both loaders) and the apply part (`load_models_gpu`: unpatch and
+patch), and reports medians. Both end on the same λ, and the largest
+difference between their patched weights is reported as a check that they
+apply the same mix. Results go to `<out-dir>/merge_reapply-<machine>[-<size>].json` and `.md`.
+
+    COMFYUI_PATH=/path/to/ComfyUI python bench/merge_reapply.py            # full-size SDXL, fp16 storage
+    COMFYUI_PATH=... python bench/merge_reapply.py --device cuda --arch sdxl flux
+    COMFYUI_PATH=... python bench/merge_reapply.py --quick --out-dir /tmp/x   # tiny FLUX, CI smoke
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from comfy_bench import PACK_DIR, build, comfy_setup, machine_name, pack_module
+
+LAMBDAS = [(1.0, 1.0), (0.8, 1.0), (0.8, 1.2), (0.6, 1.2), (0.6, 1.4), (0.5, 1.5)]
+DTYPES = ("fp16", "bf16", "fp32")
+
+
+def random_delta(qr_core, basis, seed: int, name: str, scale: float):
+    """A ΔR in `basis` with random entries: patching cost does not depend on the values."""
+    import torch
+
+    g = torch.Generator().manual_seed(seed)
+    delta = {t.name: torch.randn(basis.rank, basis.targets.shapes[t.key][1], generator=g) * scale
+             for t in basis.targets}
+    return qr_core.QRDelta(basis.targets, basis.rank, dict(basis.q), delta, basis.fingerprint,
+                           basis.weights_fingerprint, name=name)
+
+
+class Timer:
+    def __init__(self, device):
+        self.device = device
+
+    def now(self) -> float:
+        if self.device.type == "cuda":
+            import torch
+
+            torch.cuda.synchronize()
+        return time.perf_counter()
+
+
+def run_changes(make_model, lambdas, timer) -> tuple[list[dict], object]:
+    """Apply each λ pair as ComfyUI would on a re-queue; returns per-change timings and the last patched model."""
+    import comfy.model_management
+
+    rows, model = [], None
+    for lc, ls in lambdas:
+        t0 = timer.now()
+        model = make_model(lc, ls)
+        t1 = timer.now()
+        comfy.model_management.load_models_gpu([model])
+        t2 = timer.now()
+        rows.append({"lambda_content": lc, "lambda_style": ls, "node_s": t1 - t0, "apply_s": t2 - t1,
+                     "total_s": t2 - t0})
+    return rows, model
+
+
+def target_weights(model, keys) -> dict:
+    sd = model.model.diffusion_model.state_dict()
+    return {k: sd[k].detach().float().clone() for k in keys}
+
+
+def bench_arch(pack, arch: str, opts, device) -> dict:
+    import torch
+    import nodes
+
+    qr_core = pack_module(pack, "qr_core")
+    dtype = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}[opts.dtype]
+    t0 = time.perf_counter()
+    base = build(arch, opts.size, device, dtype)
+    built_s = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    basis = nodes.NODE_CLASS_MAPPINGS["QRLoRADecompose"].execute(base, opts.rank, "paper", "", "fast", False)[0]
+    decompose_s = time.perf_counter() - t0
+    content = random_delta(qr_core, basis, 1, "bench_content", opts.scale)
+    style = random_delta(qr_core, basis, 2, "bench_style", opts.scale)
+
+    merge = nodes.NODE_CLASS_MAPPINGS["QRLoRAMergeDeltas"]
+    export = nodes.NODE_CLASS_MAPPINGS["QRLoRAExportLoRA"]
+    for d in (content, style):
+        export.execute(lora_name=d.name, naming="comfyui", dtype=opts.dtype, content=d, style=None,
+                       lambda_content=1.0, lambda_style=1.0, lambda_extra_1=1.0, lambda_extra_2=1.0)
+    content_loader, style_loader = nodes.LoraLoaderModelOnly(), nodes.LoraLoaderModelOnly()
+
+    def qr_merge(lc, ls):
+        return merge.execute(base, content=content, style=style, lambda_content=lc, lambda_style=ls,
+                             lambda_extra_1=1.0, lambda_extra_2=1.0)[0]
+
+    def stock_loras(lc, ls):
+        m = content_loader.load_lora_model_only(base, f"{content.name}.safetensors", lc)[0]
+        return style_loader.load_lora_model_only(m, f"{style.name}.safetensors", ls)[0]
+
+    timer = Timer(device)
+    keys = sorted(basis.targets.shapes)[:: max(1, len(basis.targets.shapes) // 24)]  # a sample, to spare memory
+    results = {}
+    for name, make in (("qr_merge", qr_merge), ("stock_lora_loaders", stock_loras)):
+        rows, last = run_changes(make, LAMBDAS[: opts.changes + 1], timer)
+        results[name] = {"changes": rows, **{f"median_{p}_s": statistics.median(r[f"{p}_s"] for r in rows[1:])
+                                             for p in ("node", "apply", "total")}}
+        results[name]["weights"] = target_weights(last, keys)
+    a, b = results["qr_merge"].pop("weights"), results["stock_lora_loaders"].pop("weights")
+    import comfy.model_management
+
+    comfy.model_management.unload_all_models()
+    original = target_weights(base, keys)
+    diff = max(float((a[k] - b[k]).abs().max()) for k in keys)
+    update = max(float((a[k] - original[k]).abs().max()) for k in keys)
+    return {"arch": arch, "size": opts.size, "dtype": opts.dtype, "rank": opts.rank,
+            "targets": len(basis.targets.shapes), "target_params": sum(s[0] * s[1] for s in
+                                                                      basis.targets.shapes.values()),
+            "model_params": sum(p.numel() for p in base.model.diffusion_model.parameters()),
+            "build_s": built_s, "decompose_s": decompose_s, "max_abs_difference": diff,
+            "max_abs_update": update, "compared_targets": len(keys), **results}
+
+
+def report(results: list[dict], opts, machine: str) -> str:
+    lines = [f"# λ re-apply benchmark: {machine}", "",
+             f"ComfyUI model classes, size '{opts.size}', {opts.dtype} storage, rank {opts.rank}, "
+             f"{opts.threads} thread(s); medians over {opts.changes} λ changes after the first application.", "",
+             "| arch | model params | targets (params) | mechanism | node | apply (unpatch + patch) | total |",
+             "|---|---|---|---|---|---|---|"]
+    for r in results:
+        for mech in ("qr_merge", "stock_lora_loaders"):
+            m = r[mech]
+            lines.append(f"| {r['arch']} | {r['model_params'] / 1e9:.2f} B | {r['targets']} "
+                         f"({r['target_params'] / 1e9:.2f} B) | {mech} | {m['median_node_s'] * 1000:.1f} ms | "
+                         f"{m['median_apply_s'] * 1000:.0f} ms | {m['median_total_s'] * 1000:.0f} ms |")
+    lines += ["", "| arch | total, qr_merge / stock | max abs difference of patched weights (max abs update) |",
+              "|---|---|---|"]
+    for r in results:
+        ratio = r["qr_merge"]["median_total_s"] / r["stock_lora_loaders"]["median_total_s"]
+        lines.append(f"| {r['arch']} | {ratio:.2f}× | {r['max_abs_difference']:.2e} ({r['max_abs_update']:.2e}, "
+                     f"{r['compared_targets']} targets compared) |")
+    lines += ["", "node: the node's own work (Merge ΔR: check, Σλ ΔR, clone and add_patches; stock: two "
+              "LoraLoaderModelOnly with their files already loaded). apply: `load_models_gpu`, which restores "
+              "the previous weights and computes W + up·down for every target. The difference column compares "
+              "the two mechanisms' final weights (same λ; the stock files store up/down in the storage dtype)."]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv=None):
+    import os
+
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--arch", nargs="+", default=["sdxl"], help="sd3, sdxl, flux")
+    ap.add_argument("--size", default="full", choices=["tiny", "small", "full"])
+    ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    ap.add_argument("--dtype", default="fp16", choices=DTYPES, help="storage dtype of the model")
+    ap.add_argument("--rank", type=int, default=64)
+    ap.add_argument("--scale", type=float, default=0.02, help="size of the random ΔR entries")
+    ap.add_argument("--changes", type=int, default=len(LAMBDAS) - 1, help="timed λ changes (at most 5)")
+    ap.add_argument("--threads", type=int, default=os.cpu_count())
+    ap.add_argument("--quick", action="store_true", help="tiny FLUX, rank 4, 2 changes: a smoke test")
+    ap.add_argument("--out-dir", default=str(PACK_DIR / "bench" / "results"))
+    opts = ap.parse_args(argv)
+    if opts.quick:
+        opts.arch, opts.size, opts.rank, opts.changes, opts.dtype = ["flux"], "tiny", 4, 2, "fp32"
+    opts.changes = max(1, min(opts.changes, len(LAMBDAS) - 1))
+
+    import torch
+
+    torch.set_num_threads(opts.threads)
+    device = torch.device(opts.device)
+    with tempfile.TemporaryDirectory(prefix="qr_lora_bench_") as tmp:
+        pack = comfy_setup(opts.device, {"loras": Path(tmp) / "loras", "qr_lora": Path(tmp) / "qr_lora"})
+        results = []
+        for arch in opts.arch:
+            r = bench_arch(pack, arch, opts, device)
+            print(json.dumps({k: v for k, v in r.items() if not isinstance(v, dict)}), flush=True)
+            results.append(r)
+    machine = machine_name(opts.device)
+    out = Path(opts.out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    stem = f"merge_reapply-{machine}" + ("" if opts.size == "full" else f"-{opts.size}")
+    meta = {"machine": machine, "platform": platform.platform(), "python": platform.python_version(),
+            "torch": torch.__version__, "settings": {k: v for k, v in vars(opts).items() if k != "out_dir"},
+            "results": results}
+    (out / f"{stem}.json").write_text(json.dumps(meta, indent=2) + "\n")
+    (out / f"{stem}.md").write_text(report(results, opts, machine))
+    print(report(results, opts, machine))
+    return meta
+
+
+if __name__ == "__main__":
+    sys.exit(0 if main() else 1)

@@ -1,0 +1,42 @@
+"""Smoke tests of the ComfyUI benchmarks: --quick runs them end to end on tiny models and writes their results."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from qr_comfyui_runtime import AVAILABLE, COMFYUI_PATH, PACK_DIR
+
+if not AVAILABLE:
+    pytest.skip("ComfyUI runtime not found: set COMFYUI_PATH to a ComfyUI checkout to run these tests.",
+                allow_module_level=True)
+
+
+def run_bench(script: str, out_dir) -> None:
+    env = dict(os.environ, COMFYUI_PATH=COMFYUI_PATH, OMP_NUM_THREADS="1")
+    proc = subprocess.run([sys.executable, str(PACK_DIR / "bench" / script), "--quick", "--threads", "1",
+                           "--out-dir", str(out_dir)], capture_output=True, text=True, env=env, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+
+
+def test_train_step_quick(tmp_path):
+    run_bench("train_step.py", tmp_path)
+    (js,) = tmp_path.glob("train_step-*-tiny.json")
+    results = json.loads(js.read_text())["results"]
+    assert {r["mechanism"] for r in results} == {"qr_bypass", "comfy_lora_wrapper"}
+    assert all(r["step_wall_s"] > 0 and r["targets"] > 0 for r in results)
+    assert (tmp_path / js.name.replace(".json", ".md")).is_file()
+
+
+def test_merge_reapply_quick(tmp_path):
+    run_bench("merge_reapply.py", tmp_path)
+    (js,) = tmp_path.glob("merge_reapply-*-tiny.json")
+    (r,) = json.loads(js.read_text())["results"]
+    for mech in ("qr_merge", "stock_lora_loaders"):
+        assert len(r[mech]["changes"]) == 3 and r[mech]["median_total_s"] > 0
+    # Both mechanisms apply the same mix: fp32 files, so only rounding separates them.
+    assert r["max_abs_update"] > 1e-3 and r["max_abs_difference"] < 1e-5
