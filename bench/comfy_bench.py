@@ -1,7 +1,10 @@
-"""What the ComfyUI benchmarks share: the runtime with the pack loaded, and models built from ComfyUI's classes.
+"""Random-weight models built from ComfyUI's own classes, and the runtime with the pack loaded.
 
-Imported by bench/train_step.py and bench/merge_reapply.py (run as scripts,
-so this folder is on sys.path).
+Shared by the ComfyUI benchmarks (bench/train_step.py, bench/merge_reapply.py:
+run as scripts, so this folder is on sys.path) and the tests
+(tests/comfyui/comfy_env.py and the live tests' node pack load it by path).
+Sizes: "tiny" (the tests': seconds on a CPU, every target kind of the real
+architecture), "small" (CPU benchmarks), "full" (the released models' shapes).
 """
 
 from __future__ import annotations
@@ -13,9 +16,16 @@ from pathlib import Path
 
 PACK_DIR = Path(__file__).resolve().parents[1]
 
-# Model configs for ComfyUI's classes. "small" and "tiny": CPU-sized members
-# of the real architectures; "full": the released models' shapes.
+_TINY_UNET = dict(use_linear_in_transformer=True, use_temporal_attention=False, use_temporal_resblock=False,
+                  in_channels=4, out_channels=4, num_res_blocks=[1, 1], channel_mult=[1, 2], transformer_depth=[1, 1],
+                  transformer_depth_output=[1, 1, 1, 1], transformer_depth_middle=1, num_head_channels=-1,
+                  use_spatial_transformer=True, image_size=32, legacy=False, context_dim=32, model_channels=32,
+                  num_heads=2)
+
 CONFIGS = {
+    "sd15": {
+        "tiny": dict(_TINY_UNET, adm_in_channels=None),
+    },
     "sd3": {
         "small": dict(in_channels=16, out_channels=16, depth=8, patch_size=2, pos_embed_max_size=64,
                       adm_in_channels=256, num_patches=4096, pos_embed_scaling_factor=None, qk_norm=None,
@@ -27,6 +37,7 @@ CONFIGS = {
                          "target": "torch.nn.Linear", "params": {"in_features": 32, "out_features": 128}}),
     },
     "sdxl": {
+        "tiny": dict(_TINY_UNET, adm_in_channels=2816 - 1280 + 32, num_classes="sequential"),
         "small": dict(use_linear_in_transformer=True, use_temporal_attention=False, use_temporal_resblock=False,
                       in_channels=4, out_channels=4, num_res_blocks=[1, 1], channel_mult=[1, 2],
                       transformer_depth=[1, 2], transformer_depth_output=[1, 1, 2, 2], transformer_depth_middle=2,
@@ -51,6 +62,10 @@ CONFIGS = {
                      depth_single_blocks=38, axes_dim=[16, 56, 56], theta=10000, patch_size=2, qkv_bias=True),
     },
 }
+CLASSES = {"sd15": "SD15", "sdxl": "SDXL", "sd3": "SD3", "flux": "Flux"}  # in comfy.supported_models
+# Applied after the class's unet_extra_config, which would otherwise win: SDXL fixes 64 channels
+# per head, which would leave the 32-channel tiny UNet with none.
+HEAD_OVERRIDES = {("sdxl", "tiny"): {"num_head_channels": 16, "num_heads": -1}}
 
 
 def machine_name(device: str) -> str:
@@ -88,31 +103,56 @@ def pack_module(pack, dotted: str):
     return sys.modules[f"{pack.__name__}.{dotted}"]
 
 
+def model_config(arch: str, size: str = "tiny", dtype=None, compute_dtype=None, scaled_fp8=None, **changes):
+    """ComfyUI's model config for `arch` at `size`; `changes` edit the UNet/DiT config (e.g. hidden_size)."""
+    import comfy.supported_models
+    import torch
+
+    config = getattr(comfy.supported_models, CLASSES[arch])(dict(CONFIGS[arch][size], **changes))
+    config.unet_config.update(HEAD_OVERRIDES.get((arch, size), {}))
+    config.set_inference_dtype(dtype or torch.float32, compute_dtype)  # compute_dtype: ComfyUI's manual cast
+    config.scaled_fp8 = scaled_fp8  # a "scaled fp8" checkpoint: fp8 weights times a per-layer scale_weight
+    return config
+
+
+def random_model(config, device, seed: int = 0, inference_mode: bool = True):
+    """A ModelPatcher around the config's model with random weights.
+
+    Matrices get std 1/√fan_in, norm scales 1 and biases 0, so signals keep
+    their size through the network and an update anywhere can move the
+    output; float buffers (SD3's pos_embed, which ComfyUI leaves
+    uninitialised) get N(0, 0.02²). Built in inference mode by default, as
+    ComfyUI's loaders build models.
+    """
+    import torch
+    import comfy.model_patcher
+
+    g = torch.Generator().manual_seed(seed)
+    with torch.inference_mode(inference_mode), torch.no_grad():
+        model = config.get_model({}, device=device)
+        for name, p in model.diffusion_model.named_parameters():
+            if p.ndim >= 2:
+                value = torch.randn(p.shape, generator=g) / p[0].numel() ** 0.5
+            elif name.endswith("weight") or p.ndim == 0:
+                value = torch.ones(p.shape)
+            else:
+                value = torch.zeros(p.shape)
+            p.copy_(value.to(device, p.dtype))
+        for b in model.diffusion_model.buffers():
+            if b.is_floating_point():
+                b.copy_((torch.randn(b.shape, generator=g) * 0.02).to(device, b.dtype))
+    return comfy.model_patcher.ModelPatcher(model, load_device=device, offload_device=torch.device("cpu"))
+
+
 def build(arch: str, size: str, device, dtype=None):
-    """A ModelPatcher around a random-weight model of `arch` at `size` (matrices std 1/√fan_in).
+    """A benchmark model: random weights, autograd-ready (not inference tensors).
 
     dtype: storage dtype (default fp32 on the CPU, bf16 on CUDA); compute
     runs in fp32 on the CPU, as ComfyUI does there.
     """
     import torch
-    import comfy.model_patcher
-    import comfy.supported_models
 
-    cls = {"sd3": comfy.supported_models.SD3, "sdxl": comfy.supported_models.SDXL,
-           "flux": comfy.supported_models.Flux}[arch]
-    config = cls(dict(CONFIGS[arch][size]))
-    if arch == "sdxl":  # the class's unet_extra_config would override the head layout
-        config.unet_config.update(num_head_channels=64, num_heads=-1)
     if dtype is None:
         dtype = torch.float32 if device.type == "cpu" else torch.bfloat16
     compute = torch.float32 if device.type == "cpu" and dtype != torch.float32 else None
-    config.set_inference_dtype(dtype, compute)
-    g = torch.Generator().manual_seed(0)
-    model = config.get_model({}, device=device)
-    with torch.no_grad():
-        for name, p in model.diffusion_model.named_parameters():
-            if p.ndim >= 2:
-                p.copy_((torch.randn(p.shape, generator=g) / p[0].numel() ** 0.5).to(device, p.dtype))
-            else:
-                p.fill_(1.0 if name.endswith("weight") else 0.0)
-    return comfy.model_patcher.ModelPatcher(model, load_device=device, offload_device=torch.device("cpu"))
+    return random_model(model_config(arch, size, dtype, compute), device, inference_mode=False)

@@ -98,11 +98,13 @@ def model_arch(model) -> str | None:
 
 
 def base_weight_getter(model) -> Callable[[str], torch.Tensor]:
-    """get_weight(key) for qr_core: the weight as loaded, before any patch, dequantized to fp32.
+    """get_weight(key) for qr_core: the weight as loaded, before any patch.
 
     Patched weights are read from the patcher's backups (what unpatching
-    restores); fp8 and scaled-fp8 storage go through the layer's own
-    `convert_weight`, the conversion ComfyUI applies before patching.
+    restores). A weight is returned as stored (fp8 included: qr_core casts the
+    rows it uses, and fingerprints sample it without a full copy); scaled-fp8
+    layers go through their own `convert_weight`, the conversion ComfyUI
+    applies before patching, and come back in fp32.
     """
     def get(key: str) -> torch.Tensor:
         full = DIFFUSION_PREFIX + key
@@ -111,16 +113,19 @@ def base_weight_getter(model) -> Callable[[str], torch.Tensor]:
             weight = model.backup[full].weight
         if full in model.hook_backup:
             weight = model.hook_backup[full][0]
+        if convert is None:
+            return weight.detach()
         with torch.no_grad():  # a reading: never part of a graph, whatever the layer's flags say
-            w = weight.to(torch.float32, copy=True)
-            if convert is not None:
-                w = convert(w, inplace=True)
-        return w
+            return convert(weight.to(torch.float32, copy=True), inplace=True)
     return get
 
 
-def check_delta_fits(delta: QRDelta, model) -> None:
-    delta.check_model(model_shapes(model), model_arch(model))
+def check_deltas_fit(deltas: Iterable[QRDelta], model) -> None:
+    """Refuse ΔR for another architecture or model size (the model's shapes are read once)."""
+    shapes = model_shapes(model)
+    arch = detect_architecture(shapes.keys())
+    for delta in deltas:
+        delta.check_model(shapes, arch)
 
 
 def lora_patches(terms: Iterable[PatchTerm]) -> dict:

@@ -16,7 +16,7 @@ def load_delta(file_name: str, model=None, basis=None) -> QRDelta:
     expect_arch = basis.arch if basis is not None else (bridge.model_arch(model) if model is not None else None)
     delta = QRDelta.load(path, expect_arch=expect_arch, expect_rank=basis.rank if basis is not None else None)
     if model is not None:
-        bridge.check_delta_fits(delta, model)
+        bridge.check_deltas_fit([delta], model)
     return delta
 
 

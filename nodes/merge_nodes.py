@@ -50,8 +50,7 @@ def collect(kwargs: dict) -> tuple[list[QRDelta], list[float]]:
 
 def merge_onto(model, deltas: list[QRDelta], weights: list[float], allow_mixed_bases: bool = False):
     """A patched clone of `model` with W + Σ λᵢ Q ΔRᵢ on every target (shared by the node and tests)."""
-    for d in deltas:
-        bridge.check_delta_fits(d, model)
+    bridge.check_deltas_fit(deltas, model)
     return bridge.apply_terms(model, merge(deltas, weights, allow_mixed_bases))
 
 

@@ -110,6 +110,11 @@ def _batches(targets: TargetSet, max_batch_bytes: int) -> Iterator[list[Target]]
             yield ts[i:i + per]
 
 
+def _stack(matrices: list[torch.Tensor]) -> torch.Tensor:
+    # A batch of one (the CPU's default) is a view: stacking would copy every weight once more.
+    return matrices[0][None] if len(matrices) == 1 else torch.stack(matrices)
+
+
 def _qr_basis(u: torch.Tensor, s: torch.Tensor, rank: int) -> torch.Tensor:
     # Algorithm 1, line 6: reduced QR of the scaled top singular vectors.
     q, _ = torch.linalg.qr(u[..., :rank] * s[..., None, :rank])
@@ -169,7 +174,7 @@ def decompose(get_weight: WeightGetter, targets: TargetSet, settings: DecomposeS
     qs, sigmas = {}, {}
     done = 0
     for batch in _batches(targets, max_batch_bytes):
-        w = torch.stack([src.matrix(t) for t in batch])
+        w = _stack([src.matrix(t) for t in batch])
         if settings.method == "exact":
             q, sig = _exact(w, settings.rank)
         else:
@@ -188,40 +193,64 @@ def captured_energy(q: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
     return (q.transpose(-1, -2) @ w).square().sum(dim=(-1, -2))
 
 
+def energy_check_sample(targets: TargetSet, n: int | None) -> list[Target]:
+    """The targets whose energy a cache hit re-checks: every shape at least once, the rest evenly spread.
+
+    Deterministic, so a check that passed once passes again on the same weights.
+    """
+    every = list(targets)
+    if n is None or n >= len(every):
+        return every
+    chosen: dict[str, Target] = {}
+    for t in every:  # every kind of layer (shape) is read at least once
+        chosen.setdefault(f"{target_shape(targets, t)}", t)
+    picked = {t.name for t in chosen.values()}
+    need = max(0, n - len(picked))
+    for i in range(need):
+        j = int(i * len(every) / need)
+        while every[j].name in picked:  # n < len(every): a free one exists
+            j = (j + 1) % len(every)
+        picked.add(every[j].name)
+    return [t for t in every if t.name in picked]
+
+
 def check_basis(get_weight: WeightGetter, targets: TargetSet, q: dict[str, torch.Tensor], sigma: dict[str, torch.Tensor],
-                rank: int, device: str | torch.device | None = None, rtol: float = 2e-3) -> list[str]:
+                rank: int, device: str | torch.device | None = None, rtol: float = 2e-3,
+                energy_sample: int | None = None) -> list[str]:
     """Check a stored basis against live weights; return a list of problems (empty if it fits).
 
-    Shapes must match, Q must be orthonormal, and ‖QᵀW‖² must equal Σσᵢ²
-    recorded when Q was computed from these weights: a basis of other weights
-    (or a damaged file) fails the last check.
+    Shapes must match and every Q must be orthonormal (cheap: no weight is
+    read). ‖QᵀW‖² must equal Σσᵢ² recorded when Q was computed from these
+    weights, so a basis of other weights or a damaged file fails; with
+    `energy_sample`, only that many targets (every shape included) are read
+    for it: reading every weight would cost more than the rest of a cache hit.
     """
     device = torch.device(device or "cpu")
-    src = WeightSource(get_weight, device)
     problems = []
-    for batch in _batches(targets, 256 * 2**20):
-        ok = []
-        for t in batch:
-            m, _ = target_shape(targets, t)
-            qt, st = q.get(t.name), sigma.get(t.name)
-            if qt is None or st is None:
-                problems.append(f"{t.name}: missing from the stored basis")
-            elif tuple(qt.shape) != (m, rank) or tuple(st.shape) != (rank,):
-                problems.append(f"{t.name}: stored Q is {list(qt.shape)}, expected [{m}, {rank}]")
-            else:
-                ok.append(t)
-        if not ok:
-            continue
-        qb = torch.stack([q[t.name] for t in ok]).to(device, torch.float32)
-        sb = torch.stack([sigma[t.name] for t in ok]).to(device, torch.float32)
-        eye = torch.eye(rank, device=device)
-        ortho = (qb.transpose(-1, -2) @ qb - eye).abs().amax(dim=(-1, -2))
-        w = torch.stack([src.matrix(t) for t in ok])
-        got, want = captured_energy(qb, w), sb.square().sum(-1)
-        for t, o, g, e in zip(ok, ortho.tolist(), got.tolist(), want.tolist()):
+    for t in targets:
+        m, _ = target_shape(targets, t)
+        qt, st = q.get(t.name), sigma.get(t.name)
+        if qt is None or st is None:
+            problems.append(f"{t.name}: missing from the stored basis")
+        elif tuple(qt.shape) != (m, rank) or tuple(st.shape) != (rank,):
+            problems.append(f"{t.name}: stored Q is {list(qt.shape)}, expected [{m}, {rank}]")
+        else:
+            qt = qt.to(device, torch.float32)
+            o = float((qt.T @ qt - torch.eye(rank, device=device)).abs().amax())
             if not o < 1e-3:
                 problems.append(f"{t.name}: Q is not orthonormal (max |QᵀQ − I| = {o:.2e})")
-            elif not abs(g - e) <= rtol * max(e, 1e-30):
+    if problems:
+        return problems
+    checked = TargetSet(targets.arch, targets.preset, tuple(energy_check_sample(targets, energy_sample)),
+                        targets.regex, targets.shapes)
+    src = WeightSource(get_weight, device)
+    batch_bytes = 0 if device.type == "cpu" else 256 * 2**20  # as in decompose: stacking only pays on accelerators
+    for batch in _batches(checked, batch_bytes):
+        qb = torch.stack([q[t.name] for t in batch]).to(device, torch.float32)
+        want = torch.stack([sigma[t.name] for t in batch]).to(device, torch.float32).square().sum(-1)
+        got = captured_energy(qb, _stack([src.matrix(t) for t in batch]))
+        for t, g, e in zip(batch, got.tolist(), want.tolist()):
+            if not abs(g - e) <= rtol * max(e, 1e-30):
                 problems.append(f"{t.name}: captured energy {g:.6g} ≠ recorded {e:.6g} (weights changed?)")
     return problems
 

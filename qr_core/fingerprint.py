@@ -5,9 +5,10 @@ seconds on a GPU host's CPU, which is more than the fast decomposition itself.
 A weights fingerprint therefore hashes names, shapes and dtypes plus a fixed
 sample of each tensor: 4096 evenly strided elements and 4096 at fixed
 pseudo-random positions. The trade-off: an edit that touches none of the
-sampled elements keeps the fingerprint. That is caught one step later: a
-cached basis is only used after its captured energy ‖QᵀW‖² is checked against
-the live weights (`decompose.check_basis`). `mode="full"` hashes every byte.
+sampled elements keeps the fingerprint. A cache hit is checked once more
+before use: every Q must be orthonormal, and the captured energy ‖QᵀW‖² of a
+sample of targets (every shape among them) must match the live weights
+(`decompose.check_basis`). `mode="full"` hashes every byte.
 """
 
 from __future__ import annotations

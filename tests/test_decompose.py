@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from qr_core import DecomposeSettings, TargetError, captured_energy, decompose, select_targets
-from qr_core.decompose import check_basis
+from qr_core.decompose import check_basis, energy_check_sample
 
 from qr_testing import power_law
 
@@ -102,3 +102,28 @@ def test_check_basis_flags_changed_weights():
     other = power_law(64, 64, seed=9)
     problems = check_basis({"layer.weight": other}.__getitem__, ts, q, s, 8)
     assert problems and "energy" in problems[0]
+
+
+def test_sampled_energy_check_reads_only_its_sample_and_covers_every_shape():
+    shapes = {f"l{i}.weight": ((32, 16) if i % 5 else (16, 32)) for i in range(40)}
+    weights = {k: power_law(*s, seed=i) for i, (k, s) in enumerate(shapes.items())}
+    ts = select_targets(shapes, "custom", r"l\d+")
+    q, s = decompose(weights.__getitem__, ts, DecomposeSettings(rank=4))
+    sample = energy_check_sample(ts, 6)
+    assert len(sample) == 6 and sample == energy_check_sample(ts, 6)
+    assert {ts.shapes[t.key] for t in sample} == {(32, 16), (16, 32)}
+    read = []
+
+    def get(key):
+        read.append(key)
+        return weights[key]
+
+    assert check_basis(get, ts, q, s, 4, energy_sample=6) == []
+    assert sorted(set(read)) == sorted(t.key for t in sample)
+    changed = dict(weights, **{sample[-1].key: power_law(*shapes[sample[-1].key], seed=99)})
+    problems = check_basis(changed.__getitem__, ts, q, s, 4, energy_sample=6)
+    assert len(problems) == 1 and sample[-1].name in problems[0] and "energy" in problems[0]
+    # Orthonormality is checked on every target, sampled or not.
+    outside = next(t for t in ts if t not in sample)
+    broken = dict(q, **{outside.name: q[outside.name] * 1.1})
+    assert "orthonormal" in check_basis(weights.__getitem__, ts, broken, s, 4, energy_sample=6)[0]

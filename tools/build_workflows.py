@@ -354,13 +354,19 @@ def train_merge(info: dict, arch: str) -> dict:
     return wf.to_json(f"train_merge_{arch}")
 
 
+def load_trained_pair(wf, model, y: int, content_title: str, style_title: str):
+    """Load ΔR nodes for the content and style ΔR that the SDXL train-and-merge workflow saves."""
+    lc = wf.node("QRLoRALoadDelta", (0, y), {"delta_file": "sdxl_content_dog.safetensors"}, title=content_title)
+    ls = wf.node("QRLoRALoadDelta", (0, y + 200), {"delta_file": "sdxl_style.safetensors"}, title=style_title)
+    for n in (lc, ls):
+        wf.link(model[0], model[1], n, "model")
+    return lc, ls
+
+
 def lambda_grid(info: dict) -> dict:
     wf = Workflow(info)
     model, clip, vae, lnodes = loaders(wf, "sdxl", 0, 0)
-    lc = wf.node("QRLoRALoadDelta", (0, 200), {"delta_file": "sdxl_content_dog.safetensors"}, title="Content ΔR")
-    ls = wf.node("QRLoRALoadDelta", (0, 400), {"delta_file": "sdxl_style.safetensors"}, title="Style ΔR")
-    for n in (lc, ls):
-        wf.link(model[0], model[1], n, "model")
+    lc, ls = load_trained_pair(wf, model, 200, "Content ΔR", "Style ΔR")
     note = wf.node("Note", (0, 620), size=[340, 330], text=(
         "λ grid (paper Fig. 7/17): one seed and prompt, rows λc (content), columns λs (style).\n\n"
         "1. Train the two ΔR with 'qr_lora_sdxl_train_merge' (they land in models/qr_lora/).\n"
@@ -395,10 +401,7 @@ def nway(info: dict) -> dict:
     wf = Workflow(info)
     model, clip, vae, lnodes = loaders(wf, "sdxl", 0, 0)
     d = decompose(wf, model, 0, 200)
-    lc = wf.node("QRLoRALoadDelta", (0, 540), {"delta_file": "sdxl_content_dog.safetensors"}, title="Content ΔR (<c> dog)")
-    ls = wf.node("QRLoRALoadDelta", (0, 740), {"delta_file": "sdxl_style.safetensors"}, title="Style ΔR (<s> style)")
-    for n in (lc, ls):
-        wf.link(model[0], model[1], n, "model")
+    lc, ls = load_trained_pair(wf, model, 540, "Content ΔR (<c> dog)", "Style ΔR (<s> style)")
     note = wf.node("Note", (0, 960), size=[340, 300], text=(
         "N-way composition (paper Fig. 9): content + style + a third attribute, each its own ΔR in the same "
         "basis Q, added with its own λ.\n\n1. Train content and style with 'qr_lora_sdxl_train_merge'.\n"

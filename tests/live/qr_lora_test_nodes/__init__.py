@@ -9,56 +9,36 @@ swapped for these, every QR-LoRA node and every other core node runs as is.
 from __future__ import annotations
 
 import hashlib
+import importlib.util
+from pathlib import Path
 
 import torch
 
-import comfy.model_patcher
 import comfy.sd
-import comfy.supported_models
 from comfy_api.latest import ComfyExtension, io
 
 CPU = torch.device("cpu")
-CONTEXT_DIM = 32
-_UNET = dict(use_linear_in_transformer=True, use_temporal_attention=False, use_temporal_resblock=False,
-             in_channels=4, out_channels=4, num_res_blocks=[1, 1], channel_mult=[1, 2], transformer_depth=[1, 1],
-             transformer_depth_output=[1, 1, 1, 1], transformer_depth_middle=1, num_head_channels=16, num_heads=-1,
-             use_spatial_transformer=True, image_size=32, legacy=False, context_dim=CONTEXT_DIM, model_channels=32,
-             adm_in_channels=2816 - 1280 + CONTEXT_DIM, num_classes="sequential")
-# The same tiny shapes as tests/comfyui/comfy_env.py (that module sets up an in-process runtime, so it is not imported here).
-CONFIGS = {
-    "sdxl": (comfy.supported_models.SDXL, _UNET, {"num_head_channels": 16, "num_heads": -1}),
-    "sd3": (comfy.supported_models.SD3,
-            dict(in_channels=16, pos_embed_scaling_factor=None, depth=2, patch_size=2, out_channels=16,
-                 pos_embed_max_size=32, adm_in_channels=CONTEXT_DIM, context_embedder_config={
-                     "target": "torch.nn.Linear", "params": {"in_features": CONTEXT_DIM, "out_features": 128}},
-                 num_patches=1024, qk_norm=None, x_block_self_attn_layers=[]), {}),
-    "flux": (comfy.supported_models.Flux,
-             dict(image_model="flux", guidance_embed=True, in_channels=16, out_channels=16, vec_in_dim=CONTEXT_DIM,
-                  context_in_dim=CONTEXT_DIM, hidden_size=64, mlp_ratio=2.0, num_heads=2, depth=1,
-                  depth_single_blocks=1, axes_dim=[8, 12, 12], theta=10000, patch_size=2, qkv_bias=True), {}),
-}
+CONTEXT_DIM = 32  # the tiny models' text width
+ARCHS = ("sdxl", "sd3", "flux")
 LATENT_CHANNELS = {"sdxl": 4, "sd3": 16, "flux": 16}
 _cache: dict = {}
 
 
+def _load_models_module():
+    """bench/comfy_bench.py, the one builder of random-weight ComfyUI models (also used by tests/comfyui)."""
+    pack_dir = Path(__file__).resolve().parents[3]  # custom_nodes holds a symlink to tests/live/qr_lora_test_nodes
+    spec = importlib.util.spec_from_file_location("qr_lora_comfy_models", pack_dir / "bench" / "comfy_bench.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+comfy_models = _load_models_module()
+
+
 def tiny_model(arch: str, seed: int):
     """A ModelPatcher around a tiny random-weight model built from ComfyUI's own class for `arch`."""
-    cls, unet_config, overrides = CONFIGS[arch]
-    config = cls(dict(unet_config))
-    config.unet_config.update(overrides)
-    config.set_inference_dtype(torch.float32, None)
-    g = torch.Generator().manual_seed(seed)
-    with torch.inference_mode():
-        model = config.get_model({}, device=CPU)
-        for name, p in model.diffusion_model.named_parameters():
-            if p.ndim >= 2:
-                value = torch.randn(p.shape, generator=g) / p[0].numel() ** 0.5
-            elif name.endswith("weight") or p.ndim == 0:
-                value = torch.ones(p.shape)
-            else:
-                value = torch.zeros(p.shape)
-            p.copy_(value)
-    return comfy.model_patcher.ModelPatcher(model, load_device=CPU, offload_device=CPU)
+    return comfy_models.random_model(comfy_models.model_config(arch, "tiny"), CPU, seed)
 
 
 def pixel_vae(arch: str):
@@ -68,7 +48,7 @@ def pixel_vae(arch: str):
     return vae
 
 
-ARCH_INPUT = io.Combo.Input("arch", options=list(CONFIGS), default="sdxl")
+ARCH_INPUT = io.Combo.Input("arch", options=list(ARCHS), default="sdxl")
 
 
 class TinyCheckpoint(io.ComfyNode):
