@@ -11,8 +11,9 @@ classes, with the same fixed inputs, MSE loss, AdamW and fp32:
 * comfy_lora_wrapper: what `TrainLoraNode` runs: a `LoraDiff` weight wrapper
   per target through `ModelPatcher.add_weight_wrapper`, which rebuilds
   W + up·down on every forward. On FLUX it also gets the node's block
-  handling: the built-in trainer alone fails on FLUX's in-place block
-  updates, with or without its gradient checkpointing (ComfyUI 0.3.64).
+  handling: in fp32, or without checkpointing, the built-in trainer stops
+  on FLUX's in-place block updates (ComfyUI 0.3.64; it runs only with its
+  defaults, bf16 and gradient checkpointing).
 
 `--checkpointing` turns on gradient checkpointing in both: the node's for
 qr_bypass, the built-in trainer's (its default) for the baseline.
@@ -110,7 +111,7 @@ def worker(opts) -> dict:
         model_fn = dm
     else:
         if opts.arch == "flux":
-            # FLUX's blocks update their inputs in place; the built-in trainer fails on that with and without
+            # FLUX's blocks update their inputs in place, which stops the built-in trainer in fp32 or without
             # its checkpointing (ComfyUI 0.3.64), so the baseline gets the node's own block handling.
             contexts = [trainer.trainable_blocks(trainer.transformer_blocks(dm), opts.checkpointing)]
         elif opts.checkpointing:  # the built-in trainer's own checkpointing (its default)
