@@ -127,20 +127,22 @@ def random_model(config, device, seed: int = 0, inference_mode: bool = True):
     import torch
     import comfy.model_patcher
 
-    g = torch.Generator().manual_seed(seed)
+    device = torch.device(device)
+    # Drawn on the model's device: full-size FLUX (12 B weights) takes minutes to draw on a CPU.
+    g = torch.Generator(device=device).manual_seed(seed)
     with torch.inference_mode(inference_mode), torch.no_grad():
         model = config.get_model({}, device=device)
         for name, p in model.diffusion_model.named_parameters():
             if p.ndim >= 2:
-                value = torch.randn(p.shape, generator=g) / p[0].numel() ** 0.5
+                value = torch.randn(p.shape, generator=g, device=device) / p[0].numel() ** 0.5
             elif name.endswith("weight") or p.ndim == 0:
-                value = torch.ones(p.shape)
+                value = torch.ones(p.shape, device=device)
             else:
-                value = torch.zeros(p.shape)
-            p.copy_(value.to(device, p.dtype))
+                value = torch.zeros(p.shape, device=device)
+            p.copy_(value.to(p.dtype))
         for b in model.diffusion_model.buffers():
             if b.is_floating_point():
-                b.copy_((torch.randn(b.shape, generator=g) * 0.02).to(device, b.dtype))
+                b.copy_((torch.randn(b.shape, generator=g, device=device) * 0.02).to(b.dtype))
     return comfy.model_patcher.ModelPatcher(model, load_device=device, offload_device=torch.device("cpu"))
 
 
