@@ -48,29 +48,26 @@ def random_delta(qr_core, basis, seed: int, name: str, scale: float):
                            basis.weights_fingerprint, name=name)
 
 
-class Timer:
-    def __init__(self, device):
-        self.device = device
+def clock(device) -> float:
+    """perf_counter after the device's queued work is done."""
+    if device.type == "cuda":
+        import torch
 
-    def now(self) -> float:
-        if self.device.type == "cuda":
-            import torch
-
-            torch.cuda.synchronize()
-        return time.perf_counter()
+        torch.cuda.synchronize()
+    return time.perf_counter()
 
 
-def run_changes(make_model, lambdas, timer) -> tuple[list[dict], object]:
+def run_changes(make_model, lambdas, device) -> tuple[list[dict], object]:
     """Apply each λ pair as ComfyUI would on a re-queue; returns per-change timings and the last patched model."""
     import comfy.model_management
 
     rows, model = [], None
     for lc, ls in lambdas:
-        t0 = timer.now()
+        t0 = clock(device)
         model = make_model(lc, ls)
-        t1 = timer.now()
+        t1 = clock(device)
         comfy.model_management.load_models_gpu([model])
-        t2 = timer.now()
+        t2 = clock(device)
         rows.append({"lambda_content": lc, "lambda_style": ls, "node_s": t1 - t0, "apply_s": t2 - t1,
                      "total_s": t2 - t0})
     return rows, model
@@ -118,11 +115,10 @@ def bench_arch(pack, arch: str, opts, device) -> dict:
         m = content_loader.load_lora_model_only(base, f"{content.name}.safetensors", lc)[0]
         return style_loader.load_lora_model_only(m, f"{style.name}.safetensors", ls)[0]
 
-    timer = Timer(device)
     keys = sorted(basis.targets.shapes)[:: max(1, len(basis.targets.shapes) // 24)]  # a sample, to spare memory
     results = {}
     for name, make in (("qr_merge", qr_merge), ("stock_lora_loaders", stock_loras)):
-        rows, last = run_changes(make, LAMBDAS[: opts.changes + 1], timer)
+        rows, last = run_changes(make, LAMBDAS[: opts.changes + 1], device)
         results[name] = {"changes": rows, **{f"median_{p}_s": statistics.median(r[f"{p}_s"] for r in rows[1:])
                                              for p in ("node", "apply", "total")}}
         results[name]["weights"] = target_weights(last, keys)

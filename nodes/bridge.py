@@ -194,11 +194,11 @@ def show_progress_text(text: str, node_id: str | None) -> None:
 
 def check_basis_fits(basis, model) -> None:
     """Refuse a basis decomposed from another model (architecture or target shapes differ)."""
-    arch = model_arch(model)
+    shapes = model_shapes(model)
+    arch = detect_architecture(shapes.keys())
     if arch and basis.arch != arch:
         raise ValueError(f"this QR_BASIS was decomposed from a {basis.arch.upper()} model, but the model is "
                          f"{arch.upper()}: run QR-LoRA Decompose on this model.")
-    shapes = model_shapes(model)
     for key, shape in basis.targets.shapes.items():
         if tuple(shapes.get(key, ())[:2]) != tuple(shape):
             raise ValueError(f"this QR_BASIS targets {key} {list(shape)}, which this model does not have: "

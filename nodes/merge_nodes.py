@@ -18,11 +18,11 @@ def _lambda(id_: str, what: str) -> io.Float.Input:
                           tooltip=f"Weight λ of the {what} ΔR (paper eq. 7); 0 leaves it out, 1 as trained.")
 
 
-def mix_inputs(optional_pair: bool = False) -> list:
+def mix_inputs() -> list:
     """Content, style and extra ΔR with their λ (shared by Merge and Export)."""
     inputs = [
-        QRDeltaType.Input("content", optional=optional_pair, tooltip="The content ΔR (e.g. trained on 'a photo of a <c> dog')."),
-        QRDeltaType.Input("style", optional=optional_pair, tooltip="The style ΔR (e.g. trained on 'a cat in <s> style')."),
+        QRDeltaType.Input("content", tooltip="The content ΔR (e.g. trained on 'a photo of a <c> dog')."),
+        QRDeltaType.Input("style", tooltip="The style ΔR (e.g. trained on 'a cat in <s> style')."),
         _lambda("lambda_content", "content"),
         _lambda("lambda_style", "style"),
     ]
