@@ -103,15 +103,67 @@ def pack_module(pack, dotted: str):
     return sys.modules[f"{pack.__name__}.{dotted}"]
 
 
-def model_config(arch: str, size: str = "tiny", dtype=None, compute_dtype=None, scaled_fp8=None, **changes):
+def _meta_layout(unet_config: dict, model_class, overrides: dict) -> dict:
+    """The state dict (meta tensors: shapes, no memory) of the diffusion model `unet_config` describes."""
+    import torch
+
+    config = model_class(dict(unet_config))
+    config.unet_config.update(overrides)
+    with torch.device("meta"):
+        model = config.get_model({}, device=torch.device("meta"))
+    return model.diffusion_model.state_dict()
+
+
+def _flux_seed_layout(sketch: dict) -> dict:
+    """The FLUX keys ComfyUI's detection reads: enough for it to give every field its FluxParams needs,
+    which the sketch alone may lack (ComfyUI 0.8 added the required `txt_ids_dims`)."""
+    import torch
+
+    h, d = sketch["hidden_size"], sketch["hidden_size"] // sketch["num_heads"]
+    layout = {"img_in.weight": (h, sketch["in_channels"] * sketch["patch_size"] ** 2),
+              "txt_in.weight": (h, sketch["context_in_dim"]),
+              "vector_in.in_layer.weight": (h, sketch["vec_in_dim"])}
+    if sketch.get("guidance_embed"):
+        layout["guidance_in.in_layer.weight"] = (h, 256)
+    for i in range(sketch["depth"]):
+        layout[f"double_blocks.{i}.img_attn.norm.key_norm.scale"] = (d,)
+    for i in range(sketch["depth_single_blocks"]):
+        layout[f"single_blocks.{i}.norm.key_norm.scale"] = (d,)
+    return {k: torch.empty(shape, device="meta") for k, shape in layout.items()}
+
+
+def detected_unet_config(arch: str, sketch: dict, overrides: dict | None = None) -> dict:
+    """The model config as ComfyUI's own detection reads it from the model's state-dict layout.
+
+    A checkpoint loads this way (state dict → comfy.model_detection →
+    config), so fields that a ComfyUI version adds or requires are filled by
+    that version, not by this file. What no shape shows (FLUX's head count,
+    RoPE axes, MLP ratio: detection fixes them at FLUX.1's) comes from the
+    sketch, and so do sizes, which the layout's shapes then confirm.
+    """
+    import comfy.model_detection
+    import comfy.supported_models
+
+    model_class = getattr(comfy.supported_models, CLASSES[arch])
+    overrides = overrides or {}
+    # FLUX's class cannot be built from the sketch alone where ComfyUI requires more fields: a seed
+    # layout of the keys its detection reads gives them; then detection reads the whole layout.
+    seed = _flux_seed_layout(sketch) if arch == "flux" else _meta_layout(sketch, model_class, overrides)
+    seeded = {**comfy.model_detection.detect_unet_config(seed, ""), **sketch}
+    layout = _meta_layout(seeded, model_class, overrides)
+    return {**comfy.model_detection.detect_unet_config(layout, ""), **sketch}
+
+
+def model_config(arch: str, size: str = "tiny", dtype=None, compute_dtype=None, **changes):
     """ComfyUI's model config for `arch` at `size`; `changes` edit the UNet/DiT config (e.g. hidden_size)."""
     import comfy.supported_models
     import torch
 
-    config = getattr(comfy.supported_models, CLASSES[arch])(dict(CONFIGS[arch][size], **changes))
-    config.unet_config.update(HEAD_OVERRIDES.get((arch, size), {}))
+    overrides = HEAD_OVERRIDES.get((arch, size), {})
+    unet_config = detected_unet_config(arch, dict(CONFIGS[arch][size], **changes), overrides)
+    config = getattr(comfy.supported_models, CLASSES[arch])(unet_config)
+    config.unet_config.update(overrides)
     config.set_inference_dtype(dtype or torch.float32, compute_dtype)  # compute_dtype: ComfyUI's manual cast
-    config.scaled_fp8 = scaled_fp8  # a "scaled fp8" checkpoint: fp8 weights times a per-layer scale_weight
     return config
 
 

@@ -164,12 +164,15 @@ def release_inference_tensors(module: torch.nn.Module) -> int:
     gradient. Swapping `.data` is not enough (the tensor object keeps no
     version counter), so the module entries themselves are replaced, one
     tensor at a time; the copies are bit-identical. Returns the count.
+    Tensor subclasses (ComfyUI ≥ 0.8's QuantizedTensor) stay: the forward
+    dequantizes them into fresh tensors, and a copy made outside inference
+    mode would keep inference-mode data inside a wrapper that no longer says so.
     """
     count = 0
     with torch.inference_mode(False), torch.no_grad():
         for mod in module.modules():
             for name, p in list(mod._parameters.items()):
-                if p is not None and p.is_inference():
+                if p is not None and p.is_inference() and type(p) is torch.nn.Parameter:
                     mod._parameters[name] = torch.nn.Parameter(p.clone(), requires_grad=p.requires_grad)
                     count += 1
             for name, b in list(mod._buffers.items()):

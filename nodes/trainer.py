@@ -22,7 +22,9 @@ import comfy.samplers
 import comfy_extras.nodes_custom_sampler
 
 from ..qr_core import QRAdapter, TrainResult, TrainSettings, frozen, train
+from ..qr_core.recompute import recomputed_in_backward, wrapped_forwards
 from . import bridge
+from .training_runtime import differentiable_model_code, weights_need_recompute
 
 TIMESTEP_SAMPLING = ("uniform", "logit-normal")
 LOSS_SPACES = ("native", "x0")
@@ -96,7 +98,6 @@ def _clone_inputs(args: tuple, kwargs: dict) -> tuple[tuple, dict]:
     return tuple(c(a) for a in args), {k: c(v) for k, v in kwargs.items()}
 
 
-@contextlib.contextmanager
 def trainable_blocks(blocks: list[torch.nn.Module], checkpoint: bool):
     """Make the model's blocks safe (and optionally cheap) to differentiate.
 
@@ -107,36 +108,26 @@ def trainable_blocks(blocks: list[torch.nn.Module], checkpoint: bool):
     hidden-state copy per block). With `checkpoint`, activations are instead
     recomputed in backward from a cloned input; the ΔR hooks run again then.
     """
-    originals = []
-    for b in blocks:
-        forward = b.forward
-
+    def wrap(forward):
         if checkpoint:
-            def run(*args, _f=forward, **kwargs):
+            def run(*args, **kwargs):
                 def inner(*a, **k):
                     a, k = _clone_inputs(a, k)
-                    return _f(*a, **k)
+                    return forward(*a, **k)
                 return torch.utils.checkpoint.checkpoint(inner, *args, use_reentrant=False, **kwargs)
-        else:
-            def run(*args, _f=forward, **kwargs):
-                keys = _tensor_keys(list(args) + list(kwargs.values()))
-                if not keys:
-                    return _f(*args, **kwargs)
+            return run
 
-                def pack(t):
-                    return t.clone() if (t.data_ptr(), tuple(t.shape)) in keys else t
-                with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-                    return _f(*args, **kwargs)
-        originals.append((b, "forward" in b.__dict__, forward))
-        b.forward = run
-    try:
-        yield
-    finally:
-        for b, had_own, forward in originals:
-            if had_own:
-                b.forward = forward
-            else:
-                del b.forward
+        def run(*args, **kwargs):
+            keys = _tensor_keys(list(args) + list(kwargs.values()))
+            if not keys:
+                return forward(*args, **kwargs)
+
+            def pack(t):
+                return t.clone() if (t.data_ptr(), tuple(t.shape)) in keys else t
+            with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+                return forward(*args, **kwargs)
+        return run
+    return wrapped_forwards(blocks, wrap)
 
 
 def transformer_blocks(diffusion_model: torch.nn.Module) -> list[torch.nn.Module]:
@@ -152,16 +143,25 @@ class QRTrainSampler(comfy.samplers.Sampler):
     """A 'sampler' whose sample() trains the adapter; ComfyUI's guider has prepared conds and latents."""
 
     def __init__(self, adapter: QRAdapter, settings: TrainSettings, objective: Objective,
-                 training_dtype: torch.dtype, gradient_checkpointing: bool,
+                 training_dtype: torch.dtype, gradient_checkpointing: bool, recompute_weights: bool,
                  on_step: Callable[[int, float], None], check_cancel: Callable[[], None]):
         self.adapter, self.settings, self.objective = adapter, settings, objective
         self.training_dtype = training_dtype
         self.gradient_checkpointing = gradient_checkpointing
+        self.recompute_weights = recompute_weights
         self.on_step, self.check_cancel = on_step, check_cancel
         self.result: TrainResult | None = None
 
     def sample(self, model_wrap, sigmas, extra_args, callback, noise, latent_image=None, denoise_mask=None,
                disable_pbar=False):
+        # Only the training loop leaves inference mode: ComfyUI has loaded the model inside it, as for any
+        # sampling. Loaded outside it, ComfyUI ≥ 0.8 would wrap quantized weights (inference-mode data) in
+        # new tensors that no longer say so, and the model's state_dict would then fail in later nodes.
+        with torch.inference_mode(False):
+            self._train(model_wrap, extra_args, latent_image)
+        return torch.zeros_like(latent_image)
+
+    def _train(self, model_wrap, extra_args: dict, latent_image: torch.Tensor) -> None:
         base = model_wrap.inner_model  # the BaseModel, loaded by ComfyUI
         ms = base.model_sampling
         model_wrap.conds = _clone_tensors(model_wrap.conds)
@@ -198,16 +198,21 @@ class QRTrainSampler(comfy.samplers.Sampler):
             return torch.stack(losses).mean()
 
         bridge.release_inference_tensors(base)
-        with self.adapter.attached(base.diffusion_model), frozen(base), \
+        recompute = recomputed_in_backward if self.recompute_weights else (lambda _: contextlib.nullcontext())
+        with self.adapter.attached(base.diffusion_model), frozen(base), differentiable_model_code(), \
+                recompute(base.diffusion_model), \
                 trainable_blocks(transformer_blocks(base.diffusion_model), self.gradient_checkpointing):
             self.result = train(self.adapter.trainable(), loss_fn, self.settings, self.on_step, self.check_cancel)
-        return torch.zeros_like(latent_image)
 
 
 def run_training(model, adapter: QRAdapter, latents: torch.Tensor, positive: list, settings: TrainSettings,
                  objective: Objective, training_dtype: torch.dtype, gradient_checkpointing: bool,
-                 on_step: Callable[[int, float], None]) -> TrainResult:
-    """Train `adapter` on a clone of `model` with ComfyUI's guider; the adapter is detached afterwards."""
+                 on_step: Callable[[int, float], None], recompute_weights: bool | None = None) -> TrainResult:
+    """Train `adapter` on a clone of `model` with ComfyUI's guider; the adapter is detached afterwards.
+
+    recompute_weights: run each layer's forward again in backward (None: where
+    the model needs it, see training_runtime.weights_need_recompute).
+    """
     n = latents.shape[0]
     if len(positive) not in (1, n):
         raise ValueError(f"{len(positive)} conditionings for {n} latents: give one conditioning, "
@@ -215,11 +220,13 @@ def run_training(model, adapter: QRAdapter, latents: torch.Tensor, positive: lis
     patcher = model.clone()
     if training_dtype != torch.float32:
         patcher.set_model_compute_dtype(training_dtype)
-    sampler = QRTrainSampler(adapter, settings, objective, training_dtype, gradient_checkpointing, on_step,
-                             comfy.model_management.throw_exception_if_processing_interrupted)
+    if recompute_weights is None:
+        recompute_weights = weights_need_recompute(patcher)
+    sampler = QRTrainSampler(adapter, settings, objective, training_dtype, gradient_checkpointing, recompute_weights,
+                             on_step, comfy.model_management.throw_exception_if_processing_interrupted)
     guider = comfy_extras.nodes_custom_sampler.Guider_Basic(patcher)
     guider.set_conds(positive)
-    with torch.inference_mode(False):
+    with torch.inference_mode():  # as ComfyUI runs any sampling; QRTrainSampler leaves it for the loop alone
         # `sigmas` only has to be non-empty: noise levels are drawn per step by the sampler.
         guider.sample(torch.zeros_like(latents), latents, sampler, torch.ones(1), seed=settings.seed)
     return sampler.result

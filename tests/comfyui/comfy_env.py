@@ -4,11 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from qr_comfyui_runtime import AVAILABLE
+from comfyui_location import skip_or_fail_without_comfyui
 
-if not AVAILABLE:
-    pytest.skip("ComfyUI runtime not found: set COMFYUI_PATH to a ComfyUI checkout to run these tests.",
-                allow_module_level=True)
+skip_or_fail_without_comfyui("the tests against ComfyUI's runtime")
 
 import importlib.util  # noqa: E402
 
@@ -30,12 +28,12 @@ def _load_models_module():
 comfy_models = _load_models_module()
 
 
-def tiny_model(arch: str, seed: int = 0, dtype=torch.float32, compute_dtype=None, scaled_fp8=None, **changes):
+def tiny_model(arch: str, seed: int = 0, dtype=torch.float32, compute_dtype=None, **changes):
     """A ModelPatcher around a tiny random-weight model of `arch`, built (like ComfyUI's loaders) in inference mode.
 
     `changes` edit the architecture's config (e.g. hidden_size for a model of another size).
     """
-    config = comfy_models.model_config(arch, "tiny", dtype, compute_dtype, scaled_fp8, **changes)
+    config = comfy_models.model_config(arch, "tiny", dtype, compute_dtype, **changes)
     return comfy_models.random_model(config, CPU, seed)
 
 
@@ -57,6 +55,27 @@ def latent_and_cond(arch: str, batch: int = 1, size: int = 8, seed: int = 0):
     return {"samples": latent}, [[context, extra]]
 
 
+TRAIN_DEFAULTS = dict(steps=30, learning_rate=1e-2, optimizer="AdamW", batch_size=1, seed=0,
+                      timestep_sampling="uniform", loss_space="native", training_dtype="fp32",
+                      gradient_checkpointing=False, mode="ΔR only", triangular=False, trigger_words="<c> dog",
+                      save_name="", save_every=0)
+
+
+def decompose(pack, model, rank=4):
+    """QR-LoRA Decompose, paper preset, fast, no cache: the basis a test trains in."""
+    return pack.node("QRLoRADecompose").execute(model, rank, "paper", "", "fast", False)[0]
+
+
+def run_train(pack, model, basis, arch, copies=1, **overrides):
+    """Train ΔR through the node as ComfyUI's executor runs it; `copies` of the one image give several noise draws a step."""
+    latent, cond = latent_and_cond(arch)
+    with torch.inference_mode():  # one image, several noise draws per step
+        latent = {"samples": latent["samples"].repeat(copies, 1, 1, 1)}
+    kwargs = dict(TRAIN_DEFAULTS, **overrides)
+    with torch.inference_mode():  # as ComfyUI's executor runs nodes
+        return pack.node("QRLoRATrainDelta").execute(model, basis, latent, cond, **kwargs)
+
+
 def diffusion_weights(model) -> dict[str, torch.Tensor]:
     """Copies of every diffusion-model weight as it currently is."""
     return {k: v.detach().clone() for k, v in model.model.diffusion_model.state_dict().items()}
@@ -70,3 +89,35 @@ def random_delta(pack, basis, seed: int, name: str, scale: float = 0.05):
              for t in basis.targets}
     return qr_core.QRDelta(basis.targets, basis.rank, dict(basis.q), delta, basis.fingerprint,
                            basis.weights_fingerprint, name=name)
+
+
+def scaled_fp8_checkpoint(arch: str = "sd3", seed: int = 0, scale: float = 2.0):
+    """A model loaded by ComfyUI's own Load Diffusion Model path from an old-style scaled-fp8 checkpoint.
+
+    Every Linear weight is stored as fp8 with a `scale_weight` (and the
+    `scaled_fp8` marker key), as the fp8 releases of SD3.5 and FLUX are. ComfyUI
+    0.3.x loads such files with its scaled-fp8 ops; from 0.8 it converts them
+    (comfy.utils.convert_old_quants) into QuantizedTensor weights with
+    `weight_scale` / `comfy_quant` keys. Returns the ModelPatcher and the
+    dequantized weights the file holds (fp32). SD3, because ComfyUI reads all of
+    MMDiT's sizes from a file (FLUX's hidden size and heads are fixed by its detection).
+    """
+    import comfy.sd
+
+    source = tiny_model(arch, seed)
+    state, dequantized = {}, {}
+    with torch.inference_mode():  # as ComfyUI's executor runs Load Diffusion Model
+        weights = source.model.diffusion_model.state_dict()
+        for key, value in weights.items():
+            layer = key[: -len(".weight")]
+            if key.endswith(".weight") and value.ndim == 2 and layer + ".bias" in weights:  # a Linear
+                stored = (value / scale).to(torch.float8_e4m3fn)
+                state[key], state[layer + ".scale_weight"] = stored, torch.tensor(scale)
+                state[layer + ".scale_input"] = torch.tensor(1.0)
+                dequantized[key] = stored.float() * scale
+            else:
+                state[key] = value.clone()
+        state["scaled_fp8"] = torch.tensor([], dtype=torch.float8_e4m3fn)
+        model = comfy.sd.load_diffusion_model_state_dict(state, model_options={})
+    assert model is not None, "ComfyUI did not recognise the checkpoint"
+    return model, dequantized

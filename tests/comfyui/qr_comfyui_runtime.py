@@ -1,25 +1,26 @@
 """Start-up of the real ComfyUI runtime for these tests (shared by conftest and the test modules).
 
-ComfyUI ($COMFYUI_PATH) goes first on sys.path (its top-level `nodes`
-module must win over this pack's `nodes/` folder), is forced onto the CPU,
-and is pointed at a temporary models/custom_nodes/output tree with the pack
-linked in as a user installs it. Without ComfyUI, AVAILABLE is False and
-nothing is imported.
+ComfyUI (found by comfyui_location: $COMFYUI_PATH or the ComfyUI the pack
+sits in) goes first on sys.path (its top-level `nodes` module must win over
+this pack's `nodes/` folder), is forced onto the CPU, and is pointed at a
+temporary models/custom_nodes/output tree with the pack linked in as a user
+installs it. Without ComfyUI, AVAILABLE is False and nothing is imported.
 """
 
 from __future__ import annotations
 
-import os
 import sys
 import tempfile
 from pathlib import Path
 
-PACK_DIR = Path(__file__).resolve().parents[2]
-COMFYUI_PATH = os.environ.get("COMFYUI_PATH", "")
-AVAILABLE = bool(COMFYUI_PATH) and (Path(COMFYUI_PATH) / "comfy" / "model_patcher.py").is_file()
+from comfyui_location import COMFYUI, PACK_DIR, VERSION, version_tuple  # noqa: F401
+
+AVAILABLE = COMFYUI is not None
+COMFYUI_PATH = str(COMFYUI) if AVAILABLE else ""
+COMFYUI_VERSION = version_tuple(VERSION) if AVAILABLE else ()
 
 if AVAILABLE:
-    sys.path.insert(0, str(Path(COMFYUI_PATH).resolve()))
+    sys.path.insert(0, COMFYUI_PATH)
     from comfy.cli_args import args  # noqa: E402
 
     args.cpu = True  # the --cpu flag, set before comfy.model_management is imported

@@ -9,11 +9,11 @@ import sys
 
 import pytest
 
-from qr_comfyui_runtime import AVAILABLE, COMFYUI_PATH, PACK_DIR
+from comfyui_location import skip_or_fail_without_comfyui
 
-if not AVAILABLE:
-    pytest.skip("ComfyUI runtime not found: set COMFYUI_PATH to a ComfyUI checkout to run these tests.",
-                allow_module_level=True)
+skip_or_fail_without_comfyui("the ComfyUI benchmarks' smoke tests")
+
+from qr_comfyui_runtime import COMFYUI_PATH, PACK_DIR  # noqa: E402
 
 
 def run_bench(script: str, out_dir) -> None:

@@ -83,16 +83,3 @@ def test_fp8_weights_are_read_as_stored_and_decomposed_in_fp32(pack):
     # The same subspace up to fp8 rounding of the weights: ‖QᵀQ_ref‖²/rank near 1 (measured 0.999).
     overlap = float((basis.q[name].T @ reference.q[name]).square().sum()) / basis.rank
     assert overlap > 0.9, overlap
-
-
-def test_scaled_fp8_weights_go_through_comfyui_conversion(pack):
-    model = tiny_model("flux", seed=5, dtype=torch.float32, compute_dtype=torch.float32,
-                       scaled_fp8=torch.float8_e4m3fn)
-    layer = model.model.diffusion_model.double_blocks[0].img_attn.qkv
-    assert layer.weight.dtype == torch.float8_e4m3fn and hasattr(layer, "scale_weight")
-    with torch.inference_mode():
-        layer.scale_weight.fill_(2.0)
-    got = pack.module("nodes.bridge").base_weight_getter(model)("double_blocks.0.img_attn.qkv.weight")
-    assert torch.equal(got, layer.weight.float() * 2.0)
-    basis, _, _ = run(pack, model, cache=False)
-    assert "double_blocks.0.img_attn.qkv[q]" in basis.targets.names()

@@ -11,26 +11,10 @@ import comfy.model_management
 import comfy.patcher_extension
 import comfy.utils
 
-from comfy_env import diffusion_weights, latent_and_cond, random_delta, tiny_model
+from comfy_env import (TRAIN_DEFAULTS, decompose, diffusion_weights, latent_and_cond, random_delta, run_train,
+                       tiny_model)
 
 STEPS = {"sd15": 40, "flux": 40}
-TRAIN_DEFAULTS = dict(steps=30, learning_rate=1e-2, optimizer="AdamW", batch_size=1, seed=0,
-                      timestep_sampling="uniform", loss_space="native", training_dtype="fp32",
-                      gradient_checkpointing=False, mode="ΔR only", triangular=False, trigger_words="<c> dog",
-                      save_name="", save_every=0)
-
-
-def decompose(pack, model, rank=4):
-    return pack.node("QRLoRADecompose").execute(model, rank, "paper", "", "fast", False)[0]
-
-
-def run_train(pack, model, basis, arch, copies=1, **overrides):
-    latent, cond = latent_and_cond(arch)
-    with torch.inference_mode():  # one image, several noise draws per step
-        latent = {"samples": latent["samples"].repeat(copies, 1, 1, 1)}
-    kwargs = dict(TRAIN_DEFAULTS, **overrides)
-    with torch.inference_mode():  # as ComfyUI's executor runs nodes
-        return pack.node("QRLoRATrainDelta").execute(model, basis, latent, cond, **kwargs)
 
 
 def hooks_left(model) -> int:

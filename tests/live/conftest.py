@@ -1,7 +1,7 @@
 """A real ComfyUI server (main.py --cpu on loopback) with this pack, for the live tests.
 
-Set COMFYUI_PATH to a ComfyUI checkout; without it every live test is skipped
-with that reason. The server runs from a temporary base directory whose
+ComfyUI is found by comfyui_location ($COMFYUI_PATH, or the ComfyUI the pack
+sits in); without it every live test is skipped with that reason (under CI: fails). The server runs from a temporary base directory whose
 custom_nodes holds only this pack (symlinked, as a user's git clone) and the
 test-only node pack tests/live/qr_lora_test_nodes (tiny models, used by the
 POST /prompt test and never by a shipped workflow: test_workflows checks that).
@@ -23,12 +23,12 @@ from pathlib import Path
 
 import pytest
 
+from comfyui_location import COMFYUI, skip_or_fail_without_comfyui
 from workflow_check import WORKFLOW_DIR, workflow_files
 
 PACK_DIR = Path(__file__).resolve().parents[2]
 LIVE_DIR = Path(__file__).resolve().parent
 DOCS_DIR = PACK_DIR / "docs"
-COMFYUI_PATH = os.environ.get("COMFYUI_PATH", "")
 START_TIMEOUT_S = float(os.environ.get("QR_LORA_LIVE_START_TIMEOUT", "240"))
 
 # Input images the workflows name, so that the front end finds them (no 404 noise in the browser test).
@@ -84,8 +84,7 @@ class Server:
 
 @pytest.fixture(scope="session")
 def comfy_server():
-    if not COMFYUI_PATH or not (Path(COMFYUI_PATH) / "main.py").is_file():
-        pytest.skip("ComfyUI not found: set COMFYUI_PATH to a ComfyUI checkout to run the live-server tests.")
+    skip_or_fail_without_comfyui("the live-server tests")
     base = Path(tempfile.mkdtemp(prefix="qr-lora-live-"))
     for sub in ("custom_nodes", "models/qr_lora", "input", "output", "temp", "user/default"):
         (base / sub).mkdir(parents=True, exist_ok=True)
@@ -99,7 +98,7 @@ def comfy_server():
            "--base-directory", str(base), "--disable-auto-launch", "--disable-metadata",
            "--database-url", f"sqlite:///{base / 'user' / 'comfyui.db'}"]
     with open(log, "w") as out:
-        proc = subprocess.Popen(cmd, cwd=COMFYUI_PATH, stdout=out, stderr=subprocess.STDOUT,
+        proc = subprocess.Popen(cmd, cwd=COMFYUI, stdout=out, stderr=subprocess.STDOUT,
                                 env={**os.environ, "PYTHONUNBUFFERED": "1"})
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + START_TIMEOUT_S

@@ -22,13 +22,18 @@ import time
 
 import pytest
 
+from comfyui_location import skip_or_fail, skip_or_fail_without_comfyui
 from workflow_check import FRONTEND_ONLY, WORKFLOW_DIR, workflow_files
 
-pytest.importorskip("playwright.sync_api", reason="the PyPI package 'playwright' is not installed")
+skip_or_fail_without_comfyui("the browser tests")
+try:
+    import playwright.sync_api  # noqa: F401
+except ImportError:
+    skip_or_fail("the PyPI package 'playwright' is not installed")
 
 CHROMIUM = os.environ.get("QR_LORA_CHROMIUM") or shutil.which("chromium") or shutil.which("chromium-browser")
 if not CHROMIUM:
-    pytest.skip("no Chromium binary: install Debian's 'chromium' or set QR_LORA_CHROMIUM", allow_module_level=True)
+    skip_or_fail("no Chromium binary: install Debian's 'chromium' or set QR_LORA_CHROMIUM")
 
 VIEWPORT = {"width": 2400, "height": 1350}
 ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",

@@ -139,9 +139,11 @@ def test_train_and_merge_workflow_runs_via_post_prompt(comfy_server, name):
         assert mine[-1]["step"] == mine[-1]["total"] == TRAIN_STEPS
         assert sum(len(p["losses"]) for p in mine) == TRAIN_STEPS
         assert all(isinstance(v, float) for p in mine for v in p["losses"])
-    # Decompose reports its cache state for the front end.
+    # Decompose reports its cache state for the front end. An earlier test may have run the same Decompose:
+    # ComfyUI then reuses its output, and from 0.8 on leaves a reused node's text out of the history.
     dec = next(nid for nid, n in prompt.items() if n["class_type"] == "QRLoRADecompose")
-    assert "cache" in " ".join(outputs[dec]["text"])
+    cached = {nid for e in events if e["type"] == "execution_cached" for nid in e["data"]["nodes"]}
+    assert "cache" in " ".join(outputs[dec]["text"]) if dec in outputs else dec in cached, (outputs.keys(), cached)
 
 
 @pytest.mark.parametrize("name", ["qr_lora_sdxl_nway_composition", "qr_lora_sdxl_lambda_grid"])

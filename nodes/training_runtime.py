@@ -1,0 +1,104 @@
+"""ComfyUI's model code made safe to differentiate for the length of one training run.
+
+Newer ComfyUI runs inference kernels that have no backward, and (with
+dynamic VRAM) keeps cast weights in buffers it reuses. Each mechanism is
+feature-detected on the ComfyUI at hand, switched for the run, and every
+global it touches is restored afterwards, on error and cancel too:
+
+- `comfy.model_management.in_training` (ComfyUI ≥ 0.14): ComfyUI's own
+  switch; its model code then takes differentiable paths.
+- comfy-kitchen kernels bound into model modules (ComfyUI 0.8–0.13: FLUX's
+  RoPE is `comfy_kitchen.apply_rope`, a custom op with no autograd formula):
+  every `comfy.*` module's binding of such a kernel is replaced by the torch
+  reference it computes, for the run.
+- Dynamic VRAM (`ModelPatcher.is_dynamic()`, ComfyUI ≥ 0.12): see
+  `weights_need_recompute`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import sys
+from typing import Iterator
+
+import torch
+
+import comfy.model_management
+
+
+def _rope1(x: torch.Tensor, freqs_cis: torch.Tensor) -> torch.Tensor:
+    """FLUX's rotary embedding in plain torch (what ComfyUI runs without comfy-kitchen)."""
+    x_ = x.to(dtype=freqs_cis.dtype).reshape(*x.shape[:-1], -1, 1, 2)
+    x_out = freqs_cis[..., 0] * x_[..., 0] + freqs_cis[..., 1] * x_[..., 1]  # out of place: autograd-safe
+    return x_out.reshape(*x.shape).type_as(x)
+
+
+def _rope(xq: torch.Tensor, xk: torch.Tensor, freqs_cis: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    return _rope1(xq, freqs_cis), _rope1(xk, freqs_cis)
+
+
+def kernels_without_autograd() -> dict:
+    """Inference kernels this ComfyUI binds into model code → their differentiable reference."""
+    kitchen = getattr(sys.modules.get("comfy.quant_ops"), "ck", None)
+    if kitchen is None:
+        return {}
+    pairs = {getattr(kitchen, "apply_rope", None): _rope, getattr(kitchen, "apply_rope1", None): _rope1}
+    return {k: v for k, v in pairs.items() if k is not None}
+
+
+@contextlib.contextmanager
+def _reference_kernels() -> Iterator[int]:
+    """Replace every comfy.* module's binding of a kernel without autograd; yields how many were replaced."""
+    kernels = kernels_without_autograd()
+    swapped = []
+    if kernels:
+        for name, module in list(sys.modules.items()):
+            if module is None or not (name == "comfy" or name.startswith("comfy.")):
+                continue
+            for attr, value in list(vars(module).items()):
+                if callable(value) and value in kernels:
+                    swapped.append((module, attr, value))
+    try:
+        for module, attr, value in swapped:
+            setattr(module, attr, kernels[value])
+        yield len(swapped)
+    finally:
+        for module, attr, value in swapped:
+            setattr(module, attr, value)
+
+
+@contextlib.contextmanager
+def _in_training_flag() -> Iterator[None]:
+    if not hasattr(comfy.model_management, "in_training"):
+        yield
+        return
+    before = comfy.model_management.in_training
+    comfy.model_management.in_training = True
+    try:
+        yield
+    finally:
+        comfy.model_management.in_training = before
+
+
+@contextlib.contextmanager
+def differentiable_model_code() -> Iterator[None]:
+    """ComfyUI's differentiable code paths for the duration; every changed global restored afterwards."""
+    with _in_training_flag(), _reference_kernels():
+        yield
+
+
+def weights_need_recompute(model) -> bool:
+    """Whether autograd must not keep the weights a forward used.
+
+    A dynamic-VRAM model (ComfyUI ≥ 0.12, the default on NVIDIA from late
+    2026) casts each layer's weight into a buffer that the next layer reuses:
+    a weight saved for backward (the frozen Linear's input gradient needs it)
+    would be overwritten by then, and ΔR's gradient silently wrong. Two ways
+    out: a non-dynamic clone with a full load (it needs ComfyUI to reload the
+    whole model, and the full model in VRAM, which dynamic VRAM exists to
+    avoid), or recomputing each layer's forward in its backward, which casts
+    the weight again right where it is used. The second is what ComfyUI's own
+    trainer does; it costs one more forward matmul per layer in backward.
+    """
+    is_dynamic = getattr(model, "is_dynamic", None)
+    return bool(is_dynamic()) if callable(is_dynamic) else False

@@ -1,0 +1,182 @@
+"""What newer ComfyUI changed under training, each mechanism on the version that has it.
+
+- 0.8: FLUX's RoPE runs through comfy-kitchen kernels without autograd;
+  old scaled-fp8 checkpoints load as QuantizedTensor weights.
+- ≥ 0.12 (not runnable here): dynamic VRAM reuses cast buffers; the guard
+  (per-layer recompute) is tested on these versions by forcing it.
+- Every version: training changes no global of ComfyUI's, on success, error or cancel.
+"""
+
+from __future__ import annotations
+
+import ast
+import importlib.util
+import sys
+
+import pytest
+
+import comfy_env  # noqa: F401  (skips the module without ComfyUI)
+import torch
+
+import comfy.ldm.flux.math
+import comfy.model_management
+import comfy.utils
+
+from comfy_env import TRAIN_DEFAULTS, decompose, latent_and_cond, random_delta, run_train, scaled_fp8_checkpoint, tiny_model
+from qr_comfyui_runtime import COMFYUI_VERSION
+
+# ComfyUI 0.8 binds comfy-kitchen's RoPE kernel (a custom op with no backward) into FLUX's attention.
+KITCHEN_ROPE = importlib.util.find_spec("comfy_kitchen") is not None and COMFYUI_VERSION >= (0, 8)
+
+
+def comfyui_reference_rope():
+    """ComfyUI's own RoPE for machines without comfy-kitchen: the functions in comfy/ldm/flux/math.py's
+    `except` branch, compiled from that file (the code ComfyUI runs when the kernel is absent)."""
+    path = comfy.ldm.flux.math.__file__
+    tree = ast.parse(open(path).read())
+    handlers = [n for n in tree.body if isinstance(n, ast.Try)]
+    if not handlers:  # before 0.8: the module's apply_rope is that reference itself
+        return comfy.ldm.flux.math.apply_rope
+    body = [n for n in handlers[0].handlers[0].body if isinstance(n, ast.FunctionDef)]
+    namespace = {"Tensor": torch.Tensor, "torch": torch}
+    exec(compile(ast.Module(body=body, type_ignores=[]), path, "exec"), namespace)
+    return namespace["apply_rope"]
+
+
+def test_flux_trains_with_kitchen_rope_as_with_comfyui_reference_rope(pack, monkeypatch):
+    runtime = pack.module("nodes.training_runtime")
+    kernel = comfy.ldm.flux.math.apply_rope
+    assert bool(runtime.kernels_without_autograd()) == KITCHEN_ROPE
+    if KITCHEN_ROPE:  # the hazard is real: the kernel itself cannot be differentiated
+        q = torch.randn(1, 2, 4, 8, requires_grad=True)
+        pe = torch.randn(1, 1, 4, 4, 2, 2)
+        with pytest.raises(RuntimeError, match="autograd"):
+            kernel(q, q, pe)[0].sum().backward()
+    model = tiny_model("flux")
+    basis = decompose(pack, model)
+    kitchen = run_train(pack, model, basis, "flux", steps=6)
+    assert comfy.ldm.flux.math.apply_rope is kernel  # put back after training
+    monkeypatch.setattr(comfy.ldm.flux.math, "apply_rope", comfyui_reference_rope())
+    reference = run_train(pack, model, basis, "flux", steps=6)
+    assert torch.allclose(torch.tensor(kitchen[2]["loss"]), torch.tensor(reference[2]["loss"]), rtol=1e-5)
+    for name, d in reference[0].delta.items():
+        assert torch.allclose(kitchen[0].delta[name], d, rtol=1e-4, atol=1e-7), name
+
+
+def comfy_globals() -> dict:
+    """Every module-level binding of ComfyUI's modules (by identity), plus torch's global modes."""
+    state = {(name, attr): id(value) for name, module in list(sys.modules.items())
+             if module is not None and name.split(".")[0] in ("comfy", "comfy_extras", "comfy_api", "nodes")
+             for attr, value in list(vars(module).items())}
+    state["torch modes"] = (torch.is_grad_enabled(), torch.is_inference_mode_enabled(), torch.get_default_dtype(),
+                            torch.is_autocast_enabled())
+    if hasattr(comfy.model_management, "in_training"):
+        state["in_training"] = comfy.model_management.in_training
+    return state
+
+
+def test_training_leaves_no_global_changed_on_success_error_and_cancel(pack):
+    model = tiny_model("flux")
+    basis = decompose(pack, model)
+    run_train(pack, model, basis, "flux", steps=1)  # first-use imports and caches settle
+    before = comfy_globals()
+
+    run_train(pack, model, basis, "flux", steps=2)
+    assert comfy_globals() == before
+
+    latent, cond = latent_and_cond("flux")
+    with torch.inference_mode():
+        latent["samples"][0, 0, 0, 0] = float("nan")
+    with torch.inference_mode(), pytest.raises(Exception, match="learning rate|NaN"):
+        pack.node("QRLoRATrainDelta").execute(model, basis, latent, cond, **dict(TRAIN_DEFAULTS, steps=2))
+    assert comfy_globals() == before
+
+    def interrupt(value, total, preview, node_id=None):
+        comfy.model_management.interrupt_current_processing(True)
+
+    old, comfy.utils.PROGRESS_BAR_HOOK = comfy.utils.PROGRESS_BAR_HOOK, interrupt
+    try:
+        with pytest.raises(comfy.model_management.InterruptProcessingException):
+            run_train(pack, model, basis, "flux", steps=5)
+    finally:
+        comfy.utils.PROGRESS_BAR_HOOK = old
+        comfy.model_management.interrupt_current_processing(False)
+    after = comfy_globals()
+    assert after == before, sorted(k for k in set(before) | set(after) if before.get(k) != after.get(k))
+
+
+def test_per_layer_recompute_trains_exactly_as_saving_weights(pack):
+    """The dynamic-VRAM guard: a CPU patcher is never dynamic (ComfyUI builds a plain ModelPatcher on a CPU even
+    where dynamic VRAM exists), so the guard is forced here; it must not change what training computes."""
+    trainer, runtime = pack.module("nodes.trainer"), pack.module("nodes.training_runtime")
+    model = tiny_model("flux")
+    assert runtime.weights_need_recompute(model) is False
+    basis = decompose(pack, model)
+    latent, cond = latent_and_cond("flux")
+    results = {}
+    for recompute in (False, True):
+        adapter = pack.module("qr_core").QRAdapter(basis)
+        settings = pack.module("qr_core").TrainSettings(steps=4, lr=1e-2, seed=0)
+        with torch.inference_mode():
+            results[recompute] = trainer.run_training(model, adapter, latent["samples"], cond, settings,
+                                                      trainer.Objective(), torch.float32, False, lambda s, l: None,
+                                                      recompute_weights=recompute)
+            results[recompute] = (results[recompute], adapter.to_delta())
+    (plain, plain_delta), (recomputed, recomputed_delta) = results[False], results[True]
+    assert torch.allclose(torch.tensor(plain.losses), torch.tensor(recomputed.losses), rtol=1e-5)
+    for name, d in plain_delta.delta.items():
+        assert torch.allclose(recomputed_delta.delta[name], d, rtol=1e-4, atol=1e-7), name
+    assert any(float(d.abs().max()) > 0 for d in plain_delta.delta.values())
+
+
+def test_scaled_fp8_checkpoint_is_read_dequantized_and_trains(pack):
+    """An fp8 release as ComfyUI loads it: 0.3.x scaled-fp8 ops, 0.8+ QuantizedTensor (weight_scale,
+    comfy_quant keys). Decompose reads the dequantized weight, shapes are the original ones and the scale
+    keys are no targets; training, merge and unpatch work on it."""
+    bridge = pack.module("nodes.bridge")
+    model, dequantized = scaled_fp8_checkpoint("sd3", seed=5)
+    key = "joint_blocks.0.x_block.attn.qkv.weight"
+    state = model.model.diffusion_model.state_dict()
+    if COMFYUI_VERSION >= (0, 8):  # converted by comfy.utils.convert_old_quants
+        assert "joint_blocks.0.x_block.attn.qkv.weight_scale" in state and "joint_blocks.0.x_block.attn.qkv.comfy_quant" in state
+    assert torch.equal(bridge.base_weight_getter(model)(key).float(), dequantized[key])
+    assert bridge.model_shapes(model)[key] == tuple(dequantized[key].shape)
+    basis = decompose(pack, model)
+    assert basis.arch == "sd3" and "joint_blocks.0.x_block.attn.qkv[q]" in basis.targets.names()
+    assert not any("scale" in t.key or "comfy_quant" in t.key for t in basis.targets)
+    tri = run_train(pack, model, basis, "sd3", steps=2, triangular=True)[0]
+    assert tri.triangular and all(torch.equal(d, d.triu()) for d in tri.delta.values())
+    assert any(float(d.abs().max()) > 0 for d in tri.delta.values())
+    delta = random_delta(pack, basis, 1, "c")
+    merged = pack.node("QRLoRAMergeDeltas").execute(model, content=delta, style=None, lambda_content=1.0,
+                                                    lambda_style=1.0, lambda_extra_1=1.0, lambda_extra_2=1.0)[0]
+    expected = dequantized[key].clone()
+    for t in basis.targets:
+        if t.key == key:
+            expected[t.rows(expected.shape[0])] += delta.q[t.name] @ delta.delta[t.name]
+    with torch.inference_mode():  # as ComfyUI's executor loads models for sampling
+        comfy.model_management.load_models_gpu([merged])
+    try:  # as the model computes with it: patched, then stored again in fp8 (ComfyUI requantizes)
+        got = effective_weight(model, key)
+        update, error = expected - dequantized[key], got - expected
+        change = got - dequantized[key]
+        # fp8 keeps ~2 significant digits: measured ‖error‖/‖update‖ 0.36 and cos(change, update) 0.94 on 0.8
+        assert float(error.norm()) < 0.5 * float(update.norm())
+        assert float(change.flatten() @ update.flatten()) > 0.9 * float(change.norm() * update.norm())
+    finally:
+        with torch.inference_mode():
+            comfy.model_management.unload_all_models()
+    assert torch.equal(effective_weight(model, key), dequantized[key])
+
+
+def effective_weight(patcher, key: str) -> torch.Tensor:
+    """The layer's weight as ComfyUI computes with it (fp8 and scales resolved), patches included."""
+    import comfy.model_patcher
+
+    weight, _, convert = comfy.model_patcher.get_key_weight(patcher.model, "diffusion_model." + key)
+    layer = patcher.model.get_submodule("diffusion_model." + key[: -len(".weight")])
+    with torch.no_grad():
+        weight = convert(weight.to(torch.float32, copy=True), inplace=True) if convert else weight.float()
+        for fn in getattr(layer, "weight_function", []):  # patches applied at cast time (low VRAM)
+            weight = fn(weight)
+    return weight
