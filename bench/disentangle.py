@@ -101,6 +101,10 @@ def run(args) -> dict:
                 "LoRA": (train_lora(model, targets, args.rank, ct, ts_seed, data_seed=seed),
                          train_lora(model, targets, args.rank, st, ts_seed, data_seed=seed + 1)),
             }
+            if args.triangular:  # the official code's default (triu_deltaR), same budget
+                trained["QR-LoRA ΔR triangular"] = (
+                    train_qr(model, basis, ct, ts_seed, data_seed=seed, triangular=True),
+                    train_qr(model, basis, st, ts_seed, data_seed=seed + 1, triangular=True))
             _, cref_mask = world.render(ct.shape, ct.style, ct.pose, with_mask=True)
             label = f"{c_shape}+{s_style}/seed{seed}"
             print(f"[{label}] trained in " + ", ".join(
@@ -152,7 +156,7 @@ def run(args) -> dict:
                                                                                  qq[1].extra["q"][t.name]),
                                   "Q_c vs Q₀": cos(qq[0].extra["q"][t.name], basis.q[t.name]),
                                   "Q_s vs Q₀": cos(qq[1].extra["q"][t.name], basis.q[t.name])})
-            params = {"QR-LoRA ΔR": qc.params, "LoRA": lc_.params}
+            params = {m: a.params for m, (a, _) in trained.items()}
             seconds = {m: [a.seconds, b.seconds] for m, (a, b) in trained.items()}
     methods = list(dict.fromkeys(r["method"] for r in rows))
     table = {m: {k: mean_std([r[k] for r in rows if r["method"] == m]) for k in METRICS} for m in methods}
@@ -199,8 +203,9 @@ def write_markdown(res: dict, args, path: Path, command: str) -> None:
          f"Setting: rank {args.rank}{f' (QR-LoRA ΔR: rank {args.qr_rank})' if args.qr_rank else ''} on the {res['targets']} 'paper' targets, {args.steps} steps at LR {args.lr} "
          f"(AdamW, one image, 4 noise draws per step), {args.samples} samples × {args.sample_steps} Euler steps "
          f"with CFG 3 per cell; pairs {args.pairs} × seeds {args.seeds}.  ",
-         f"Trainable parameters per adapter: QR-LoRA ΔR {res['params']['QR-LoRA ΔR']:,}, LoRA "
-         f"{res['params']['LoRA']:,}. One-off decomposition: {res['decompose_seconds']:.2f} s.", "",
+         "Trainable parameters per adapter: " + ", ".join(f"{m} {n:,}" for m, n in res["params"].items())
+         + " (a triangular ΔR trains only the entries on and above the diagonal; the others stay 0). "
+         f"One-off decomposition: {res['decompose_seconds']:.2f} s.", "",
          "Pairs (content shape, style, content reference's style, style reference's shape): "
          + "; ".join(", ".join(p) for p in res["pairs"]), "",
          "## Table 1 analogue: sampling \"a <c> in <s> style\" (mean ± std over pairs × seeds)", "",
@@ -239,6 +244,8 @@ def main(argv=None):
     p.add_argument("--sample-steps", type=int, default=20)
     p.add_argument("--zip-steps", type=int, default=100, help="ZipLoRA merger steps (0: skip the ZipLoRA row)")
     p.add_argument("--threads", type=int, default=1, help="torch threads (1 is fastest on a shared 2-core VM)")
+    p.add_argument("--no-triangular", dest="triangular", action="store_false",
+                   help="skip the triangular ΔR rows (the official code's mask in its basis)")
     p.add_argument("--no-qr-mode", dest="qr_mode", action="store_false",
                    help="skip the Q+R runs (trained Q similarity) on the first pair")
     p.add_argument("--out", default=str(Path(__file__).parent / "results"))

@@ -8,6 +8,7 @@ from comfy_api.latest import io, ui
 
 from ..qr_core import PRESETS, BasisCache, DecomposeSettings, get_basis, select_targets
 from . import bridge
+from .options import check_options
 from .sockets import CATEGORY, QRBasis
 
 
@@ -62,6 +63,7 @@ class QRDecompose(io.ComfyNode):
 
     @classmethod
     def execute(cls, model, rank, preset, custom_regex, method, use_cache) -> io.NodeOutput:
+        check_options(cls, locals())
         basis = decompose_model(model, rank, preset, custom_regex, method, use_cache)
         text = (f"{basis.targets.describe()}\nrank {basis.rank}, method {method}: "
                 f"cache {basis.cache_status}, {basis.seconds:.2f} s")

@@ -7,6 +7,7 @@ from comfy_api.latest import io, ui
 from ..qr_core import QRDelta
 from ..qr_core.delta import DTYPES
 from . import bridge
+from .options import check_options
 from .sockets import CATEGORY, QRBasis, QRDeltaType
 
 
@@ -21,8 +22,23 @@ def load_delta(file_name: str, model=None, basis=None) -> QRDelta:
 
 
 def describe(delta: QRDelta) -> str:
-    return (f"{delta.name or 'ΔR'}: {delta.arch.upper()}, rank {delta.rank}, mode {delta.mode}, "
+    head = (f"{delta.name or 'ΔR'}: {delta.arch.upper()}, rank {delta.rank}, mode {delta.mode}"
+            f"{', triangular (' + delta.triangular_basis + ' basis)' if delta.triangular else ''}, "
             f"{len(delta.targets)} targets ({delta.targets.preset}), trigger words: {delta.trigger_words or '—'}")
+    return head + ("\n" + training_summary(delta.training) if delta.training else "")
+
+
+def training_summary(training: dict) -> str:
+    """One line from a ΔR file's training record (what Train ΔR wrote), or its merge record."""
+    if "merged_from" in training:
+        parts = ", ".join(f"{n or '?'} × {w:g}" for n, w in zip(training["merged_from"], training.get("weights", [])))
+        return f"merged: {parts}"
+    items = [("steps", training.get("steps_done", training.get("steps"))), ("lr", training.get("lr")),
+             ("optimizer", training.get("optimizer")), ("noise", training.get("timestep_sampling")),
+             ("loss", training.get("loss_space")), ("final loss", training.get("final_loss")),
+             ("resumed from", training.get("resumed_from"))]
+    return "trained: " + ", ".join(f"{k} {v:.5g}" if isinstance(v, float) else f"{k} {v}"
+                                   for k, v in items if v is not None)
 
 
 class QRLoadDelta(io.ComfyNode):
@@ -71,6 +87,7 @@ class QRSaveDelta(io.ComfyNode):
 
     @classmethod
     def execute(cls, delta, save_name, dtype) -> io.NodeOutput:
+        check_options(cls, locals())
         path = bridge.output_path(bridge.FOLDER, save_name)
         delta.save(path, dtype)
         return io.NodeOutput(ui=ui.PreviewText(f"saved {path.name} ({dtype})\n{describe(delta)}"))

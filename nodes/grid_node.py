@@ -15,6 +15,7 @@ import torch
 from comfy_api.latest import io, ui
 
 from .merge_nodes import merge_onto
+from .options import check_options
 from .sockets import CATEGORY, QRDeltaType
 
 MAX_CELLS = 64
@@ -112,6 +113,7 @@ class QRLambdaGrid(io.ComfyNode):
     @classmethod
     def execute(cls, model, content, style, positive, negative, latent_image, vae, lambda_content_values,
                 lambda_style_values, seed, steps, cfg, sampler_name, scheduler) -> io.NodeOutput:
+        check_options(cls, {"sampler_name": sampler_name, "scheduler": scheduler})
         rows = parse_values(lambda_content_values, "lambda_content_values")
         cols = parse_values(lambda_style_values, "lambda_style_values")
         if len(rows) * len(cols) > MAX_CELLS:

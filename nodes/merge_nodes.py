@@ -8,6 +8,7 @@ from ..qr_core import QRDelta, export_lora, merge
 from ..qr_core.merge import NAMINGS
 from ..qr_core.delta import DTYPES
 from . import bridge
+from .options import check_options
 from .sockets import CATEGORY, QRDeltaType
 
 EXTRA_SLOTS = 2  # further ΔR beyond content and style (paper Fig. 9: N-way composition)
@@ -111,6 +112,7 @@ class QRExportLoRA(io.ComfyNode):
 
     @classmethod
     def execute(cls, lora_name, naming, dtype, allow_mixed_bases=False, **kwargs) -> io.NodeOutput:
+        check_options(cls, {"naming": naming, "dtype": dtype})
         deltas, weights = collect(kwargs)
         path = export_merge(deltas, weights, lora_name, naming, dtype, allow_mixed_bases)
         return io.NodeOutput(ui=ui.PreviewText(f"wrote loras/{path.name}: {_summary(deltas, weights)}"))

@@ -8,11 +8,13 @@ from comfy_api.latest import io, ui
 
 from ..qr_core import NonFiniteLossError, QRAdapter, QRDelta, TrainSettings, merge
 from . import bridge, progress_events
+from .options import check_options
 from .sockets import CATEGORY, QRBasis, QRDeltaType
 from .trainer import LOSS_SPACES, TIMESTEP_SAMPLING, Objective, run_training
 
 MODES = {"ΔR only": "delta_r", "Q and R": "qr"}
 DTYPES = {"bf16": "bfloat16", "fp32": "float32"}
+STORAGE_DTYPES = ("bf16", "fp32")
 
 
 class QRTrainDelta(io.ComfyNode):
@@ -23,7 +25,9 @@ class QRTrainDelta(io.ComfyNode):
             display_name="QR-LoRA Train ΔR",
             category=CATEGORY,
             description="Trains ΔR (the only trainable part of W' = W_comp + Q(R + ΔR)) on one image or a small "
-                        "batch with the model's own objective, and saves it to models/qr_lora.",
+                        "batch with the model's own objective, and saves it to models/qr_lora. FLUX: feed the "
+                        "training conditioning through FluxGuidance 1.0, as the official training does "
+                        "(guidance 3.5 is for generating).",
             is_output_node=True,
             not_idempotent=True,
             inputs=[
@@ -38,17 +42,29 @@ class QRTrainDelta(io.ComfyNode):
                 io.Combo.Input("optimizer", options=["AdamW", "Adam"], default="AdamW", tooltip="The optimizer."),
                 io.Int.Input("batch_size", default=1, min=1, max=64,
                              tooltip="Latent images per step (drawn from the batch)."),
+                io.Int.Input("noise_draws", default=1, min=1, max=64,
+                             tooltip="Noise samples per image and step, in one batch: with one image the only "
+                                     "way to average a step over noise levels. Cost grows about linearly (4 draws: "
+                                     "3.8× the step time, measured on a small SDXL on a CPU). "
+                                     "1 matches the official recipe's effective batch (its gradient "
+                                     "accumulation of 4 syncs at every end of a one-image dataloader)."),
                 io.Int.Input("seed", default=0, min=0, max=0xFFFFFFFFFFFFFFFF,
                              tooltip="Seed for noise, noise levels and image order: same seed, same ΔR."),
                 io.Combo.Input("timestep_sampling", options=list(TIMESTEP_SAMPLING), default="uniform",
-                               tooltip="How noise levels are drawn: 'uniform' (paper) or 'logit-normal' "
-                                       "(SD3's choice for flow models)."),
+                               tooltip="How noise levels are drawn. 'uniform' is the paper's (eq. 2) and the "
+                                       "official code's: flow models (SD3, FLUX) σ ~ U(0, 1) unshifted, ε/v "
+                                       "models timesteps uniform in 0…999. 'logit-normal': σ = sigmoid(N(0, 1)) "
+                                       "(SD3's training choice). 'shifted schedule': uniform over ComfyUI's "
+                                       "shifted sampling schedule (more high-noise steps on flow models)."),
                 io.Combo.Input("loss_space", options=list(LOSS_SPACES), default="native",
                                tooltip="'native': the model's own target (noise for ε-models, velocity "
                                        "noise − x0 for flow models, v for v-models), as in the paper. "
                                        "'x0': error of the denoised image, like ComfyUI's built-in trainer."),
                 io.Combo.Input("training_dtype", options=list(DTYPES), default="bf16",
                                tooltip="Compute dtype of the forward pass (ΔR itself is kept in fp32)."),
+                io.Combo.Input("storage_dtype", options=list(STORAGE_DTYPES), default="bf16",
+                               tooltip="Dtype of Q and ΔR in the saved file: bf16 halves the file; fp32 "
+                                       "reproduces the in-memory ΔR (and its merge) exactly."),
                 io.Boolean.Input("gradient_checkpointing", default=False,
                                  tooltip="Recompute block activations in backward: less memory, slower steps."),
                 io.Combo.Input("mode", options=list(MODES), default="ΔR only",
@@ -56,7 +72,9 @@ class QRTrainDelta(io.ComfyNode):
                                        "R directly (faster convergence, paper §4.3; not mergeable with ΔR of "
                                        "other runs)."),
                 io.Boolean.Input("triangular", default=False,
-                                 tooltip="Keep ΔR upper-triangular (the official code's mask)."),
+                                 tooltip="Keep ΔR upper-triangular as the official code does (triu_deltaR), in "
+                                         "the official basis Q·O (O from qr(QᵀW)); the saved ΔR lives in Q and "
+                                         "merges like any other."),
                 io.String.Input("trigger_words", default="",
                                 tooltip="Trigger words stored in the file's metadata, e.g. '<c> dog'."),
                 io.String.Input("save_name", default="qr_delta",
@@ -77,17 +95,20 @@ class QRTrainDelta(io.ComfyNode):
     @classmethod
     def execute(cls, model, basis, latent, positive, steps, learning_rate, optimizer, batch_size, seed,
                 timestep_sampling, loss_space, training_dtype, gradient_checkpointing, mode, triangular,
-                trigger_words, save_name, save_every, resume=None) -> io.NodeOutput:
+                trigger_words, save_name, save_every, resume=None, noise_draws=1,
+                storage_dtype="bf16") -> io.NodeOutput:
         import torch
 
+        check_options(cls, locals())
         mode_id = MODES[mode]
         bridge.check_basis_fits(basis, model)
         if resume is not None and mode_id != "delta_r":
             raise ValueError("resuming is possible in 'ΔR only' mode; set mode to 'ΔR only' or disconnect resume.")
         save_path = bridge.output_path(bridge.FOLDER, save_name) if save_name.strip() else None
         settings = TrainSettings(steps=steps, lr=learning_rate, optimizer=optimizer.lower(), seed=seed)
-        objective = Objective(timestep_sampling, loss_space, batch_size)
-        record = {**settings.to_json(), "batch_size": batch_size, "timestep_sampling": timestep_sampling,
+        objective = Objective(timestep_sampling, loss_space, batch_size, noise_draws)
+        record = {**settings.to_json(), "batch_size": batch_size, "noise_draws": noise_draws,
+                  "timestep_sampling": timestep_sampling,
                   "loss_space": loss_space, "training_dtype": training_dtype,
                   "gradient_checkpointing": gradient_checkpointing, "mode": mode_id, "triangular": triangular,
                   "decompose": basis.settings.to_json(), "preset": basis.targets.preset,
@@ -109,7 +130,7 @@ class QRTrainDelta(io.ComfyNode):
             bridge.show_progress_text(f"step {step}/{steps}  loss {loss:.5f}", node_id)
             progress_events.send_train_progress(node_id, step, steps, loss)
             if save_path is not None and save_every and step % save_every == 0 and step < steps:
-                snapshot(step).save(save_path)
+                snapshot(step).save(save_path, storage_dtype)
 
         latents = latent["samples"]
         try:
@@ -118,12 +139,12 @@ class QRTrainDelta(io.ComfyNode):
         except NonFiniteLossError as e:
             kept = ""
             if save_path is not None and losses:
-                snapshot(e.last_good_step).save(save_path)
+                snapshot(e.last_good_step).save(save_path, storage_dtype)
                 kept = f" The last good ΔR (step {e.last_good_step}) was saved to {save_path.name}."
             raise NonFiniteLossError(str(e) + kept, e.step, e.last_good_step) from None
         delta = snapshot(len(losses))
         if save_path is not None:
-            delta.save(save_path)
+            delta.save(save_path, storage_dtype)
         preview = bridge.apply_terms(model, merge([delta], [1.0]))
         text = (f"{len(basis.targets)} targets, {delta.num_params():,} trainable values, {len(losses)} steps; "
                 f"loss {losses[0]:.5f} → {losses[-1]:.5f}" + (f"; saved {save_path.name}" if save_path else ""))

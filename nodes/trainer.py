@@ -18,6 +18,7 @@ import torch
 import torch.utils.checkpoint
 
 import comfy.model_management
+import comfy.model_sampling
 import comfy.samplers
 import comfy_extras.nodes_custom_sampler
 
@@ -26,8 +27,11 @@ from ..qr_core.recompute import recomputed_in_backward, wrapped_forwards
 from . import bridge
 from .training_runtime import differentiable_model_code, weights_need_recompute
 
-TIMESTEP_SAMPLING = ("uniform", "logit-normal")
+TIMESTEP_SAMPLING = ("uniform", "logit-normal", "shifted schedule")
 LOSS_SPACES = ("native", "x0")
+# Flow models (SD3, FLUX): σ is the flow time t itself, drawn unshifted as in the paper (eq. 2) and the
+# official FLUX script; ComfyUI's model_sampling shifts its schedule (FLUX μ = 1.15, SD3 shift 3), which
+# "shifted schedule" follows (mean σ 0.68 instead of 0.5 on FLUX). ε/v models: uniform timesteps 0…999.
 # Keep sampled noise levels off the ends: σ→0 makes the native target's scale
 # 1/σ explode, and percent 0 means "infinite σ" for discrete models.
 _PERCENT_RANGE = (1e-3, 1.0 - 1e-3)
@@ -38,22 +42,34 @@ class Objective:
     timestep_sampling: str = "uniform"
     loss_space: str = "native"
     batch_size: int = 1
+    noise_draws: int = 1  # noise samples per image and step (one image: the only way to average over noise)
 
     def __post_init__(self):
         if self.timestep_sampling not in TIMESTEP_SAMPLING:
             raise ValueError(f"timestep sampling must be one of {TIMESTEP_SAMPLING}")
         if self.loss_space not in LOSS_SPACES:
             raise ValueError(f"loss space must be one of {LOSS_SPACES}")
+        if self.noise_draws < 1 or self.batch_size < 1:
+            raise ValueError("batch size and noise draws must be at least 1")
+
+
+def is_flow_model(model_sampling) -> bool:
+    """Rectified-flow models (SD3, FLUX): x_σ = (1 − σ)·x0 + σ·noise with σ in (0, 1]."""
+    return isinstance(model_sampling, comfy.model_sampling.CONST)
 
 
 def sample_sigmas(model_sampling, n: int, how: str, device) -> torch.Tensor:
-    """Noise levels from the model's own schedule: a 'percent' of the schedule mapped by percent_to_sigma."""
-    if how == "logit-normal":  # SD3's sampling: noise level t = sigmoid(N(0, 1)), percent = 1 − t
-        percent = 1.0 - torch.sigmoid(torch.randn(n))
-    else:
-        percent = torch.rand(n)
-    percent = percent.clamp(*_PERCENT_RANGE)
-    return torch.tensor([model_sampling.percent_to_sigma(float(p)) for p in percent], device=device)
+    """Noise levels for one step (see TIMESTEP_SAMPLING)."""
+    if how == "shifted schedule" or not is_flow_model(model_sampling):
+        # A "percent" of the model's own schedule: for ε/v models uniform timesteps, for flow models the shifted σ.
+        if how == "logit-normal":  # noise level t = sigmoid(N(0, 1)), percent = 1 − t
+            percent = 1.0 - torch.sigmoid(torch.randn(n))
+        else:
+            percent = torch.rand(n)
+        percent = percent.clamp(*_PERCENT_RANGE)
+        return torch.tensor([model_sampling.percent_to_sigma(float(p)) for p in percent], device=device)
+    t = torch.sigmoid(torch.randn(n)) if how == "logit-normal" else torch.rand(n)
+    return t.clamp(*_PERCENT_RANGE).to(device)
 
 
 def native_error(model_sampling, sigma: torch.Tensor, denoised: torch.Tensor, x0: torch.Tensor) -> torch.Tensor:
@@ -186,15 +202,17 @@ class QRTrainSampler(comfy.samplers.Sampler):
                 err = denoised - x0
             return err.square().mean()
 
+        draws = self.objective.noise_draws
+
         def loss_fn(step: int) -> torch.Tensor:
             idx = torch.randperm(n)[: self.objective.batch_size].tolist()
             if shared_cond:
-                return forward(idx)
+                return forward([i for i in idx for _ in range(draws)])
             # One conditioning per image: each keeps its own cond (ComfyUI would blend a list of conds).
             losses = []
             for i in idx:
                 model_wrap.conds["positive"] = [positive[i]]
-                losses.append(forward([i]))
+                losses.append(forward([i] * draws))
             return torch.stack(losses).mean()
 
         bridge.release_inference_tensors(base)

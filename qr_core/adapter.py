@@ -9,6 +9,14 @@ exactly as it was.
 
 Mode "qr" trains Q and R themselves from the decomposition (paper §4.3):
 the frozen part is W_comp = W − Q₀R₀, so the bypass adds `(x Rᵀ)Qᵀ − (x R₀ᵀ)Q₀ᵀ`.
+
+`triangular` keeps ΔR upper-triangular as the official code does
+(`--lora_init_method=triu_deltaR`), in the official code's own basis:
+Q_official = qr(W_core) with W_core the top-r part of W, a rotation of the
+paper's Q = qr(U_rΣ_r) within the same span. With (O, R′) = qr(QᵀW),
+Q_official = Q·O up to column signs, so training runs in Q·O with the mask,
+and the ΔR handed out lives in Q again (O·ΔR′): files, merges and exports
+never see the rotation.
 """
 
 from __future__ import annotations
@@ -21,7 +29,7 @@ import torch
 from torch import nn
 
 from .basis import Basis
-from .delta import MODES, QRDelta
+from .delta import MODES, TRIANGULAR_BASIS, QRDelta
 from .errors import BasisMismatchError
 from .fingerprint import fingerprint_tensors
 from .targets import Target
@@ -50,8 +58,8 @@ class QRAdapter(nn.Module):
         super().__init__()
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, not {mode!r}")
-        if mode == "qr" and get_weight is None:
-            raise ValueError("mode 'qr' needs get_weight to compute R₀ = Q₀ᵀW")
+        if (mode == "qr" or triangular) and get_weight is None:
+            raise ValueError("mode 'qr' and triangular ΔR need get_weight (R₀ = Q₀ᵀW, the official basis)")
         self.basis, self.mode, self.triangular = basis, mode, triangular
         self.targets = list(basis.targets)
         self._handles: list[torch.utils.hooks.RemovableHandle] = []
@@ -60,6 +68,8 @@ class QRAdapter(nn.Module):
         self.delta = nn.ParameterList()  # ΔR in "delta_r" mode, R in "qr" mode
         self.q = nn.ParameterList()  # trained Q ("qr" mode only)
         self.r0 = nn.ParameterList()
+        self.rotation = nn.ParameterList()  # O per target (triangular only): the official basis is Q·O ...
+        self.q_official = nn.ParameterList()  # ... computed once: the bypass runs in it
         if init is not None:
             self._check_init(init)
         for t in self.targets:
@@ -67,7 +77,15 @@ class QRAdapter(nn.Module):
             self.q0.append(nn.Parameter(q0, requires_grad=False))
             if mode == "delta_r":
                 start = init.delta[t.name] if init is not None else torch.zeros(r, basis.targets.shapes[t.key][1])
-                d = nn.Parameter(start.to(device, torch.float32).clone())
+                start = start.to(device, torch.float32).clone()
+                if triangular:
+                    w = get_weight(t.key)
+                    rotation = official_rotation(q0, w[t.rows(w.shape[0])])
+                    self.rotation.append(nn.Parameter(rotation, requires_grad=False))
+                    self.q_official.append(nn.Parameter(q0 @ rotation, requires_grad=False))
+                    start = rotation.T @ start  # ΔR′ in the official basis
+                    self._check_triangular(start, t.name, init)
+                d = nn.Parameter(start)
                 if triangular:
                     mask = torch.ones_like(d).triu()
                     d.data.mul_(mask)
@@ -88,13 +106,25 @@ class QRAdapter(nn.Module):
             raise BasisMismatchError("the ΔR to resume from was trained in another basis Q (other weights or settings); "
                                      "resume only with the QR_BASIS it was trained from.")
 
+    @staticmethod
+    def _check_triangular(start: torch.Tensor, name: str, init: QRDelta | None) -> None:
+        if init is None:
+            return
+        below = float(start.tril(-1).abs().amax()) if start.shape[0] > 1 else 0.0
+        if below > 1e-4 * max(float(start.abs().amax()), 1e-12):
+            raise BasisMismatchError(
+                f"the ΔR to resume from is not upper-triangular in the official basis (target {name}): it was "
+                "trained without the mask, or with an older version's mask in the paper basis; resume it with "
+                "triangular off, or train a new triangular ΔR.")
+
     def trainable(self) -> list[nn.Parameter]:
         return [p for p in self.parameters() if p.requires_grad]
 
     def _update(self, i: int, x: torch.Tensor) -> torch.Tensor:
         dt = x.dtype
         if self.mode == "delta_r":
-            return (x @ self.delta[i].to(dt).T) @ self.q0[i].to(dt).T
+            q = self.q_official[i] if self.triangular else self.q0[i]
+            return (x @ self.delta[i].to(dt).T) @ q.to(dt).T
         trained = (x @ self.delta[i].to(dt).T) @ self.q[i].to(dt).T
         return trained - (x @ self.r0[i].to(dt).T) @ self.q0[i].to(dt).T
 
@@ -150,11 +180,24 @@ class QRAdapter(nn.Module):
         for i, t in enumerate(self.targets):
             if self.mode == "delta_r":
                 q[t.name] = self.q0[i].detach().cpu().clone()
-                delta[t.name] = self.delta[i].detach().float().cpu().clone()
+                d = self.rotation[i] @ self.delta[i] if self.triangular else self.delta[i]  # back in Q
+                delta[t.name] = d.detach().float().cpu().clone()
             else:
                 q[t.name] = torch.cat([self.q[i], self.q0[i]], 1).detach().float().cpu()
                 delta[t.name] = torch.cat([self.delta[i], -self.r0[i]], 0).detach().float().cpu()
         # A trained Q is a basis of its own: only ΔR from the shared, frozen Q₀ can be summed.
         fingerprint = self.basis.fingerprint if self.mode == "delta_r" else "qr-trained:" + fingerprint_tensors(q)
         return QRDelta(self.basis.targets, self.basis.rank, q, delta, fingerprint, self.basis.weights_fingerprint,
-                       self.mode, self.triangular, trigger_words, dict(training or {}), name=name)
+                       self.mode, self.triangular, trigger_words, dict(training or {}), name=name,
+                       triangular_basis=TRIANGULAR_BASIS if self.triangular and self.mode == "delta_r" else "")
+
+
+def official_rotation(q: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    """O [r, r] with Q·O the official code's basis: (O, R′) = qr(QᵀW), signs fixed so that diag(R′) ≥ 0.
+
+    The official code takes Q_official from qr(W_core), W_core = U_rΣ_rV_rᵀ;
+    QᵀW_core = QᵀW because Q spans U_r, so W_core = Q·(QᵀW) = (Q·O)·R′.
+    """
+    o, r = torch.linalg.qr(q.T @ w.to(q.device, torch.float32))
+    signs = torch.where(torch.diagonal(r) < 0, -1.0, 1.0)
+    return o * signs

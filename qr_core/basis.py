@@ -27,7 +27,7 @@ class Basis:
     weights_fingerprint: str  # of the base weights it was computed from
     fingerprint: str  # of Q itself: ΔR trained in this basis carry it
     seconds: float = 0.0  # decomposition time when computed
-    cache_status: str = "not cached"  # "hit", "miss", "recomputed (…)", "not cached"
+    cache_status: str = "off"  # "hit", "miss", "recomputed (…)", "off" (shown as "cache …")
     path: Path | None = field(default=None, compare=False)
 
     @property

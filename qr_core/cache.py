@@ -101,7 +101,7 @@ def get_basis(get_weight: WeightGetter, targets: TargetSet, settings: DecomposeS
     """The basis of these weights: from the cache when a valid entry exists, else computed (and cached)."""
     weights_fp = fingerprint_weights(get_weight, [t.key for t in targets], fingerprint_mode)
     path = None
-    status = "not cached"
+    status = "off"  # reads "cache off" in Decompose's text
     if cache is not None:
         key = BasisCache.key(weights_fp, targets, settings)
         path = cache.path_for(targets, settings, key)

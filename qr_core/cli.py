@@ -28,7 +28,8 @@ def cmd_decompose(a) -> dict:
     weights = CheckpointWeights(a.checkpoint)
     targets = select_targets(weights.shapes, a.preset, a.regex, a.arch)
     settings = DecomposeSettings(rank=a.rank, method=a.method, oversample=a.oversample,
-                                 power_iters=a.power_iters, seed=a.seed)
+                                 power_iters=a.power_iters, max_power_iters=max(a.power_iters, a.max_power_iters),
+                                 seed=a.seed)
     bar, progress = _progress_bar(len(targets), "decompose") if not a.json else (None, None)
     basis = get_basis(weights, targets, settings, BasisCache(a.cache_dir), a.device, progress)
     if bar:
@@ -118,7 +119,9 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--rank", type=int, default=64)
     d.add_argument("--method", choices=METHODS, default="fast")
     d.add_argument("--oversample", type=int, default=16)
-    d.add_argument("--power-iters", type=int, default=2)
+    d.add_argument("--power-iters", type=int, default=2, help="fast: at least this many power iterations")
+    d.add_argument("--max-power-iters", type=int, default=8,
+                   help="fast: at most this many, until the captured energy grows by less than 0.1%%")
     d.add_argument("--seed", type=int, default=0)
     d.add_argument("--device", default=None, help="e.g. cuda; default cpu")
     d.add_argument("--cache-dir", help="basis cache directory (default $QR_LORA_CACHE or the user cache)")

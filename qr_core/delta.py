@@ -23,6 +23,9 @@ from .targets import TargetSet
 DELTA_FORMAT = "qr-lora-delta/1"
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 MODES = ("delta_r", "qr")  # ΔR only (disentangled, the default), or Q and R trained directly
+# Where a triangular ΔR's mask applied: "official" (the official code's basis Q·O, this version) or "paper"
+# (the mask in Q itself, files of earlier versions). A file's ΔR always lives in its Q.
+TRIANGULAR_BASIS = "official"
 
 
 def describe_delta_header(header: dict, meta: dict[str, str]) -> dict:
@@ -38,6 +41,7 @@ def describe_delta_header(header: dict, meta: dict[str, str]) -> dict:
     rank = str(meta.get("rank", ""))
     return {"arch": meta.get("arch"), "rank": int(rank) if rank.isdigit() else None,
             "mode": meta.get("mode", "delta_r"), "triangular": meta.get("triangular") == "true",
+            "triangular_basis": meta.get("triangular_basis") or ("paper" if meta.get("triangular") == "true" else ""),
             "targets": len(targets.get("targets", [])), "preset": targets.get("preset"),
             "parameters": sum(math.prod(e.get("shape", ())) for k, e in header.items() if k.startswith("delta_r.")),
             "trigger_words": meta.get("trigger_words", ""), "training": parsed("training"),
@@ -61,6 +65,7 @@ class QRDelta:
     training: dict = field(default_factory=dict)
     created: str = field(default_factory=lambda: time.strftime("%Y-%m-%dT%H:%M:%S%z"))
     name: str = ""
+    triangular_basis: str = ""  # for a triangular ΔR: the basis its mask applied in (see TRIANGULAR_BASIS)
 
     @property
     def arch(self) -> str:
@@ -76,6 +81,7 @@ class QRDelta:
             "rank": str(self.rank),
             "mode": self.mode,
             "triangular": str(self.triangular).lower(),
+            "triangular_basis": self.triangular_basis,
             "targets": json.dumps(self.targets.to_json()),
             "basis_fingerprint": self.basis_fingerprint,
             "base_model_fingerprint": self.base_fingerprint,
@@ -113,7 +119,8 @@ class QRDelta:
             delta = {n: tensors[f"delta_r.{n}"].float() for n in targets.names()}
             d = QRDelta(targets, rank, q, delta, meta["basis_fingerprint"], meta.get("base_model_fingerprint", ""),
                         meta.get("mode", "delta_r"), meta.get("triangular") == "true", meta.get("trigger_words", ""),
-                        json.loads(meta.get("training") or "{}"), meta.get("created", ""), path.stem)
+                        json.loads(meta.get("training") or "{}"), meta.get("created", ""), path.stem,
+                        meta.get("triangular_basis") or ("paper" if meta.get("triangular") == "true" else ""))
         except (KeyError, ValueError, TypeError) as e:
             raise DeltaFileError(f"{path.name}: ΔR file is incomplete or damaged ({type(e).__name__}: {e}).") from None
         d.validate(str(path.name))

@@ -87,11 +87,15 @@ def merged_delta(deltas: Sequence[QRDelta], weights: Sequence[float], name: str 
     terms = merge(deltas, weights)
     first = deltas[0]
     shapes = {k: s for d in deltas for k, s in d.targets.shapes.items()}
+    # A sum stays triangular only where every part's mask applied in the same basis (O depends on Q and W only).
+    bases = {d.triangular_basis for d in deltas}
+    triangular = all(d.triangular for d in deltas) and len(bases) == 1
     target_set = TargetSet(first.arch, first.targets.preset, tuple(t.target for t in terms), first.targets.regex, shapes)
     return QRDelta(target_set, first.rank, {t.target.name: t.up for t in terms}, {t.target.name: t.down for t in terms},
-                   first.basis_fingerprint, first.base_fingerprint, first.mode, all(d.triangular for d in deltas),
+                   first.basis_fingerprint, first.base_fingerprint, first.mode, triangular,
                    ", ".join(filter(None, (d.trigger_words for d in deltas))),
-                   {"merged_from": [d.name for d in deltas], "weights": list(map(float, weights))}, name=name)
+                   {"merged_from": [d.name for d in deltas], "weights": list(map(float, weights))}, name=name,
+                   triangular_basis=bases.pop() if triangular else "")
 
 
 _LORA_ARCH = {  # kohya's ss_base_model_version and the model spec's architecture

@@ -137,10 +137,12 @@ class Trained:
 
 
 def train_qr(model: MiniFlux, basis: Basis, task: Task, settings: TrainSettings, data_seed: int = 0,
-             on_step=None, mode: str = "delta_r") -> Trained:
-    """Train ΔR (mode "delta_r", Q frozen) or Q and R together (mode "qr", paper §4.3; `extra["q"]` = trained Q)."""
+             on_step=None, mode: str = "delta_r", triangular: bool = False) -> Trained:
+    """Train ΔR (mode "delta_r", Q frozen; `triangular`: the official code's mask in its basis) or Q and R
+    together (mode "qr", paper §4.3; `extra["q"]` = trained Q)."""
     weights = model.state_dict()
-    adapter = QRAdapter(basis, mode=mode, get_weight=weights.__getitem__ if mode == "qr" else None)
+    adapter = QRAdapter(basis, mode=mode, triangular=triangular,
+                        get_weight=weights.__getitem__ if mode == "qr" or triangular else None)
     with frozen(model), adapter.attached(model):
         res = train(adapter.trainable(), task_loss_fn(model, task, data_seed), settings, on_step)
     d = adapter.to_delta(trigger_words=task.prompt, training=settings.to_json(), name=task.kind)

@@ -1,8 +1,8 @@
 import pytest
 import torch
 
-from qr_core import (DecomposeSettings, NonFiniteLossError, QRAdapter, TrainSettings, frozen, get_basis,
-                     merge, select_targets, train)
+from qr_core import (BasisMismatchError, DecomposeSettings, NonFiniteLossError, QRAdapter, TrainSettings, frozen,
+                     get_basis, merge, select_targets, train)
 from qr_core.mini_flux import MiniFlux
 
 from qr_testing import TINY
@@ -76,13 +76,45 @@ def test_gradient_is_q_transpose_times_weight_gradient(tiny_flux, tiny_weights, 
         assert torch.allclose(adapter.delta[i].grad, expected, atol=1e-6, rtol=1e-4), t.name
 
 
-def test_triangular_delta_stays_upper_triangular(tiny_flux, basis):
-    adapter = QRAdapter(basis, triangular=True)
+def official_basis(w: torch.Tensor, rank: int) -> torch.Tensor:
+    """The official code's Q (custom_delta_r_triu_lora.py): reduced QR of W_core = U_r·diag(S_r)·V_rᵀ, first r columns."""
+    u, sv, vh = torch.linalg.svd(w.double(), full_matrices=False)
+    q, _ = torch.linalg.qr((u[:, :rank] * sv[:rank]) @ vh[:rank])
+    return q[:, :rank]
+
+
+def test_triangular_update_lies_in_the_official_constraint_set(tiny_flux, tiny_weights):
+    """With the mask, Q·ΔR = Q_off·T with T upper-triangular, Q_off built here the official way (exact basis,
+    so the spans coincide); the file's ΔR itself lives in the paper's Q and need not be triangular there."""
+    targets = select_targets({k: v.shape for k, v in tiny_weights.items()}, "paper")
+    basis = get_basis(tiny_weights.__getitem__, targets, DecomposeSettings(rank=6, method="exact"))
+    adapter = QRAdapter(basis, triangular=True, get_weight=tiny_weights.__getitem__)
     x = inputs()
     with frozen(tiny_flux), adapter.attached(tiny_flux):
         train(adapter.trainable(), lambda s: tiny_flux(*x).square().mean(), TrainSettings(steps=5, lr=1e-2))
-    for d in adapter.to_delta().delta.values():
-        assert torch.equal(d, d.triu()) and d.abs().sum() > 0
+    delta = adapter.to_delta()
+    assert delta.triangular and delta.triangular_basis == "official"
+    not_triangular_in_q = 0
+    for t in targets:
+        w = tiny_weights[t.key][t.rows(tiny_weights[t.key].shape[0])]
+        update = (delta.q[t.name] @ delta.delta[t.name]).double()
+        q_off = official_basis(w, 6)
+        coords = q_off.T @ update  # the update in the official basis: upper-triangular up to column signs
+        assert torch.allclose(q_off @ coords, update, atol=1e-6), t.name  # inside span(Q_off)
+        scale = float(coords.abs().amax())
+        assert scale > 0 and float(coords.tril(-1).abs().amax()) < 1e-4 * scale, t.name
+        d = delta.delta[t.name]
+        not_triangular_in_q += float(d.tril(-1).abs().amax()) > 1e-3 * float(d.abs().amax())
+    assert not_triangular_in_q > 0  # the two bases really differ: the old mask in Q was another constraint
+
+
+def test_triangular_needs_the_weights_and_refuses_a_non_triangular_resume(tiny_flux, tiny_weights, basis):
+    with pytest.raises(ValueError, match="get_weight"):
+        QRAdapter(basis, triangular=True)
+    free = QRAdapter(basis)
+    randomize(free)
+    with pytest.raises(BasisMismatchError, match="not upper-triangular"):
+        QRAdapter(basis, triangular=True, get_weight=tiny_weights.__getitem__, init=free.to_delta())
 
 
 def test_q_and_r_mode_starts_at_the_base_model_and_trains(tiny_flux, tiny_weights, basis):

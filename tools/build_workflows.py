@@ -41,9 +41,11 @@ MODELS = {
 CONTENT_PROMPT = "a photo of a <c> dog"
 STYLE_PROMPT = "a cat in <s> style"
 MERGE_PROMPT = "a <c> dog in <s> style"
-TRAIN = dict(steps=500, learning_rate=1e-4, optimizer="AdamW", batch_size=1, seed=0, timestep_sampling="uniform",
-             loss_space="native", training_dtype="bf16", gradient_checkpointing=False, mode="ΔR only",
-             triangular=False, save_every=100)
+TRAIN = dict(steps=500, learning_rate=1e-4, optimizer="AdamW", batch_size=1, noise_draws=1, seed=0,
+             timestep_sampling="uniform", loss_space="native", training_dtype="bf16", storage_dtype="bf16",
+             gradient_checkpointing=False, mode="ΔR only", triangular=False, save_every=100)
+# FLUX guidance: the official training passes 1 (train_deltaR_*.sh: --guidance_scale=1); 3.5 is for generating.
+TRAIN_GUIDANCE, SAMPLE_GUIDANCE = 1.0, 3.5
 TRAIN_PX = 512
 # Room for the pack's front-end panel (js/qr_lora.js) below the widgets.
 PANEL_EXTRA = {"QRLoRATrainDelta": 150, "QRLoRADecompose": 64, "QRLoRAMergeDeltas": 96, "QRLoRALoadDelta": 70}
@@ -231,13 +233,15 @@ def is_flux(arch: str) -> bool:
     return arch.startswith("flux")
 
 
-def prompt(wf: Workflow, arch: str, clip, text: str, pos, title: str, color: str | None = None):
-    """CLIPTextEncode (+ FluxGuidance 3.5 for FLUX); returns (node, slot) of the conditioning and the nodes."""
+def prompt(wf: Workflow, arch: str, clip, text: str, pos, title: str, color: str | None = None,
+           guidance: float = SAMPLE_GUIDANCE):
+    """CLIPTextEncode (+ FluxGuidance for FLUX); returns (node, slot) of the conditioning and the nodes."""
     enc = wf.node("CLIPTextEncode", pos, {"text": text}, title=title, color=color, size=[340, 130])
     wf.link(clip[0], clip[1], enc, "clip")
     if not is_flux(arch):
         return (enc, 0), [enc]
-    g = wf.node("FluxGuidance", (pos[0], pos[1] + 160), {"guidance": 3.5})
+    label = "FluxGuidance (training: 1, as the official code)" if guidance == TRAIN_GUIDANCE else None
+    g = wf.node("FluxGuidance", (pos[0], pos[1] + 160), {"guidance": guidance}, title=label)
     wf.link(enc, 0, g, "conditioning")
     return (g, 0), [enc, g]
 
@@ -253,7 +257,7 @@ def train_branch(wf: Workflow, arch: str, kind: str, model, basis, clip, vae, x:
     wf.link(img, 0, scale, "image")
     wf.link(scale, 0, enc, "pixels")
     wf.link(vae[0], vae[1], enc, "vae")
-    cond, cnodes = prompt(wf, arch, clip, text, (x + 380, y), f"{kind.capitalize()} prompt", color)
+    cond, cnodes = prompt(wf, arch, clip, text, (x + 380, y), f"{kind.capitalize()} prompt", color, TRAIN_GUIDANCE)
     settings = dict(TRAIN, trigger_words=trigger, save_name=save)
     if is_flux(arch):
         settings["gradient_checkpointing"] = True

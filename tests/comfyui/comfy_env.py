@@ -121,3 +121,15 @@ def scaled_fp8_checkpoint(arch: str = "sd3", seed: int = 0, scale: float = 2.0):
         model = comfy.sd.load_diffusion_model_state_dict(state, model_options={})
     assert model is not None, "ComfyUI did not recognise the checkpoint"
     return model, dequantized
+
+
+def triangular_in_official_basis(pack, model, delta) -> bool:
+    """Whether every ΔR of a triangular run is upper-triangular in the official basis Q·O of its target."""
+    rotation = pack.module("qr_core.adapter").official_rotation
+    get = pack.module("nodes.bridge").base_weight_getter(model)
+    for t in delta.targets:
+        w = get(t.key).float()
+        coords = rotation(delta.q[t.name], w[t.rows(w.shape[0])]).T @ delta.delta[t.name]
+        if float(coords.tril(-1).abs().amax()) > 1e-4 * float(coords.abs().amax()):
+            return False
+    return delta.triangular and delta.triangular_basis == "official"
