@@ -9,8 +9,8 @@ the V3 entry point.
 from comfy_api.latest import ComfyExtension, io
 
 from .nodes import NODE_LIST
-from .nodes.bridge import register_folders
-from .nodes.web_routes import register_routes
+from .nodes.services.folders import register_folders
+from .nodes.services.server import register_routes
 
 WEB_DIRECTORY = "./js"
 

@@ -44,9 +44,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
-import platform
-import re
 import sys
 import tempfile
 import time
@@ -62,7 +59,8 @@ if str(ROOT) not in sys.path:
 import torch  # noqa: E402
 
 from qr_core.cache import BasisCache, get_basis  # noqa: E402
-from qr_core.decompose import DecomposeSettings, captured_energy, decompose, target_shape  # noqa: E402
+from qr_core.decompose import DecomposeSettings, captured_energy, decompose  # noqa: E402
+from qr_core.machine import machine_info  # noqa: E402
 from qr_core.fingerprint import fingerprint_weights  # noqa: E402
 from qr_core.targets import TargetSet, select_targets  # noqa: E402
 
@@ -258,35 +256,6 @@ def median(xs):
     return xs[n // 2] if n % 2 else (xs[n // 2 - 1] + xs[n // 2]) / 2
 
 
-def machine_info(device: torch.device) -> dict:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    try:
-        cores = len(os.sched_getaffinity(0))
-    except AttributeError:
-        cores = os.cpu_count()
-    info = {"cpu": cpu, "cores": cores, "torch_threads": torch.get_num_threads(), "torch": torch.__version__,
-            "python": platform.python_version(), "platform": platform.platform(), "device": str(device),
-            "gpu": None}
-    try:
-        info["mem_total_gb"] = round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1)
-    except (ValueError, OSError, AttributeError):
-        pass
-    if device.type == "cuda":
-        p = torch.cuda.get_device_properties(device)
-        info.update(gpu=p.name, gpu_mem_gb=round(p.total_memory / 2**30, 1), cuda=torch.version.cuda)
-        info["slug"] = "cuda-" + re.sub(r"[^a-z0-9]+", "-", p.name.lower()).strip("-")
-    else:
-        info["slug"] = f"cpu-{cores}core"
-    return info
-
-
 def loadavg():
     try:
         return [float(x) for x in Path("/proc/loadavg").read_text().split()[:3]]
@@ -339,7 +308,7 @@ def run_set(name: str, shapes: dict, o: Options) -> dict:
     exact = DecomposeSettings(rank=o.rank, method="exact")
     groups = defaultdict(list)
     for t in targets:
-        groups[target_shape(targets, t)].append(t)
+        groups[targets.shape(t)].append(t)
     need = stored_bytes(targets, o.dtype)
     whole = need <= o.budget
     log(f"[{name}] {targets.describe()}; {len(groups)} shapes; weights {need / 2**30:.2f} GiB "
@@ -429,7 +398,7 @@ def run_set(name: str, shapes: dict, o: Options) -> dict:
         batched_extrap = True
     # Every batched Q against the known (nominal) spectrum: covers all layers, not just the sampled ones.
     for t in batched_set:
-        m, n = target_shape(batched_set, t)
+        m, n = batched_set.shape(t)
         w = src(t.key)[t.rows(src(t.key).shape[0])].to(dev, torch.float32)
         ref = src.spectrum(m, n)[: o.rank].square().sum()
         worst_batched_nominal = min(worst_batched_nominal, (captured_energy(qb[t.name].to(dev), w) / ref).item())
@@ -449,7 +418,7 @@ def run_set(name: str, shapes: dict, o: Options) -> dict:
         "label": LABELS.get(name, name), "arch": targets.arch, "preset": targets.preset,
         "fast_settings": fast.to_json(), "samples_per_shape": o.samples, "repeats": o.repeats,
         "layers": len(targets), "row_slices": sum(t.is_slice for t in targets),
-        "params_M": round(sum(m * n for m, n in (target_shape(targets, t) for t in targets)) / 1e6, 1),
+        "params_M": round(sum(m * n for m, n in (targets.shape(t) for t in targets)) / 1e6, 1),
         "stored_weights_GiB": round(need / 2**30, 2), "built_whole": whole, "generate_s": t_gen,
         "per_shape": per_shape,
         "extrapolated": extrapolated,
@@ -514,7 +483,7 @@ def trained_weight_rows(device: torch.device, seed: int) -> list[dict]:
     Synthetic power laws decay faster than trained spectra; these are the weights where 2 fixed power
     iterations captured only 0.980 of the exact top-r energy (rank 16).
     """
-    from qr_core.world_model import ASSET
+    from qr_core.world.model import ASSET
 
     import safetensors.torch
 

@@ -9,7 +9,7 @@ them by addition and sample "a <c> in <s> style", for
       (the paper's DB-LoRA baseline);
   (c) ZipLoRA: the same two LoRAs merged with learned per-column coefficients (100 steps, λ = 0.01).
 
-Scores (`qr_core.world_encoder.Scorer`): content_sim / style_sim = cosine of the world encoder's content /
+Scores (`qr_core.world.encoder.Scorer`): content_sim / style_sim = cosine of the world encoder's content /
 style features to the content / style reference (the DINO / CLIP-I analogue); p_shape / p_style = the
 encoder's probability that the image shows <c> / is in style <s> (ground truth the world provides);
 mask_iou = overlap of the sample's foreground with the content reference's shape mask.
@@ -34,14 +34,15 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from qr_core import world  # noqa: E402
+from qr_core.world import scenes  # noqa: E402
 from qr_core.cache import get_basis  # noqa: E402
 from qr_core.decompose import DecomposeSettings  # noqa: E402
 from qr_core.targets import select_targets  # noqa: E402
 from qr_core.training import TrainSettings  # noqa: E402
-from qr_core.world_encoder import Scorer, load_encoder  # noqa: E402
-from qr_core.world_model import ASSET, load_world_model, machine  # noqa: E402
-from qr_core.world_tasks import (content_task, merged_prompt, patched_model, sample_images,  # noqa: E402
+from qr_core.world.encoder import Scorer, load_encoder  # noqa: E402
+from qr_core.machine import describe_machine  # noqa: E402
+from qr_core.world.model import ASSET, load_world_model  # noqa: E402
+from qr_core.world.tasks import (content_task, merged_prompt, patched_model, sample_images,  # noqa: E402
                                  style_task, train_lora, train_qr, ziplora_merge)
 
 PAIRS = [("heart", "tiger", "sketch", "circle"), ("star", "neon", "crimson", "square"),
@@ -105,7 +106,7 @@ def run(args) -> dict:
                 trained["QR-LoRA ΔR triangular"] = (
                     train_qr(model, basis, ct, ts_seed, data_seed=seed, triangular=True),
                     train_qr(model, basis, st, ts_seed, data_seed=seed + 1, triangular=True))
-            _, cref_mask = world.render(ct.shape, ct.style, ct.pose, with_mask=True)
+            _, cref_mask = scenes.render(ct.shape, ct.style, ct.pose, with_mask=True)
             label = f"{c_shape}+{s_style}/seed{seed}"
             print(f"[{label}] trained in " + ", ".join(
                 f"{m}: {a.seconds:.0f}+{b.seconds:.0f} s" for m, (a, b) in trained.items()), flush=True)
@@ -186,7 +187,7 @@ def write_grid(cells: dict, path: Path) -> None:
         for ls in LAMBDAS:
             rows.append(torch.stack([cells[(m, lc, ls)] for lc in LAMBDAS]))
             labels.append(f"{m}: lambda_s = {ls}; columns lambda_c = " + ", ".join(str(lc) for lc in LAMBDAS))
-    world.labeled_rows(rows, labels, scale=4, label_width=250).save(path)
+    scenes.labeled_rows(rows, labels, scale=4, label_width=250).save(path)
 
 
 def fmt(ms) -> str:
@@ -196,7 +197,7 @@ def fmt(ms) -> str:
 
 def write_markdown(res: dict, args, path: Path, command: str) -> None:
     L = ["# Disentanglement on the procedural world (QR-LoRA ΔR vs LoRA)", "",
-         f"Command: `{command}`  ", f"Machine: {machine()}{'; ' + args.note if args.note else ''}  ",
+         f"Command: `{command}`  ", f"Machine: {describe_machine()}{'; ' + args.note if args.note else ''}  ",
          f"Wall time: {res['wall_seconds']:.0f} s.  ",
          f"Base model: `{args.model}` (steps {res['model_meta'].get('steps')}, seed {res['model_meta'].get('seed')}; "
          f"trained by `{res['model_meta'].get('command', '?')}`)  ",
@@ -265,7 +266,7 @@ def main(argv=None):
     write_grid(res["grid_cells"], out / f"{a.prefix}_lambda_grid.png")
     write_markdown(res, a, out / f"{a.prefix}.md", command)
     js = {k: v for k, v in res.items() if k != "grid_cells"}
-    js["command"], js["machine"] = command, machine()
+    js["command"], js["machine"] = command, describe_machine()
     (out / f"{a.prefix}.json").write_text(json.dumps(js, indent=1, default=str))
     print((out / f"{a.prefix}.md").read_text())
     return res

@@ -31,21 +31,12 @@ import tempfile
 import time
 from pathlib import Path
 
-from comfy_bench import PACK_DIR, build, comfy_setup, machine_name, pack_module
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "comfyui"))  # the model fixture
+from comfy_models import PACK_DIR, build, comfy_setup, pack_module  # noqa: E402
+from qr_core.machine import machine_info  # noqa: E402
 
 LAMBDAS = [(1.0, 1.0), (0.8, 1.0), (0.8, 1.2), (0.6, 1.2), (0.6, 1.4), (0.5, 1.5)]
 DTYPES = ("fp16", "bf16", "fp32")
-
-
-def random_delta(qr_core, basis, seed: int, name: str, scale: float):
-    """A ΔR in `basis` with random entries: patching cost does not depend on the values."""
-    import torch
-
-    g = torch.Generator().manual_seed(seed)
-    delta = {t.name: torch.randn(basis.rank, basis.targets.shapes[t.key][1], generator=g) * scale
-             for t in basis.targets}
-    return qr_core.QRDelta(basis.targets, basis.rank, dict(basis.q), delta, basis.fingerprint,
-                           basis.weights_fingerprint, name=name)
 
 
 def clock(device) -> float:
@@ -82,7 +73,6 @@ def bench_arch(pack, arch: str, opts, device) -> dict:
     import torch
     import nodes
 
-    qr_core = pack_module(pack, "qr_core")
     dtype = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}[opts.dtype]
     t0 = time.perf_counter()
     base = build(arch, opts.size, device, dtype)
@@ -97,8 +87,9 @@ def bench_arch(pack, arch: str, opts, device) -> dict:
     decompose_warm_s = time.perf_counter() - t0
     if warm.cache_status != "hit":
         raise RuntimeError(f"the second Decompose was not a cache hit: {warm.cache_status}")
-    content = random_delta(qr_core, basis, 1, "bench_content", opts.scale)
-    style = random_delta(qr_core, basis, 2, "bench_style", opts.scale)
+    random_delta = pack_module(pack, "qr_core.delta").random_delta  # the pack's classes, as the nodes check them
+    content = random_delta(basis, 1, opts.scale, "bench_content")
+    style = random_delta(basis, 2, opts.scale, "bench_style")
 
     merge = nodes.NODE_CLASS_MAPPINGS["QRLoRAMergeDeltas"]
     export = nodes.NODE_CLASS_MAPPINGS["QRLoRAExportLoRA"]
@@ -196,7 +187,7 @@ def main(argv=None):
             r = bench_arch(pack, arch, opts, device)
             print(json.dumps({k: v for k, v in r.items() if not isinstance(v, dict)}), flush=True)
             results.append(r)
-    machine = machine_name(opts.device)
+    machine = machine_info(opts.device)["slug"]
     out = Path(opts.out_dir)
     out.mkdir(parents=True, exist_ok=True)
     stem = f"merge_reapply-{machine}" + ("" if opts.size == "full" else f"-{opts.size}")

@@ -44,7 +44,9 @@ import sys
 import time
 from pathlib import Path
 
-from comfy_bench import PACK_DIR, build, comfy_setup, machine_name, pack_module
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "comfyui"))  # the model fixture
+from comfy_models import PACK_DIR, build, comfy_setup, pack_module  # noqa: E402
+from qr_core.machine import machine_info  # noqa: E402
 
 MECHANISMS = ("qr_bypass", "comfy_lora_wrapper")
 
@@ -85,7 +87,7 @@ def worker(opts) -> dict:
     torch.set_num_threads(opts.threads)
     pack = comfy_setup(opts.device)
     qr_core = pack_module(pack, "qr_core")
-    trainer = pack_module(pack, "nodes.trainer")
+    trainer = pack_module(pack, "nodes.services.trainer")
     import comfy.model_management
     import comfy.weight_adapter
 
@@ -244,7 +246,7 @@ def main(argv=None):
             r = run_worker(opts, arch, mech)
             print(json.dumps(r), flush=True)
             results.append(r)
-    machine = machine_name(opts.device)
+    machine = machine_info(opts.device)["slug"]
     out = Path(opts.out_dir)
     out.mkdir(parents=True, exist_ok=True)
     meta = {"machine": machine, "platform": platform.platform(), "python": platform.python_version(),

@@ -6,11 +6,11 @@
 // and api events. Nothing of the front end's internals is patched.
 //
 // - Train ΔR: live loss curve, step and ETA from `qr_lora.train_progress`
-//   events (nodes/progress_events.py); the final curve stays after the run.
+//   events (nodes/services/server.py); the final curve stays after the run.
 // - Decompose: cache state (hit / miss) and time of the last run.
 // - Merge ΔR: the λ values, large.
 // - Load ΔR: the file's architecture, rank and trigger words under the picker
-//   (GET /qr_lora/delta_info, nodes/web_routes.py).
+//   (GET /qr_lora/delta_info, nodes/services/server.py).
 
 import { app } from "../../scripts/app.js";
 import { api } from "../../scripts/api.js";

@@ -7,23 +7,23 @@ import comfy.utils
 from comfy_api.latest import io, ui
 
 from ..qr_core import PRESETS, BasisCache, DecomposeSettings, get_basis, select_targets
-from . import bridge
+from .services import folders, model_weights
 from .options import check_options
 from .sockets import CATEGORY, QRBasis
 
 
 def decompose_model(model, rank: int, preset: str, regex: str, method: str, use_cache: bool):
-    """The basis of a ComfyUI model's base weights (shared by the node and tests)."""
-    shapes = bridge.model_shapes(model)
+    """The basis of a ComfyUI model's base weights: from the cache when it holds a valid one."""
+    shapes = model_weights.model_shapes(model)
     targets = select_targets(shapes, preset, regex.strip() or None)
-    get_weight = bridge.base_weight_getter(model)
+    get_weight = model_weights.base_weight_getter(model)
     bar = comfy.utils.ProgressBar(len(targets))
 
     def progress(done: int, total: int) -> None:
         comfy.model_management.throw_exception_if_processing_interrupted()
         bar.update_absolute(done, total)
 
-    cache = BasisCache(bridge.basis_cache_dir()) if use_cache else None
+    cache = BasisCache(folders.basis_cache_dir()) if use_cache else None
     device = comfy.model_management.get_torch_device()
     return get_basis(get_weight, targets, DecomposeSettings(rank=rank, method=method), cache, device, progress)
 

@@ -4,41 +4,11 @@ from __future__ import annotations
 
 from comfy_api.latest import io, ui
 
-from ..qr_core import QRDelta
 from ..qr_core.delta import DTYPES
-from . import bridge
+from .services import folders
+from .services.delta_files import describe, load_delta
 from .options import check_options
 from .sockets import CATEGORY, QRBasis, QRDeltaType
-
-
-def load_delta(file_name: str, model=None, basis=None) -> QRDelta:
-    """Read a ΔR file from models/qr_lora, refusing one made for another architecture or rank."""
-    path = bridge.input_path(bridge.FOLDER, file_name)
-    expect_arch = basis.arch if basis is not None else (bridge.model_arch(model) if model is not None else None)
-    delta = QRDelta.load(path, expect_arch=expect_arch, expect_rank=basis.rank if basis is not None else None)
-    if model is not None:
-        bridge.check_deltas_fit([delta], model)
-    return delta
-
-
-def describe(delta: QRDelta) -> str:
-    head = (f"{delta.name or 'ΔR'}: {delta.arch.upper()}, rank {delta.rank}, mode {delta.mode}"
-            f"{', triangular (' + delta.triangular_basis + ' basis)' if delta.triangular else ''}, "
-            f"{len(delta.targets)} targets ({delta.targets.preset}), trigger words: {delta.trigger_words or '—'}")
-    return head + ("\n" + training_summary(delta.training) if delta.training else "")
-
-
-def training_summary(training: dict) -> str:
-    """One line from a ΔR file's training record (what Train ΔR wrote), or its merge record."""
-    if "merged_from" in training:
-        parts = ", ".join(f"{n or '?'} × {w:g}" for n, w in zip(training["merged_from"], training.get("weights", [])))
-        return f"merged: {parts}"
-    items = [("steps", training.get("steps_done", training.get("steps"))), ("lr", training.get("lr")),
-             ("optimizer", training.get("optimizer")), ("noise", training.get("timestep_sampling")),
-             ("loss", training.get("loss_space")), ("final loss", training.get("final_loss")),
-             ("resumed from", training.get("resumed_from"))]
-    return "trained: " + ", ".join(f"{k} {v:.5g}" if isinstance(v, float) else f"{k} {v}"
-                                   for k, v in items if v is not None)
 
 
 class QRLoadDelta(io.ComfyNode):
@@ -50,7 +20,7 @@ class QRLoadDelta(io.ComfyNode):
             category=CATEGORY,
             description="Loads a ΔR file from models/qr_lora (it carries its own Q).",
             inputs=[
-                io.Combo.Input("delta_file", options=bridge.delta_file_names(),
+                io.Combo.Input("delta_file", options=folders.delta_file_names(),
                                tooltip="A ΔR file in models/qr_lora (saved by Train ΔR or Save ΔR)."),
                 io.Model.Input("model", optional=True,
                                tooltip="Optional: refuse the file unless it fits this model's architecture and sizes."),
@@ -88,6 +58,6 @@ class QRSaveDelta(io.ComfyNode):
     @classmethod
     def execute(cls, delta, save_name, dtype) -> io.NodeOutput:
         check_options(cls, locals())
-        path = bridge.output_path(bridge.FOLDER, save_name)
+        path = folders.output_path(folders.FOLDER, save_name)
         delta.save(path, dtype)
         return io.NodeOutput(ui=ui.PreviewText(f"saved {path.name} ({dtype})\n{describe(delta)}"))

@@ -14,7 +14,7 @@ import comfy.utils
 import torch
 from comfy_api.latest import io, ui
 
-from .merge_nodes import merge_onto
+from .services.patches import merge_onto
 from .options import check_options
 from .sockets import CATEGORY, QRDeltaType
 

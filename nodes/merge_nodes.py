@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from comfy_api.latest import io, ui
 
-from ..qr_core import QRDelta, export_lora, merge
-from ..qr_core.merge import NAMINGS
+from ..qr_core import QRDelta
 from ..qr_core.delta import DTYPES
-from . import bridge
+from ..qr_core.merge import NAMINGS, export_merge
+from .services import folders
+from .services.patches import merge_onto
 from .options import check_options
 from .sockets import CATEGORY, QRDeltaType
 
@@ -49,12 +50,6 @@ def collect(kwargs: dict) -> tuple[list[QRDelta], list[float]]:
     return deltas, weights
 
 
-def merge_onto(model, deltas: list[QRDelta], weights: list[float], allow_mixed_bases: bool = False):
-    """A patched clone of `model` with W + Σ λᵢ Q ΔRᵢ on every target (shared by the node and tests)."""
-    bridge.check_deltas_fit(deltas, model)
-    return bridge.apply_terms(model, merge(deltas, weights, allow_mixed_bases))
-
-
 def _summary(deltas, weights) -> str:
     return " + ".join(f"{w:g}·{d.name or 'ΔR'}" for d, w in zip(deltas, weights))
 
@@ -77,16 +72,6 @@ class QRMergeDeltas(io.ComfyNode):
         deltas, weights = collect(kwargs)
         patched = merge_onto(model, deltas, weights, allow_mixed_bases)
         return io.NodeOutput(patched, ui=ui.PreviewText(_summary(deltas, weights)))
-
-
-def export_merge(deltas: list[QRDelta], weights: list[float], name: str, naming: str = "comfyui",
-                 dtype: str = "fp16", allow_mixed_bases: bool = False):
-    """Write the merge into models/loras as a standard LoRA; returns the path."""
-    path = bridge.output_path("loras", name)
-    terms = merge(deltas, weights, allow_mixed_bases)
-    shapes = {k: s for d in deltas for k, s in d.targets.shapes.items()}
-    return export_lora(terms, shapes, deltas[0].arch, path, naming, dtype, title=path.stem,
-                       sources=[d.name for d in deltas], weights=weights)
 
 
 class QRExportLoRA(io.ComfyNode):
@@ -114,5 +99,6 @@ class QRExportLoRA(io.ComfyNode):
     def execute(cls, lora_name, naming, dtype, allow_mixed_bases=False, **kwargs) -> io.NodeOutput:
         check_options(cls, {"naming": naming, "dtype": dtype})
         deltas, weights = collect(kwargs)
-        path = export_merge(deltas, weights, lora_name, naming, dtype, allow_mixed_bases)
+        path, _ = export_merge(deltas, weights, folders.output_path("loras", lora_name), naming, dtype,
+                               allow_mixed_bases)
         return io.NodeOutput(ui=ui.PreviewText(f"wrote loras/{path.name}: {_summary(deltas, weights)}"))

@@ -7,13 +7,14 @@ import comfy.utils
 from comfy_api.latest import io, ui
 
 from ..qr_core import NonFiniteLossError, QRAdapter, QRDelta, TrainSettings, merge
-from . import bridge, progress_events
+from .services import folders, model_weights, server
+from .services.patches import apply_terms
 from .options import check_options
 from .sockets import CATEGORY, QRBasis, QRDeltaType
-from .trainer import LOSS_SPACES, TIMESTEP_SAMPLING, Objective, run_training
+from .services.trainer import LOSS_SPACES, TIMESTEP_SAMPLING, Objective, run_training
 
-MODES = {"ΔR only": "delta_r", "Q and R": "qr"}
-DTYPES = {"bf16": "bfloat16", "fp32": "float32"}
+MODE_CHOICES = {"ΔR only": "delta_r", "Q and R": "qr"}  # what the widget shows → qr_core's mode id
+COMPUTE_DTYPES = {"bf16": "bfloat16", "fp32": "float32"}
 STORAGE_DTYPES = ("bf16", "fp32")
 
 
@@ -60,14 +61,14 @@ class QRTrainDelta(io.ComfyNode):
                                tooltip="'native': the model's own target (noise for ε-models, velocity "
                                        "noise − x0 for flow models, v for v-models), as in the paper. "
                                        "'x0': error of the denoised image, like ComfyUI's built-in trainer."),
-                io.Combo.Input("training_dtype", options=list(DTYPES), default="bf16",
+                io.Combo.Input("training_dtype", options=list(COMPUTE_DTYPES), default="bf16",
                                tooltip="Compute dtype of the forward pass (ΔR itself is kept in fp32)."),
                 io.Combo.Input("storage_dtype", options=list(STORAGE_DTYPES), default="bf16",
                                tooltip="Dtype of Q and ΔR in the saved file: bf16 halves the file; fp32 "
                                        "reproduces the in-memory ΔR (and its merge) exactly."),
                 io.Boolean.Input("gradient_checkpointing", default=False,
                                  tooltip="Recompute block activations in backward: less memory, slower steps."),
-                io.Combo.Input("mode", options=list(MODES), default="ΔR only",
+                io.Combo.Input("mode", options=list(MODE_CHOICES), default="ΔR only",
                                tooltip="'ΔR only': the disentangled mode (mergeable ΔR). 'Q and R': trains Q and "
                                        "R directly (faster convergence, paper §4.3; not mergeable with ΔR of "
                                        "other runs)."),
@@ -100,11 +101,11 @@ class QRTrainDelta(io.ComfyNode):
         import torch
 
         check_options(cls, locals())
-        mode_id = MODES[mode]
-        bridge.check_basis_fits(basis, model)
+        mode_id = MODE_CHOICES[mode]
+        model_weights.check_fits([basis], model)
         if resume is not None and mode_id != "delta_r":
             raise ValueError("resuming is possible in 'ΔR only' mode; set mode to 'ΔR only' or disconnect resume.")
-        save_path = bridge.output_path(bridge.FOLDER, save_name) if save_name.strip() else None
+        save_path = folders.output_path(folders.FOLDER, save_name) if save_name.strip() else None
         settings = TrainSettings(steps=steps, lr=learning_rate, optimizer=optimizer.lower(), seed=seed)
         objective = Objective(timestep_sampling, loss_space, batch_size, noise_draws)
         record = {**settings.to_json(), "batch_size": batch_size, "noise_draws": noise_draws,
@@ -115,7 +116,7 @@ class QRTrainDelta(io.ComfyNode):
                   "resumed_from": resume.name if resume is not None else None}
         device = comfy.model_management.get_torch_device()
         with torch.inference_mode(False):
-            adapter = QRAdapter(basis, mode_id, triangular, bridge.base_weight_getter(model), resume, device)
+            adapter = QRAdapter(basis, mode_id, triangular, model_weights.base_weight_getter(model), resume, device)
         node_id = cls.hidden.unique_id if cls.hidden is not None else None
         bar = comfy.utils.ProgressBar(steps)
         losses: list[float] = []
@@ -127,15 +128,15 @@ class QRTrainDelta(io.ComfyNode):
         def on_step(step: int, loss: float) -> None:
             losses.append(loss)
             bar.update_absolute(step, steps)
-            bridge.show_progress_text(f"step {step}/{steps}  loss {loss:.5f}", node_id)
-            progress_events.send_train_progress(node_id, step, steps, loss)
+            server.show_progress_text(f"step {step}/{steps}  loss {loss:.5f}", node_id)
+            server.send_train_progress(node_id, step, steps, loss)
             if save_path is not None and save_every and step % save_every == 0 and step < steps:
                 snapshot(step).save(save_path, storage_dtype)
 
         latents = latent["samples"]
         try:
             run_training(model, adapter, latents, list(positive), settings, objective,
-                         getattr(torch, DTYPES[training_dtype]), gradient_checkpointing, on_step)
+                         getattr(torch, COMPUTE_DTYPES[training_dtype]), gradient_checkpointing, on_step)
         except NonFiniteLossError as e:
             kept = ""
             if save_path is not None and losses:
@@ -145,7 +146,7 @@ class QRTrainDelta(io.ComfyNode):
         delta = snapshot(len(losses))
         if save_path is not None:
             delta.save(save_path, storage_dtype)
-        preview = bridge.apply_terms(model, merge([delta], [1.0]))
+        preview = apply_terms(model, merge([delta], [1.0]))
         text = (f"{len(basis.targets)} targets, {delta.num_params():,} trainable values, {len(losses)} steps; "
                 f"loss {losses[0]:.5f} → {losses[-1]:.5f}" + (f"; saved {save_path.name}" if save_path else ""))
         return io.NodeOutput(delta, preview, {"loss": losses}, ui=ui.PreviewText(text))

@@ -30,7 +30,7 @@ from torch import nn
 
 from .basis import Basis
 from .delta import MODES, TRIANGULAR_BASIS, QRDelta
-from .errors import BasisMismatchError
+from .errors import AdapterStateError, BasisMismatchError, SettingError
 from .fingerprint import fingerprint_tensors
 from .targets import Target
 
@@ -57,16 +57,18 @@ class QRAdapter(nn.Module):
                  device: str | torch.device = "cpu"):
         super().__init__()
         if mode not in MODES:
-            raise ValueError(f"mode must be one of {MODES}, not {mode!r}")
+            raise SettingError(f"mode must be one of {MODES}, not {mode!r}")
         if (mode == "qr" or triangular) and get_weight is None:
-            raise ValueError("mode 'qr' and triangular ΔR need get_weight (R₀ = Q₀ᵀW, the official basis)")
+            raise SettingError("mode 'qr' and triangular ΔR need get_weight (R₀ = Q₀ᵀW, the official basis)")
         self.basis, self.mode, self.triangular = basis, mode, triangular
         self.targets = list(basis.targets)
         self._handles: list[torch.utils.hooks.RemovableHandle] = []
         r = basis.rank
         self.q0 = nn.ParameterList()
-        self.delta = nn.ParameterList()  # ΔR in "delta_r" mode, R in "qr" mode
-        self.q = nn.ParameterList()  # trained Q ("qr" mode only)
+        # The bypass is (x downᵀ) upᵀ, as a LoRA's: down [k, in] is what trains, ΔR ("delta_r" mode) or R
+        # ("qr" mode); up is the frozen Q₀ (or its official rotation, triangular) or, in "qr" mode, the trained Q.
+        self.down = nn.ParameterList()
+        self.up = nn.ParameterList()  # trained Q ("qr" mode only)
         self.r0 = nn.ParameterList()
         self.rotation = nn.ParameterList()  # O per target (triangular only): the official basis is Q·O ...
         self.q_official = nn.ParameterList()  # ... computed once: the bypass runs in it
@@ -90,13 +92,13 @@ class QRAdapter(nn.Module):
                     mask = torch.ones_like(d).triu()
                     d.data.mul_(mask)
                     d.register_hook(lambda g, m=mask: g * m)  # masked entries get no update, so stay exactly 0
-                self.delta.append(d)
+                self.down.append(d)
             else:
                 w = get_weight(t.key)
                 r0 = q0.T @ w[t.rows(w.shape[0])].to(device, torch.float32)
                 self.r0.append(nn.Parameter(r0, requires_grad=False))
-                self.q.append(nn.Parameter(q0.clone()))
-                self.delta.append(nn.Parameter(r0.clone()))
+                self.up.append(nn.Parameter(q0.clone()))
+                self.down.append(nn.Parameter(r0.clone()))
 
     def _check_init(self, init: QRDelta) -> None:
         if init.mode != self.mode or init.rank != self.basis.rank:
@@ -124,14 +126,14 @@ class QRAdapter(nn.Module):
         dt = x.dtype
         if self.mode == "delta_r":
             q = self.q_official[i] if self.triangular else self.q0[i]
-            return (x @ self.delta[i].to(dt).T) @ q.to(dt).T
-        trained = (x @ self.delta[i].to(dt).T) @ self.q[i].to(dt).T
+            return (x @ self.down[i].to(dt).T) @ q.to(dt).T
+        trained = (x @ self.down[i].to(dt).T) @ self.up[i].to(dt).T
         return trained - (x @ self.r0[i].to(dt).T) @ self.q0[i].to(dt).T
 
     def attach(self, root: nn.Module, prefix: str = "") -> "QRAdapter":
         """Hook every target's Linear inside `root` (keys are looked up as prefix + key)."""
         if self._handles:
-            raise RuntimeError("adapter is already attached; detach it first")
+            raise AdapterStateError("adapter is already attached; detach it first")
         per_module: dict[str, list[tuple[int, Target]]] = defaultdict(list)
         for i, t in enumerate(self.targets):
             per_module[prefix + t.key[: -len(".weight")]].append((i, t))
@@ -180,11 +182,11 @@ class QRAdapter(nn.Module):
         for i, t in enumerate(self.targets):
             if self.mode == "delta_r":
                 q[t.name] = self.q0[i].detach().cpu().clone()
-                d = self.rotation[i] @ self.delta[i] if self.triangular else self.delta[i]  # back in Q
+                d = self.rotation[i] @ self.down[i] if self.triangular else self.down[i]  # back in Q
                 delta[t.name] = d.detach().float().cpu().clone()
             else:
-                q[t.name] = torch.cat([self.q[i], self.q0[i]], 1).detach().float().cpu()
-                delta[t.name] = torch.cat([self.delta[i], -self.r0[i]], 0).detach().float().cpu()
+                q[t.name] = torch.cat([self.up[i], self.q0[i]], 1).detach().float().cpu()
+                delta[t.name] = torch.cat([self.down[i], -self.r0[i]], 0).detach().float().cpu()
         # A trained Q is a basis of its own: only ΔR from the shared, frozen Q₀ can be summed.
         fingerprint = self.basis.fingerprint if self.mode == "delta_r" else "qr-trained:" + fingerprint_tensors(q)
         return QRDelta(self.basis.targets, self.basis.rank, q, delta, fingerprint, self.basis.weights_fingerprint,

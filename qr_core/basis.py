@@ -38,13 +38,9 @@ class Basis:
     def arch(self) -> str:
         return self.targets.arch
 
-    def r(self, name: str, weight_rows: torch.Tensor) -> torch.Tensor:
-        """R = QᵀW of one target, given its weight rows (the slice for fused targets)."""
-        return self.q[name].to(weight_rows.device, torch.float32).T @ weight_rows.float()
-
-    def num_trainable(self) -> int:
-        """ΔR parameters: r·in per target (LoRA of the same rank: r·(in+out))."""
-        return sum(self.rank * self.targets.shapes[t.key][1] for t in self.targets)
+    def check_model(self, shapes: dict[str, tuple[int, ...]], arch: str | None) -> None:
+        """Refuse a model this basis was not decomposed from (architecture or target shapes differ)."""
+        self.targets.check_model(shapes, arch, "this QR_BASIS", "decomposed", "run QR-LoRA Decompose on this model")
 
     def summary(self) -> str:
         return (f"{self.targets.describe()}, rank {self.rank}, {self.settings.method} "

@@ -13,7 +13,7 @@ from .decompose import METHODS, DecomposeSettings
 from .delta import DTYPES, QRDelta, describe_delta_header
 from .errors import QRLoRAError
 from .files import read_header
-from .merge import NAMINGS, export_lora, merge, merged_delta
+from .merge import NAMINGS, export_merge, merged_delta
 from .targets import PRESETS, select_targets
 
 
@@ -66,11 +66,8 @@ def cmd_merge(a) -> dict:
     weights = a.weights or [1.0] * len(a.deltas)
     deltas = [QRDelta.load(p) for p in a.deltas]
     if a.export_lora:
-        terms = merge(deltas, weights, allow_mixed_bases=a.allow_mixed_bases)
-        shapes = {k: s for d in deltas for k, s in d.targets.shapes.items()}
-        path = export_lora(terms, shapes, deltas[0].arch, a.output, a.naming, a.dtype,
-                           sources=[Path(p).stem for p in a.deltas], weights=weights)
-        return {"written": str(path), "kind": "LoRA", "naming": a.naming, "modules": len({t.target.key for t in terms})}
+        path, modules = export_merge(deltas, weights, a.output, a.naming, a.dtype, a.allow_mixed_bases)
+        return {"written": str(path), "kind": "LoRA", "naming": a.naming, "modules": modules}
     path = merged_delta(deltas, weights, Path(a.output).stem).save(a.output, a.dtype)
     return {"written": str(path), "kind": "ΔR", "weights": weights}
 
@@ -86,7 +83,7 @@ def cmd_cache(a) -> dict:
 
 
 def cmd_demo(a) -> dict:
-    from .demo import run_demo
+    from .world.demo import run_demo
 
     report = run_demo(a.out, steps=a.steps, rank=a.rank, lr=a.lr, lambdas=(a.lambda_content, a.lambda_style),
                       log=(lambda *_: None) if a.json else print)
@@ -165,7 +162,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         result = args.func(args)
-    except (QRLoRAError, ValueError) as e:
+    except QRLoRAError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
     if args.json:

@@ -87,14 +87,9 @@ class WeightSource:
         return w[target.rows(w.shape[0])].to(self._device, torch.float32)
 
 
-def target_shape(targets: TargetSet, t: Target) -> tuple[int, int]:
-    rows, cols = targets.shapes[t.key]
-    return (t.size if t.is_slice else rows), cols
-
-
 def check_rank(targets: TargetSet, rank: int) -> None:
     for t in targets:
-        m, n = target_shape(targets, t)
+        m, n = targets.shape(t)
         if rank > min(m, n):
             raise TargetError(
                 f"rank {rank} is larger than target {t.name} allows ({m}×{n}, at most {min(m, n)}); "
@@ -106,7 +101,7 @@ def _batches(targets: TargetSet, max_batch_bytes: int) -> Iterator[list[Target]]
     """Same-shape targets in groups whose fp32 stack stays under max_batch_bytes (at least one target each)."""
     groups: dict[tuple[int, int], list[Target]] = defaultdict(list)
     for t in targets:
-        groups[target_shape(targets, t)].append(t)
+        groups[targets.shape(t)].append(t)
     for (m, n), ts in groups.items():
         per = max(1, max_batch_bytes // (4 * m * n))
         for i in range(0, len(ts), per):
@@ -242,7 +237,7 @@ def energy_check_sample(targets: TargetSet, n: int | None) -> list[Target]:
         return every
     chosen: dict[str, Target] = {}
     for t in every:  # every kind of layer (shape) is read at least once
-        chosen.setdefault(f"{target_shape(targets, t)}", t)
+        chosen.setdefault(f"{targets.shape(t)}", t)
     picked = {t.name for t in chosen.values()}
     need = max(0, n - len(picked))
     for i in range(need):
@@ -267,7 +262,7 @@ def check_basis(get_weight: WeightGetter, targets: TargetSet, q: dict[str, torch
     device = torch.device(device or "cpu")
     problems = []
     for t in targets:
-        m, _ = target_shape(targets, t)
+        m, _ = targets.shape(t)
         qt, st = q.get(t.name), sigma.get(t.name)
         if qt is None or st is None:
             problems.append(f"{t.name}: missing from the stored basis")

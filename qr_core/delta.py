@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from .errors import BasisMismatchError, DeltaFileError
+from .errors import BasisMismatchError, DeltaFileError, SettingError
 from .files import atomic_save, load_tensors
 from .targets import TargetSet
 
@@ -92,7 +92,7 @@ class QRDelta:
 
     def save(self, path: str | Path, dtype: str = "bf16") -> Path:
         if dtype not in DTYPES:
-            raise ValueError(f"storage dtype must be one of {', '.join(DTYPES)}, not {dtype!r}")
+            raise SettingError(f"storage dtype must be one of {', '.join(DTYPES)}, not {dtype!r}")
         tensors = {}
         for n in self.targets.names():
             tensors[f"q.{n}"] = self.q[n].to(DTYPES[dtype])
@@ -139,8 +139,7 @@ class QRDelta:
             raise DeltaFileError(f"{what}: unknown training mode {self.mode!r}.")
         k = self.rank * (2 if self.mode == "qr" else 1)
         for t in self.targets:
-            rows, cols = self.targets.shapes[t.key]
-            rows = t.size if t.is_slice else rows
+            rows, cols = self.targets.shape(t)
             q, d = self.q[t.name], self.delta[t.name]
             if tuple(q.shape) != (rows, k) or tuple(d.shape) != (k, cols):
                 raise DeltaFileError(
@@ -151,14 +150,14 @@ class QRDelta:
 
     def check_model(self, shapes: dict[str, tuple[int, ...]], arch: str | None) -> None:
         """Refuse to apply to a model whose architecture or target shapes differ."""
-        label = self.name or "this ΔR"
-        if arch and arch != self.arch:
-            raise BasisMismatchError(
-                f"{label} was trained on {self.arch.upper()}, but the model is {arch.upper()}: "
-                f"use a {self.arch.upper()} model with it.")
-        for key, shape in self.targets.shapes.items():
-            live = shapes.get(key)
-            if live is None or tuple(live[:2]) != tuple(shape):
-                raise BasisMismatchError(
-                    f"{label} targets {key} {list(shape)}, but the model has "
-                    f"{'no such weight' if live is None else list(live)}: it was trained on a different model size.")
+        self.targets.check_model(shapes, arch, self.name or "this ΔR", "trained",
+                                 f"use a {self.arch.upper()} model of the size it was trained on")
+
+
+def random_delta(basis, seed: int, scale: float = 0.05, name: str = "") -> QRDelta:
+    """A ΔR in `basis` with N(0, scale²) entries: what training produces, without the wait (tests, benchmarks)."""
+    g = torch.Generator().manual_seed(seed)
+    delta = {t.name: torch.randn(basis.rank, basis.targets.shapes[t.key][1], generator=g) * scale
+             for t in basis.targets}
+    return QRDelta(basis.targets, basis.rank, dict(basis.q), delta, basis.fingerprint, basis.weights_fingerprint,
+                   name=name)

@@ -5,6 +5,17 @@ class QRLoRAError(Exception):
     """Base class for every error qr_core raises on purpose."""
 
 
+class SettingError(QRLoRAError, ValueError):
+    """An argument or setting is not one qr_core accepts (unknown option, out of range, missing input).
+
+    Also a ValueError, so code that validates its own inputs that way keeps catching it.
+    """
+
+
+class AdapterStateError(QRLoRAError):
+    """An adapter is used out of order (attached twice)."""
+
+
 class TargetError(QRLoRAError):
     """The target set cannot be built (unknown architecture, empty set, bad rank)."""
 

@@ -18,6 +18,8 @@ from typing import Callable, Iterable
 
 import torch
 
+from .errors import SettingError
+
 SAMPLES = 4096
 
 
@@ -42,7 +44,7 @@ def _bytes(t: torch.Tensor) -> bytes:
 def fingerprint_weights(get_weight: Callable[[str], torch.Tensor], keys: Iterable[str], mode: str = "sampled") -> str:
     """Hex fingerprint of the weights under `keys` (order-independent)."""
     if mode not in ("sampled", "full"):
-        raise ValueError(f"fingerprint mode must be 'sampled' or 'full', not {mode!r}")
+        raise SettingError(f"fingerprint mode must be 'sampled' or 'full', not {mode!r}")
     h = hashlib.blake2b(digest_size=16)
     h.update(mode.encode())
     for key in sorted(set(keys)):

@@ -7,12 +7,12 @@ import time
 from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Iterable, Mapping, Sequence
 
 import torch
 
 from .delta import DTYPES, QRDelta
-from .errors import BasisMismatchError
+from .errors import BasisMismatchError, SettingError
 from .files import atomic_save
 from .targets import Target, TargetSet
 
@@ -33,6 +33,23 @@ class PatchTerm:
         return self.up @ self.down
 
 
+def add_to_weights(weights: Mapping[str, torch.Tensor], updates: Iterable[tuple[Target, torch.Tensor]]
+                   ) -> dict[str, torch.Tensor]:
+    """A copy of `weights` with each dense update added to its target's rows (the reference W + ΔW).
+
+    Weights that no update touches are shared, not copied.
+    """
+    out = dict(weights)
+    copied = set()
+    for target, update in updates:
+        if target.key not in copied:
+            out[target.key] = out[target.key].clone()
+            copied.add(target.key)
+        w = out[target.key]
+        w[target.rows(w.shape[0])] += update.to(w.dtype)
+    return out
+
+
 def merge(deltas: Sequence[QRDelta], weights: Sequence[float], allow_mixed_bases: bool = False) -> list[PatchTerm]:
     """Σ λᵢ Q ΔRᵢ per target.
 
@@ -41,9 +58,9 @@ def merge(deltas: Sequence[QRDelta], weights: Sequence[float], allow_mixed_bases
     contributes its own term, stacked into one exact LoRA of rank r·(#bases).
     """
     if len(deltas) != len(weights):
-        raise ValueError(f"{len(deltas)} ΔR but {len(weights)} weights: give one λ per ΔR.")
+        raise SettingError(f"{len(deltas)} ΔR but {len(weights)} weights: give one λ per ΔR.")
     if not deltas:
-        raise ValueError("nothing to merge: give at least one ΔR.")
+        raise SettingError("nothing to merge: give at least one ΔR.")
     archs = {d.arch for d in deltas}
     if len(archs) > 1:
         raise BasisMismatchError(f"these ΔR were trained on different architectures ({', '.join(sorted(archs))}); "
@@ -82,11 +99,16 @@ def _joined(parts: list[torch.Tensor], dim: int) -> torch.Tensor:
     return parts[0] if len(parts) == 1 else torch.cat(parts, dim)
 
 
+def union_shapes(deltas: Sequence[QRDelta]) -> dict[str, tuple[int, int]]:
+    """(rows, cols) of every weight key any of the ΔR touch."""
+    return {k: s for d in deltas for k, s in d.targets.shapes.items()}
+
+
 def merged_delta(deltas: Sequence[QRDelta], weights: Sequence[float], name: str = "") -> QRDelta:
     """The merge as one ΔR (one basis only), e.g. to keep a favourite (λc, λs) as a file."""
     terms = merge(deltas, weights)
     first = deltas[0]
-    shapes = {k: s for d in deltas for k, s in d.targets.shapes.items()}
+    shapes = union_shapes(deltas)
     # A sum stays triangular only where every part's mask applied in the same basis (O depends on Q and W only).
     bases = {d.triangular_basis for d in deltas}
     triangular = all(d.triangular for d in deltas) and len(bases) == 1
@@ -112,7 +134,7 @@ def lora_state_dict(terms: Sequence[PatchTerm], shapes: dict[str, tuple[int, int
     """One LoRA per weight key. Slices of a fused weight become one exact LoRA on the fused key:
     their up matrices sit on their own rows (zeros elsewhere) and their ranks are stacked."""
     if naming not in NAMINGS:
-        raise ValueError(f"LoRA naming must be one of {', '.join(NAMINGS)}, not {naming!r}")
+        raise SettingError(f"LoRA naming must be one of {', '.join(NAMINGS)}, not {naming!r}")
     by_key: dict[str, list[PatchTerm]] = defaultdict(list)
     for t in terms:
         by_key[t.target.key].append(t)
@@ -154,3 +176,12 @@ def export_lora(terms: Sequence[PatchTerm], shapes: dict[str, tuple[int, int]], 
         "qr_lora_merge": json.dumps({"sources": list(sources), "weights": list(map(float, weights)), "arch": arch}),
     }
     return atomic_save(sd, path, meta)
+
+
+def export_merge(deltas: Sequence[QRDelta], weights: Sequence[float], path: str | Path, naming: str = "comfyui",
+                 dtype: str = "fp16", allow_mixed_bases: bool = False) -> tuple[Path, int]:
+    """Merge (eq. 7) and write the result as a standard LoRA; returns the path and the number of modules."""
+    terms = merge(deltas, weights, allow_mixed_bases)
+    path = export_lora(terms, union_shapes(deltas), deltas[0].arch, path, naming, dtype, title=Path(path).stem,
+                       sources=[d.name for d in deltas], weights=weights)
+    return path, len({t.target.key for t in terms})

@@ -13,7 +13,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Iterable, Mapping, Sequence
 
-from .errors import TargetError
+from .errors import BasisMismatchError, TargetError
 
 ARCHITECTURES = ("sd15", "sdxl", "sd3", "flux")
 PRESETS = ("paper", "paper-self-attention", "attention", "attention+mlp", "custom")
@@ -74,6 +74,26 @@ class TargetSet:
         fused = sum(t.is_slice for t in self.targets)
         extra = f" /{self.regex}/" if self.regex else ""
         return f"{self.arch} preset '{self.preset}'{extra}: {len(self)} targets ({fused} row slices of fused weights)"
+
+    def shape(self, t: Target) -> tuple[int, int]:
+        """(rows, cols) of a target's matrix: the slice's rows for a fused weight's q/k/v."""
+        rows, cols = self.shapes[t.key]
+        return (t.size if t.is_slice else rows), cols
+
+    def check_model(self, shapes: Mapping[str, Sequence[int]], arch: str | None, what: str, made: str,
+                    fix: str) -> None:
+        """Refuse a model whose architecture or target shapes differ: the one "does this fit?" rule
+        (ΔR files and bases both ask it)."""
+        if arch and arch != self.arch:
+            raise BasisMismatchError(f"{what} was {made} on {self.arch.upper()}, but the model is {arch.upper()}: "
+                                     f"{fix}.")
+        for key, shape in self.shapes.items():
+            live = shapes.get(key)
+            if live is None or tuple(live[:2]) != tuple(shape):
+                raise BasisMismatchError(
+                    f"{what} targets {key} {list(shape)}, but the model has "
+                    f"{'no such weight' if live is None else list(live)}: it was {made} on a different model "
+                    f"size; {fix}.")
 
     def to_json(self) -> dict:
         return {"arch": self.arch, "preset": self.preset, "regex": self.regex,

@@ -9,7 +9,7 @@ from typing import Callable, Sequence
 
 import torch
 
-from .errors import NonFiniteLossError
+from .errors import NonFiniteLossError, SettingError
 
 OPTIMIZERS = ("adamw", "adam")
 
@@ -25,9 +25,9 @@ class TrainSettings:
 
     def __post_init__(self):
         if self.optimizer not in OPTIMIZERS:
-            raise ValueError(f"optimizer must be one of {OPTIMIZERS}, not {self.optimizer!r}")
+            raise SettingError(f"optimizer must be one of {OPTIMIZERS}, not {self.optimizer!r}")
         if self.steps < 1 or not self.lr > 0:
-            raise ValueError("steps must be ≥ 1 and lr > 0")
+            raise SettingError("steps must be ≥ 1 and lr > 0")
 
     def to_json(self) -> dict:
         return asdict(self)

@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from comfyui_location import report_line
-from qr_core.mini_flux import MiniFlux
+from qr_core.world.mini_flux import MiniFlux
 from qr_testing import TINY
 
 

@@ -2,7 +2,7 @@
 
 import torch
 
-from qr_core.mini_flux import MiniFluxConfig
+from qr_core.world.mini_flux import MiniFluxConfig
 
 TINY = MiniFluxConfig(hidden=48, heads=2, depth=1, depth_single=1, context_dim=16, latent_size=8)
 

@@ -5,7 +5,7 @@ import torch
 from safetensors.torch import save_file
 
 from qr_core.cli import main
-from qr_core.demo import run_demo
+from qr_core.world.demo import run_demo
 from qr_core.files import atomic_save, load_tensors
 
 

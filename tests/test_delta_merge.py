@@ -6,6 +6,8 @@ import torch
 from qr_core import (BasisMismatchError, DecomposeSettings, DeltaFileError, QRDelta, export_lora, get_basis,
                      lora_state_dict, merge, merged_delta, select_targets)
 from qr_core.files import load_tensors
+from qr_core.delta import random_delta as qr_random_delta
+from qr_core.merge import add_to_weights
 
 
 @pytest.fixture
@@ -15,10 +17,9 @@ def basis(tiny_weights):
 
 
 def random_delta(basis, seed, name="", fingerprint=None):
-    g = torch.Generator().manual_seed(seed)
-    delta = {t.name: torch.randn(basis.rank, basis.targets.shapes[t.key][1], generator=g) * 0.1 for t in basis.targets}
-    return QRDelta(basis.targets, basis.rank, dict(basis.q), delta, fingerprint or basis.fingerprint,
-                   basis.weights_fingerprint, trigger_words="<c>", training={"steps": 1}, name=name)
+    d = qr_random_delta(basis, seed, 0.1, name)
+    d.basis_fingerprint, d.trigger_words, d.training = fingerprint or basis.fingerprint, "<c>", {"steps": 1}
+    return d
 
 
 def apply_plain_lora(weights, lora, naming="comfyui"):
@@ -34,12 +35,7 @@ def apply_plain_lora(weights, lora, naming="comfyui"):
 
 
 def apply_terms(weights, terms):
-    out = dict(weights)
-    for t in terms:
-        w = out[t.target.key].clone()
-        w[t.target.rows(w.shape[0])] += t.dense()
-        out[t.target.key] = w
-    return out
+    return add_to_weights(weights, ((t.target, t.dense()) for t in terms))
 
 
 @pytest.mark.parametrize("dtype,tol", [("fp32", 0), ("fp16", 1e-3), ("bf16", 1e-2)])

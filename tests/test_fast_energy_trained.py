@@ -2,10 +2,9 @@
 
 import pytest
 import safetensors.torch
-import torch
 
 from qr_core import DecomposeSettings, captured_energy, decompose, select_targets
-from qr_core.world_model import ASSET
+from qr_core.world.model import ASSET
 
 
 @pytest.fixture(scope="module")

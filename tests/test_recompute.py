@@ -48,7 +48,7 @@ def delta_grads(m: nn.Module, recompute: bool) -> list[torch.Tensor]:
                                                           regex=r"^0$"), DecomposeSettings(rank=4))
     adapter = QRAdapter(basis)
     with torch.no_grad():
-        adapter.delta[0].normal_(0, 0.1, generator=torch.Generator().manual_seed(1))
+        adapter.down[0].normal_(0, 0.1, generator=torch.Generator().manual_seed(1))
     x = torch.randn(5, 16, generator=torch.Generator().manual_seed(2))
     ctx = recomputed_in_backward(m) if recompute else wrapped_forwards([], lambda f: f)
     with adapter.attached(m), frozen(m), ctx:

@@ -7,14 +7,14 @@ from pathlib import Path
 import pytest
 import torch
 
-from qr_core import world
+from qr_core.world import scenes
 from qr_core.cache import get_basis
 from qr_core.decompose import DecomposeSettings
 from qr_core.targets import select_targets
 from qr_core.training import TrainSettings
-from qr_core.world_encoder import Scorer, load_encoder
-from qr_core.world_model import ASSET, encode, flow_loss, generate, load_world_model
-from qr_core.world_tasks import content_task, patched_model, train_lora, train_qr
+from qr_core.world.encoder import Scorer, load_encoder
+from qr_core.world.model import ASSET, encode, flow_loss, generate, load_world_model
+from qr_core.world.tasks import content_task, patched_model, train_lora, train_qr
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -29,28 +29,28 @@ def one_thread():
 
 
 def test_world_is_deterministic_and_splits_held_out_concepts():
-    a, pa, sa = world.batch(range(6))
-    b, pb, sb = world.batch(range(6))
+    a, pa, sa = scenes.batch(range(6))
+    b, pb, sb = scenes.batch(range(6))
     assert torch.equal(a, b) and pa == pb and sa == sb
-    assert a.shape == (6, 3, world.SIZE, world.SIZE) and a.min() >= -1 and a.max() <= 1
-    assert not set(world.HELD_OUT_SHAPES) & set(world.SEEN_SHAPES)
-    assert not set(world.HELD_OUT_STYLES) & set(world.SEEN_STYLES)
-    seen = {(s.shape, s.style) for s in world.batch(range(200))[2]}
-    assert all(sh in world.SEEN_SHAPES and st in world.SEEN_STYLES for sh, st in seen)
-    imgs = torch.stack([world.render(s, "crimson") for s in world.SHAPES])
-    assert (imgs[:, None] - imgs[None]).abs().flatten(2).amax(-1).add(torch.eye(len(world.SHAPES))).min() > 0.5
-    assert world.prompt_for("heart", "tiger") == "a heart in tiger style"
+    assert a.shape == (6, 3, scenes.SIZE, scenes.SIZE) and a.min() >= -1 and a.max() <= 1
+    assert not set(scenes.HELD_OUT_SHAPES) & set(scenes.SEEN_SHAPES)
+    assert not set(scenes.HELD_OUT_STYLES) & set(scenes.SEEN_STYLES)
+    seen = {(s.shape, s.style) for s in scenes.batch(range(200))[2]}
+    assert all(sh in scenes.SEEN_SHAPES and st in scenes.SEEN_STYLES for sh, st in seen)
+    imgs = torch.stack([scenes.render(s, "crimson") for s in scenes.SHAPES])
+    assert (imgs[:, None] - imgs[None]).abs().flatten(2).amax(-1).add(torch.eye(len(scenes.SHAPES))).min() > 0.5
+    assert scenes.prompt_for("heart", "tiger") == "a heart in tiger style"
     e = encode(["a heart", "a heart"])
     assert torch.equal(e[0], e[1]) and not torch.equal(e[0], encode(["a star"])[0])
 
 
 def test_shipped_encoder_knows_the_world():
     enc = load_encoder()
-    x, _, samples = world.batch(range(-64, 0), shapes=world.SHAPES, styles=tuple(world.STYLES))
+    x, _, samples = scenes.batch(range(-64, 0), shapes=scenes.SHAPES, styles=tuple(scenes.STYLES))
     with torch.no_grad():
         ls, lt = enc(x)
-    assert (ls.argmax(1) == torch.tensor([world.SHAPES.index(s.shape) for s in samples])).float().mean() > 0.9
-    assert (lt.argmax(1) == torch.tensor([list(world.STYLES).index(s.style) for s in samples])).float().mean() > 0.9
+    assert (ls.argmax(1) == torch.tensor([scenes.SHAPES.index(s.shape) for s in samples])).float().mean() > 0.9
+    assert (lt.argmax(1) == torch.tensor([list(scenes.STYLES).index(s.style) for s in samples])).float().mean() > 0.9
 
 
 def test_shipped_model_draws_the_prompted_shape():
@@ -62,10 +62,10 @@ def test_shipped_model_draws_the_prompted_shape():
     a, b = "a moon in mint style", "a ring in mint style"
     imgs = generate(model, [a] * 4 + [b] * 4, seed=0, steps=16)
     _, _, p_shape, p_style = scorer.embed(imgs)
-    mo, ri = world.SHAPES.index("moon"), world.SHAPES.index("ring")
+    mo, ri = scenes.SHAPES.index("moon"), scenes.SHAPES.index("ring")
     assert p_shape[:4, mo].mean() > p_shape[4:, mo].mean() + 0.3
     assert p_shape[4:, ri].mean() > p_shape[:4, ri].mean() + 0.3
-    assert p_style[:, list(world.STYLES).index("mint")].mean() > 0.8
+    assert p_style[:, list(scenes.STYLES).index("mint")].mean() > 0.8
 
 
 def test_short_fine_tune_lowers_the_loss_for_both_adapters():
@@ -105,8 +105,8 @@ def test_disentangle_benchmark_runs_at_a_tiny_setting(tmp_path):
 
 
 def test_pretraining_resume_state_round_trips_without_pickles(tmp_path):
-    from qr_core.mini_flux import MiniFlux
-    from qr_core.world_model import load_resume_state, save_resume_state
+    from qr_core.world.mini_flux import MiniFlux
+    from qr_core.world.model import load_resume_state, save_resume_state
     from qr_testing import TINY
 
     torch.manual_seed(0)

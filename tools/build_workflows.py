@@ -330,7 +330,6 @@ NOTE_MERGE = ("Step 4 — merge and generate: W' = W + Q(λc·ΔR_content + λs�
 
 def train_merge(info: dict, arch: str) -> dict:
     wf = Workflow(info)
-    a = ARCHS[arch]
     tag = {"sdxl": "sdxl", "sd35": "sd35", "flux": "flux", "flux_fp8": "flux_fp8"}[arch]
     model, clip, vae, lnodes = loaders(wf, arch, 0, 0)
     d = decompose(wf, model, 0, 520)
@@ -344,7 +343,7 @@ def train_merge(info: dict, arch: str) -> dict:
     ts, snodes = train_branch(wf, arch, "style", base_model, basis, clip, vae, 480, 820, "style_reference.png",
                               STYLE_PROMPT, "<s> style", f"{tag}_style")
     wf.group("Step 3 · Style ΔR: 'a cat in <s> style'", snodes, GROUP_COLORS["style"])
-    note2 = wf.node("Note", (1680, 0), text=NOTE_TRAIN.format(px=TRAIN_PX, every=TRAIN["save_every"]), size=[340, 280])
+    wf.node("Note", (1680, 0), text=NOTE_TRAIN.format(px=TRAIN_PX, every=TRAIN["save_every"]), size=[340, 280])
     merge = wf.node("QRLoRAMergeDeltas", (1680, 820), {"lambda_content": 1.0, "lambda_style": 1.0,
                                                        "lambda_extra_1": 1.0, "lambda_extra_2": 1.0,
                                                        "allow_mixed_bases": False}, title="Merge ΔR (λc, λs)")

@@ -2,30 +2,15 @@
 
 from __future__ import annotations
 
-import pytest
 
 from comfyui_location import skip_or_fail_without_comfyui
 
 skip_or_fail_without_comfyui("the tests against ComfyUI's runtime")
 
-import importlib.util  # noqa: E402
-
+import comfy_models  # noqa: E402  (this folder: the one builder of random-weight ComfyUI models)
 import torch  # noqa: E402
 
-from qr_comfyui_runtime import PACK_DIR  # noqa: E402
-
 CPU = torch.device("cpu")
-
-
-def _load_models_module():
-    """bench/comfy_bench.py, the one builder of random-weight ComfyUI models (benchmarks and tests)."""
-    spec = importlib.util.spec_from_file_location("qr_lora_comfy_models", PACK_DIR / "bench" / "comfy_bench.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-comfy_models = _load_models_module()
 
 
 def tiny_model(arch: str, seed: int = 0, dtype=torch.float32, compute_dtype=None, **changes):
@@ -82,13 +67,8 @@ def diffusion_weights(model) -> dict[str, torch.Tensor]:
 
 
 def random_delta(pack, basis, seed: int, name: str, scale: float = 0.05):
-    """A ΔR in `basis` with random entries (what training would produce, without the wait)."""
-    qr_core = pack.module("qr_core")
-    g = torch.Generator().manual_seed(seed)
-    delta = {t.name: torch.randn(basis.rank, basis.targets.shapes[t.key][1], generator=g) * scale
-             for t in basis.targets}
-    return qr_core.QRDelta(basis.targets, basis.rank, dict(basis.q), delta, basis.fingerprint,
-                           basis.weights_fingerprint, name=name)
+    """qr_core's random ΔR, from the pack's own qr_core (its classes are the ones the nodes check)."""
+    return pack.module("qr_core.delta").random_delta(basis, seed, scale, name)
 
 
 def scaled_fp8_checkpoint(arch: str = "sd3", seed: int = 0, scale: float = 2.0):
@@ -126,7 +106,7 @@ def scaled_fp8_checkpoint(arch: str = "sd3", seed: int = 0, scale: float = 2.0):
 def triangular_in_official_basis(pack, model, delta) -> bool:
     """Whether every ΔR of a triangular run is upper-triangular in the official basis Q·O of its target."""
     rotation = pack.module("qr_core.adapter").official_rotation
-    get = pack.module("nodes.bridge").base_weight_getter(model)
+    get = pack.module("nodes.services.model_weights").base_weight_getter(model)
     for t in delta.targets:
         w = get(t.key).float()
         coords = rotation(delta.q[t.name], w[t.rows(w.shape[0])]).T @ delta.delta[t.name]

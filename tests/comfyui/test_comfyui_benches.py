@@ -7,7 +7,6 @@ import os
 import subprocess
 import sys
 
-import pytest
 
 from comfyui_location import skip_or_fail_without_comfyui
 

@@ -21,7 +21,7 @@ def test_decompose_covers_the_preset_and_second_run_hits_the_cache(pack, arch):
     model = tiny_model(arch, seed=11)
     basis, passthrough, text = run(pack, model)
     assert passthrough is model
-    shapes = pack.module("nodes.bridge").model_shapes(model)
+    shapes = pack.module("nodes.services.model_weights").model_shapes(model)
     assert basis.arch == arch
     assert basis.targets.names() == qr_core.select_targets(shapes, "paper").names()
     assert "cache miss" in text
@@ -49,7 +49,7 @@ def test_fused_weights_are_split_into_q_k_v_slices(pack):
 def test_custom_regex_and_bad_regex(pack):
     basis, _, _ = run(pack, tiny_model("sd15"), preset="custom", regex=r"attn1\.to_q", cache=False)
     assert basis.targets.names() and all("attn1.to_q" in n for n in basis.targets.names())
-    with pytest.raises(Exception, match="regular expression"):
+    with pytest.raises(pack.module("qr_core").TargetError, match="regular expression"):
         run(pack, tiny_model("sd15"), preset="custom", regex="(", cache=False)
 
 
@@ -68,7 +68,7 @@ def test_decompose_reads_base_weights_before_patches(pack):
 
 
 def test_fp8_weights_are_read_as_stored_and_decomposed_in_fp32(pack):
-    get_weight = pack.module("nodes.bridge").base_weight_getter
+    get_weight = pack.module("nodes.services.model_weights").base_weight_getter
     fp32 = tiny_model("flux", seed=5)
     fp8 = tiny_model("flux", seed=5, dtype=torch.float8_e4m3fn)
     key = "double_blocks.0.img_attn.qkv.weight"

@@ -22,7 +22,7 @@ def ks_to_uniform(samples: torch.Tensor) -> float:
 
 @pytest.mark.parametrize("arch", ["flux", "sd3"])
 def test_uniform_draws_unshifted_sigma_on_flow_models(pack, arch):
-    trainer = pack.module("nodes.trainer")
+    trainer = pack.module("nodes.services.trainer")
     ms = tiny_model(arch).model.model_sampling
     torch.manual_seed(0)
     uniform = trainer.sample_sigmas(ms, 4000, "uniform", "cpu")
@@ -34,7 +34,7 @@ def test_uniform_draws_unshifted_sigma_on_flow_models(pack, arch):
 
 
 def test_uniform_draws_uniform_timesteps_on_eps_models(pack):
-    trainer = pack.module("nodes.trainer")
+    trainer = pack.module("nodes.services.trainer")
     ms = tiny_model("sd15").model.model_sampling
     torch.manual_seed(0)
     timesteps = ms.timestep(trainer.sample_sigmas(ms, 4000, "uniform", "cpu")).float() / 999

@@ -6,7 +6,6 @@ import os
 import subprocess
 import sys
 
-import pytest
 
 import comfy_env  # noqa: F401  (skips the module without ComfyUI)
 

@@ -84,7 +84,7 @@ def test_non_finite_loss_stops_with_clear_error(pack):
     latent, cond = latent_and_cond("sd15")
     with torch.inference_mode():
         latent["samples"][0, 0, 0, 0] = float("nan")
-    with torch.inference_mode(), pytest.raises(Exception, match="learning rate|NaN"):
+    with torch.inference_mode(), pytest.raises(pack.module("qr_core").NonFiniteLossError, match="learning rate|NaN"):
         pack.node("QRLoRATrainDelta").execute(model, basis, latent, cond, **dict(TRAIN_DEFAULTS, steps=3))
     assert hooks_left(model) == 0
 

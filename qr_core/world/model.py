@@ -1,20 +1,18 @@
 """The small text-to-image flow model of the procedural world: config, loading, flow loss, sampler, pretraining.
 
 The model is a `MiniFlux` (FLUX layout, ComfyUI key names, fused qkv) on
-32×32 RGB pixels, conditioned on `world.encode_prompts`. It is trained with
+32×32 RGB pixels, conditioned on `scenes.encode_prompts`. It is trained with
 the rectified-flow objective of SD3/FLUX (x_t = (1−t)·x0 + t·noise, regress
 the velocity noise − x0, t logit-normal) with 10 % empty prompts, so it
 samples with classifier-free guidance. The shipped weights
 (`assets/world_model.safetensors`) are the EMA weights written by
-`pretrain()` (`bench/pretrain_world_model.py`); their metadata records the
+`pretrain()` (`tools/pretrain_world_model.py`); their metadata records the
 command, machine, steps and seed.
 """
 
 from __future__ import annotations
 
 import json
-import math
-import platform
 import sys
 import time
 from dataclasses import dataclass
@@ -23,18 +21,19 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from . import world
-from .files import atomic_save, load_tensors
+from . import scenes
+from ..files import atomic_save, load_tensors
+from ..machine import describe_machine
 from .mini_flux import MiniFlux, MiniFluxConfig
 
 ASSET = Path(__file__).parent / "assets" / "world_model.safetensors"
 
 WORLD_CONFIG = MiniFluxConfig(in_channels=3, patch=4, hidden=128, heads=4, mlp_ratio=4.0, depth=2, depth_single=2,
-                              context_dim=32, latent_size=world.SIZE, vec_in_dim=32)
+                              context_dim=32, latent_size=scenes.SIZE, vec_in_dim=32)
 
 
 def encode(prompts, config: MiniFluxConfig = WORLD_CONFIG) -> torch.Tensor:
-    return world.encode_prompts(prompts, config.context_dim)
+    return scenes.encode_prompts(prompts, config.context_dim)
 
 
 def load_world_model(path: str | Path = ASSET) -> tuple[MiniFlux, dict]:
@@ -103,13 +102,6 @@ class PretrainSettings:
     threads: int = 1  # one thread per process is much faster than two on a shared 2-core VM
 
 
-def machine() -> str:
-    import os
-
-    return (f"{platform.platform()}, {platform.processor() or platform.machine()}, {os.cpu_count()} logical CPUs, "
-            f"torch {torch.__version__}, python {sys.version.split()[0]}")
-
-
 def pretrain(out: str | Path, s: PretrainSettings = PretrainSettings(), config: MiniFluxConfig = WORLD_CONFIG,
              checkpoint: str | Path | None = None, log=print, sample_every: int = 500, command: str = "") -> Path:
     """Train the world model from scratch (or resume `checkpoint`) and write its EMA weights to `out`.
@@ -132,16 +124,16 @@ def pretrain(out: str | Path, s: PretrainSettings = PretrainSettings(), config: 
         log(f"resumed from {ckpt_path} at step {start}")
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    shapes, styles = world.SEEN_SHAPES, world.SEEN_STYLES
-    probe = [world.prompt_for(sh, st) for sh, st in zip(shapes, styles)]
+    shapes, styles = scenes.SEEN_SHAPES, scenes.SEEN_STYLES
+    probe = [scenes.prompt_for(sh, st) for sh, st in zip(shapes, styles)]
     t0, losses = time.perf_counter(), []
 
     def write(step: int):
         meta = {"config": json.dumps(config.to_json()), "steps": str(step), "seed": str(s.seed),
-                "settings": json.dumps(s.__dict__), "command": command, "machine": machine(),
+                "settings": json.dumps(s.__dict__), "command": command, "machine": describe_machine(),
                 "objective": "rectified flow (SD3/FLUX): v = noise - x0, t ~ logit-normal(0, 1), 10% empty prompts",
                 "weights": f"EMA {s.ema}", "world": json.dumps({"seen_shapes": shapes, "seen_styles": styles,
-                                                                 "size": world.SIZE}),
+                                                                 "size": scenes.SIZE}),
                 "train_seconds": f"{prior_seconds + time.perf_counter() - t0:.0f}"}
         save_file({k: v.contiguous() for k, v in ema.items()}, str(out), meta)
         save_resume_state(ckpt_path, model, ema, opt, step, prior_seconds + time.perf_counter() - t0)
@@ -150,7 +142,7 @@ def pretrain(out: str | Path, s: PretrainSettings = PretrainSettings(), config: 
     for step in range(start, s.steps):
         g = torch.Generator().manual_seed(s.seed * 1_000_003 + step)
         seeds = torch.randint(2**31 - 1, (s.batch,), generator=g).tolist()
-        x0, prompts, _ = world.batch(seeds, shapes=shapes, styles=styles)
+        x0, prompts, _ = scenes.batch(seeds, shapes=shapes, styles=styles)
         lr = s.lr * min(1.0, (step + 1) / s.warmup)
         if 0 < s.decay_start <= step:
             lr *= (s.steps - step) / (s.steps - s.decay_start)
@@ -174,16 +166,16 @@ def pretrain(out: str | Path, s: PretrainSettings = PretrainSettings(), config: 
                 m = MiniFlux(config).eval()
                 m.load_state_dict(ema)
                 imgs = generate(m, probe, seed=0)
-                world.save_png(world.image_grid(imgs, len(probe), scale=3), str(out) + f".step{step + 1}.png")
+                scenes.save_png(scenes.image_grid(imgs, len(probe), scale=3), str(out) + f".step{step + 1}.png")
             log(f"wrote {out} at step {step + 1}")
     return out
 
 
 def sample_sheet(model, path, seed: int = 0, steps: int = 24, guidance: float = 3.0) -> torch.Tensor:
     """One sample per (seen style row, seen shape column) of "a <shape> in <style> style"; writes a PNG."""
-    prompts = [world.prompt_for(sh, st) for st in world.SEEN_STYLES for sh in world.SEEN_SHAPES]
+    prompts = [scenes.prompt_for(sh, st) for st in scenes.SEEN_STYLES for sh in scenes.SEEN_SHAPES]
     imgs = generate(model, prompts, seed=seed, steps=steps, guidance=guidance)
-    world.save_png(world.image_grid(imgs, len(world.SEEN_SHAPES), scale=3), path)
+    scenes.save_png(scenes.image_grid(imgs, len(scenes.SEEN_SHAPES), scale=3), path)
     return imgs
 
 

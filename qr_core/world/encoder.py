@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import world
+from . import scenes
 
 ASSET = Path(__file__).parent / "assets" / "world_encoder.safetensors"
 
@@ -36,8 +36,8 @@ class WorldEncoder(nn.Module):
         self.trunk = nn.Sequential(block(3, w), nn.AvgPool2d(2), block(w, 2 * w), nn.AvgPool2d(2), block(2 * w, 2 * w))
         self.content_proj = nn.Sequential(nn.Flatten(), nn.Linear(2 * w * 8 * 8, feat), nn.SiLU())
         self.style_proj = nn.Sequential(nn.AdaptiveAvgPool2d(2), nn.Flatten(), nn.Linear(2 * w * 4, feat), nn.SiLU())
-        self.shape_head = nn.Linear(feat, len(world.SHAPES))
-        self.style_head = nn.Linear(feat, len(world.STYLES))
+        self.shape_head = nn.Linear(feat, len(scenes.SHAPES))
+        self.style_head = nn.Linear(feat, len(scenes.STYLES))
 
     def features(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         h = self.trunk(x)
@@ -78,13 +78,13 @@ def train_encoder(out: str | Path = ASSET, steps: int = 1500, batch: int = 48, l
     torch.manual_seed(seed)
     enc = WorldEncoder()
     opt = torch.optim.AdamW(enc.parameters(), lr=lr, weight_decay=1e-4)
-    shape_ix = {s: i for i, s in enumerate(world.SHAPES)}
-    style_ix = {s: i for i, s in enumerate(world.STYLES)}
-    kw = dict(shapes=world.SHAPES, styles=tuple(world.STYLES))
+    shape_ix = {s: i for i, s in enumerate(scenes.SHAPES)}
+    style_ix = {s: i for i, s in enumerate(scenes.STYLES)}
+    kw = dict(shapes=scenes.SHAPES, styles=tuple(scenes.STYLES))
     t0 = time.perf_counter()
     for step in range(steps):
         g = torch.Generator().manual_seed(seed * 7919 + step + 10**6)
-        x, _, samples = world.batch(torch.randint(2**31 - 1, (batch,), generator=g).tolist(), **kw)
+        x, _, samples = scenes.batch(torch.randint(2**31 - 1, (batch,), generator=g).tolist(), **kw)
         ys = torch.tensor([shape_ix[s.shape] for s in samples])
         yt = torch.tensor([style_ix[s.style] for s in samples])
         lr_now = lr * 0.5 * (1 + torch.cos(torch.tensor(step / steps * 3.14159))).item()
@@ -98,7 +98,7 @@ def train_encoder(out: str | Path = ASSET, steps: int = 1500, batch: int = 48, l
         if (step + 1) % 100 == 0:
             log(f"encoder step {step + 1}/{steps} loss {loss.item():.3f}")
     enc.eval()
-    x, _, samples = world.batch(range(-1000, -500), **kw)  # seeds never used in training
+    x, _, samples = scenes.batch(range(-1000, -500), **kw)  # seeds never used in training
     with torch.no_grad():
         ls, lt = enc(x)
     acc = {"shape": float((ls.argmax(1) == torch.tensor([shape_ix[s.shape] for s in samples])).float().mean()),
@@ -110,7 +110,7 @@ def train_encoder(out: str | Path = ASSET, steps: int = 1500, batch: int = 48, l
         Path(out).parent.mkdir(parents=True, exist_ok=True)
         save_file({k: v.contiguous() for k, v in enc.state_dict().items()}, str(out),
                   {"info": json.dumps(info), "command": "python -m qr_core.world_encoder",
-                   "shapes": json.dumps(world.SHAPES), "styles": json.dumps(list(world.STYLES))})
+                   "shapes": json.dumps(scenes.SHAPES), "styles": json.dumps(list(scenes.STYLES))})
     return enc, info
 
 
@@ -135,7 +135,7 @@ class Scorer:
         c, s, ps, pt = self.embed(images)
         cr, _, _, _ = self.embed(content_ref[None] if content_ref.ndim == 3 else content_ref)
         _, sr, _, _ = self.embed(style_ref[None] if style_ref.ndim == 3 else style_ref)
-        i, j = world.SHAPES.index(shape), list(world.STYLES).index(style)
+        i, j = scenes.SHAPES.index(shape), list(scenes.STYLES).index(style)
         return {"content_sim": float((c @ cr[0]).mean()), "style_sim": float((s @ sr[0]).mean()),
                 "p_shape": float(ps[:, i].mean()), "p_style": float(pt[:, j].mean()),
                 "shape_acc": float((ps.argmax(1) == i).float().mean()),

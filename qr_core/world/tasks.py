@@ -15,22 +15,21 @@ same steps, LR, optimiser, data and noise) on the same targets:
 from __future__ import annotations
 
 import math
-import time
 from collections import defaultdict
 from dataclasses import dataclass, field
 
 import torch
 from torch import nn
 
-from . import world
-from .adapter import QRAdapter, frozen
-from .basis import Basis
-from .delta import QRDelta
-from .merge import merge
+from . import scenes
+from ..adapter import QRAdapter, frozen
+from ..basis import Basis
+from ..delta import QRDelta
+from ..merge import add_to_weights, merge
 from .mini_flux import MiniFlux
-from .targets import Target, TargetSet
-from .training import TrainSettings, train
-from .world_model import encode, flow_loss, generate
+from ..targets import TargetSet
+from ..training import TrainSettings, train
+from .model import encode, flow_loss, generate
 
 
 @dataclass(frozen=True)
@@ -39,25 +38,25 @@ class Task:
     shape: str
     style: str
     prompt: str
-    pose: world.Pose
+    pose: scenes.Pose
 
     @property
     def image(self) -> torch.Tensor:
-        return world.render(self.shape, self.style, self.pose)
+        return scenes.render(self.shape, self.style, self.pose)
 
 
 def content_task(shape: str, ref_style: str = "sketch", pose_seed: int = 0) -> Task:
-    return Task("content", shape, ref_style, world.prompt_for(shape, None),
-                world.random_pose(torch.Generator().manual_seed(10_000 + pose_seed)))
+    return Task("content", shape, ref_style, scenes.prompt_for(shape, None),
+                scenes.random_pose(torch.Generator().manual_seed(10_000 + pose_seed)))
 
 
 def style_task(style: str, ref_shape: str = "circle", pose_seed: int = 0) -> Task:
-    return Task("style", ref_shape, style, world.prompt_for(ref_shape, style),
-                world.random_pose(torch.Generator().manual_seed(20_000 + pose_seed)))
+    return Task("style", ref_shape, style, scenes.prompt_for(ref_shape, style),
+                scenes.random_pose(torch.Generator().manual_seed(20_000 + pose_seed)))
 
 
 def merged_prompt(content: Task, style: Task) -> str:
-    return world.prompt_for(content.shape, style.style)
+    return scenes.prompt_for(content.shape, style.style)
 
 
 def task_loss_fn(model: MiniFlux, task: Task, seed: int, batch: int = 4):
@@ -74,17 +73,16 @@ class LoRAAdapter(nn.Module):
     def __init__(self, targets: TargetSet, rank: int, seed: int = 0):
         super().__init__()
         self.targets, self.rank = list(targets), rank
-        self.shapes = targets.shapes
         g = torch.Generator().manual_seed(seed)
         self.down = nn.ParameterList()
         self.up = nn.ParameterList()
         for t in self.targets:
-            rows, cols = self.shapes[t.key]
+            rows, cols = targets.shape(t)
             a = torch.empty(rank, cols)
             bound = 1 / math.sqrt(cols)  # kaiming_uniform_(a=√5), PEFT's lora_A init
             a.uniform_(-bound, bound, generator=g)
             self.down.append(nn.Parameter(a))
-            self.up.append(nn.Parameter(torch.zeros(t.size if t.is_slice else rows, rank)))
+            self.up.append(nn.Parameter(torch.zeros(rows, rank)))
         self._handles = []
 
     def trainable(self):
@@ -146,7 +144,7 @@ def train_qr(model: MiniFlux, basis: Basis, task: Task, settings: TrainSettings,
     with frozen(model), adapter.attached(model):
         res = train(adapter.trainable(), task_loss_fn(model, task, data_seed), settings, on_step)
     d = adapter.to_delta(trigger_words=task.prompt, training=settings.to_json(), name=task.kind)
-    extra = {"q": {t.name: adapter.q[i].detach().clone() for i, t in enumerate(adapter.targets)}} if mode == "qr" else {}
+    extra = {"q": {t.name: adapter.up[i].detach().clone() for i, t in enumerate(adapter.targets)}} if mode == "qr" else {}
     return Trained(qr_updates(d), res.losses, res.seconds, d.num_params(), delta=d, extra=extra)
 
 
@@ -164,15 +162,9 @@ def train_lora(model: MiniFlux, targets: TargetSet, rank: int, task: Task, setti
 
 def patched_model(model: MiniFlux, targets: TargetSet, parts: list[tuple[dict[str, torch.Tensor], float]]) -> MiniFlux:
     """A copy of `model` with W + Σ λ·ΔW for the (updates, λ) in `parts` (merge by addition)."""
-    state = {k: v.clone() for k, v in model.state_dict().items()}
     by_name = {t.name: t for t in targets}
-    for updates, lam in parts:
-        if lam == 0:
-            continue
-        for name, dw in updates.items():
-            t: Target = by_name[name]
-            w = state[t.key]
-            w[t.rows(w.shape[0])] += lam * dw.to(w.dtype)
+    state = add_to_weights(model.state_dict(), ((by_name[name], lam * dw) for updates, lam in parts if lam != 0
+                                                for name, dw in updates.items()))
     m = MiniFlux(model.config).eval()
     m.load_state_dict(state)
     return m
@@ -180,12 +172,6 @@ def patched_model(model: MiniFlux, targets: TargetSet, parts: list[tuple[dict[st
 
 def sample_images(model: MiniFlux, prompt: str, n: int, seed: int, steps: int = 24, guidance: float = 3.0):
     return generate(model, [prompt] * n, seed=seed, steps=steps, guidance=guidance)
-
-
-def timed(fn, *a, **kw):
-    t0 = time.perf_counter()
-    out = fn(*a, **kw)
-    return out, time.perf_counter() - t0
 
 
 def ziplora_merge(model: MiniFlux, targets: TargetSet, content: Trained, style: Trained, content_task_: Task,

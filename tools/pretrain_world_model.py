@@ -1,6 +1,6 @@
-"""Pretrain the world's text-to-image flow model and write qr_core/assets/world_model.safetensors.
+"""Pretrain the world's text-to-image flow model and write qr_core/world/assets/world_model.safetensors.
 
-    python bench/pretrain_world_model.py --steps 5000 --decay-start 2500 --seed 0 --threads 1
+    python tools/pretrain_world_model.py --steps 5000 --decay-start 2500 --seed 0 --threads 1
 
 Resumable: rerunning continues from `<out>.ckpt` (safetensors, not committed). The EMA
 weights at the last step are written to --out with the command, the machine,
@@ -17,7 +17,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from qr_core.world_model import ASSET, PretrainSettings, pretrain  # noqa: E402
+from qr_core.world.model import ASSET, PretrainSettings, pretrain  # noqa: E402
 
 
 def main(argv=None):
@@ -36,7 +36,7 @@ def main(argv=None):
     p.add_argument("--sample-every", type=int, default=500)
     a = p.parse_args(argv)
     s = PretrainSettings(a.steps, a.batch, a.lr, a.warmup, a.ema, a.decay_start, a.seed, a.threads)
-    command = "python bench/pretrain_world_model.py " + " ".join(
+    command = "python tools/pretrain_world_model.py " + " ".join(
         shlex.quote(x) for x in (argv if argv is not None else sys.argv[1:]) if not x.startswith("--out"))
     pretrain(a.out, s, sample_every=a.sample_every, command=command,
              log=lambda m: print(m, flush=True))

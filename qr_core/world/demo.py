@@ -1,8 +1,8 @@
 """`python -m qr_core demo`: the whole QR-LoRA job on the shipped world model, in under a minute on 2 CPU cores.
 
 The base model is the small FLUX-layout text-to-image flow model pretrained
-on the procedural world (`qr_core/assets/world_model.safetensors`, see
-`world_model.py`). The demo picks a held-out shape as the new content `<c>`
+on the procedural world (`qr_core/world/assets/world_model.safetensors`, see
+`model.py`). The demo picks a held-out shape as the new content `<c>`
 and a held-out style as `<s>`, decomposes the model (cold, then warm from the
 basis cache), trains a content ΔR on one image ("a <c>") and a style ΔR on one
 image ("a <shape> in <s> style"), merges them at (λc, λs) = (1, 1), exports the
@@ -21,16 +21,16 @@ from pathlib import Path
 
 import torch
 
-from . import world
-from .analysis import delta_similarity, summarize
-from .cache import BasisCache, get_basis
-from .decompose import DecomposeSettings
-from .files import load_tensors
-from .merge import export_lora, merge
-from .targets import select_targets
-from .training import TrainSettings
-from .world_model import load_world_model
-from .world_tasks import content_task, merged_prompt, patched_model, sample_images, style_task, train_qr
+from . import scenes
+from ..analysis import delta_similarity, summarize
+from ..cache import BasisCache, get_basis
+from ..decompose import DecomposeSettings
+from ..files import load_tensors
+from ..merge import add_to_weights, export_lora, merge
+from ..targets import select_targets
+from ..training import TrainSettings
+from .model import load_world_model
+from .tasks import content_task, merged_prompt, patched_model, sample_images, style_task, train_qr
 
 CONTENT = ("heart", "sketch")  # held-out shape <c>, and the seen style its reference is painted in
 STYLE = ("tiger", "circle")  # held-out style <s>, and the seen shape its reference shows
@@ -70,10 +70,10 @@ def loss_curve_png(curves: dict[str, list[float]], path: Path, width: int = 480,
 def run_demo(out_dir: str | Path = "qr_lora_demo", steps: int = 150, rank: int = 16, lr: float = 5e-3,
              lambdas: tuple[float, float] = (1.0, 1.0), seed: int = 0, samples: int = 4, sample_steps: int = 20,
              log=print) -> dict:
+    """The whole job: decompose (cold, then warm), train a content and a style ΔR, merge, export and reload a
+    LoRA, sample and score; writes pictures, report.json and report.md into `out_dir`."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    cache_dir = out / "basis_cache"
-    shutil.rmtree(cache_dir, ignore_errors=True)  # the demo shows a cold start, then a warm one
     t_all = time.perf_counter()
     model, meta = load_world_model()
     weights = dict(model.state_dict())
@@ -81,8 +81,44 @@ def run_demo(out_dir: str | Path = "qr_lora_demo", steps: int = 150, rank: int =
                               "config": model.config.to_json(), "pretrained": {k: meta.get(k) for k in
                                                                                 ("steps", "seed", "command", "machine")}}}
     timings = report["timings_s"] = {}
-
     targets = select_targets({k: v.shape for k, v in weights.items()}, "paper")
+    basis = decompose_twice(weights, targets, rank, seed, out / "basis_cache", timings, log)
+
+    tasks = {"content": content_task(*CONTENT, pose_seed=seed), "style": style_task(*STYLE, pose_seed=seed)}
+    prompt = merged_prompt(tasks["content"], tasks["style"])
+    report["tasks"] = {k: {"prompt": t.prompt, "shape": t.shape, "style": t.style} for k, t in tasks.items()}
+    report["merged_prompt"] = prompt
+    trained = train_both(model, basis, tasks, TrainSettings(steps=steps, lr=lr, seed=seed), out, report, log)
+    deltas = {kind: t.delta for kind, t in trained.items()}
+
+    t0 = time.perf_counter()
+    terms = merge([deltas["content"], deltas["style"]], list(lambdas))
+    timings["merge"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    report["lora_reload_max_abs_error"] = export_and_reload_error(weights, targets, terms, lambdas, out)
+    timings["export_and_reload"] = time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    panel = sample_pictures(model, targets, tasks, trained, lambdas, samples, sample_steps, seed, out, report)
+    timings["sampling"] = time.perf_counter() - t0
+    score_samples(panel, tasks, report)
+
+    sims = delta_similarity(deltas["content"], deltas["style"])
+    report["delta_r_cosine"] = {**summarize(sims), "per_target": sims}
+    in_out = [targets.shape(t)[::-1] for t in targets]
+    report["params"] = {"delta_r_per_adapter": deltas["content"].num_params(),
+                        "lora_same_rank": sum(rank * (i + o) for i, o in in_out), "targets": len(targets), "rank": rank}
+    timings["total"] = time.perf_counter() - t_all
+    (out / "report.json").write_text(json.dumps(report, indent=1))
+    text = format_report(report, out)
+    (out / "report.md").write_text("```\n" + text.strip() + "\n```\n")
+    log(text)
+    return report
+
+
+def decompose_twice(weights: dict, targets, rank: int, seed: int, cache_dir: Path, timings: dict, log):
+    """The basis from a cold cache, then again from the warm one: what a second ComfyUI run sees."""
+    shutil.rmtree(cache_dir, ignore_errors=True)
     settings = DecomposeSettings(rank=rank, method="exact", seed=seed)
     cache = BasisCache(cache_dir)
     basis = get_basis(weights.__getitem__, targets, settings, cache)
@@ -92,53 +128,48 @@ def run_demo(out_dir: str | Path = "qr_lora_demo", steps: int = 150, rank: int =
     timings["decompose_warm"] = time.perf_counter() - t0
     log(f"decomposed {targets.describe()} at rank {rank}: cold {basis.seconds:.2f} s ({basis.cache_status}), "
         f"warm {timings['decompose_warm']:.2f} s ({warm.cache_status})")
+    return basis
 
-    tasks = {"content": content_task(*CONTENT, pose_seed=seed), "style": style_task(*STYLE, pose_seed=seed)}
-    prompt = merged_prompt(tasks["content"], tasks["style"])
-    report["tasks"] = {k: {"prompt": t.prompt, "shape": t.shape, "style": t.style} for k, t in tasks.items()}
-    report["merged_prompt"] = prompt
-    trained, deltas = {}, {}
+
+def train_both(model, basis, tasks: dict, settings: TrainSettings, out: Path, report: dict, log) -> dict:
+    """One ΔR per task, saved as delta_<kind>.safetensors; loss curves into the report and loss_curves.png."""
+    trained = {}
     for i, (kind, task) in enumerate(tasks.items()):
-        ts = TrainSettings(steps=steps, lr=lr, seed=seed)
-        trained[kind] = train_qr(model, basis, task, ts, data_seed=seed + i)
-        deltas[kind] = trained[kind].delta
-        deltas[kind].save(out / f"delta_{kind}.safetensors")
-        timings[f"train_{kind}"] = trained[kind].seconds
+        trained[kind] = train_qr(model, basis, task, settings, data_seed=settings.seed + i)
+        trained[kind].delta.save(out / f"delta_{kind}.safetensors")
+        report["timings_s"][f"train_{kind}"] = trained[kind].seconds
         losses = trained[kind].losses
         k = max(1, min(20, len(losses) // 4))
         report[f"loss_curve_{kind}"] = losses
-        log(f"trained {kind} ΔR on \"{task.prompt}\" ({steps} steps): loss {sum(losses[:k]) / k:.4f} → "
+        log(f"trained {kind} ΔR on \"{task.prompt}\" ({settings.steps} steps): loss {sum(losses[:k]) / k:.4f} → "
             f"{sum(losses[-k:]) / k:.4f} in {trained[kind].seconds:.1f} s")
     loss_curve_png({k: v.losses for k, v in trained.items()}, out / "loss_curves.png")
+    return trained
 
-    t0 = time.perf_counter()
-    terms = merge([deltas["content"], deltas["style"]], list(lambdas))
-    timings["merge"] = time.perf_counter() - t0
+
+def export_and_reload_error(weights: dict, targets, terms, lambdas, out: Path) -> float:
+    """Export the merge as a LoRA, reload it with nothing but LoRA arithmetic (as a stock loader does) and
+    return the largest difference to the exact W + Q·ΣλΔR."""
     lora_path = export_lora(terms, targets.shapes, "flux", out / "merged_lora.safetensors",
                             sources=["delta_content", "delta_style"], weights=lambdas)
-
-    # Reload the exported LoRA with nothing but LoRA arithmetic, as a stock loader does.
-    t0 = time.perf_counter()
     lora, _ = load_tensors(lora_path)
-    merged_weights = dict(weights)
+    reloaded = dict(weights)
     for key in targets.shapes:
         stem = "diffusion_model." + key[: -len(".weight")]
         up, down = lora[f"{stem}.lora_up.weight"].float(), lora[f"{stem}.lora_down.weight"].float()
         scale = float(lora[f"{stem}.alpha"]) / down.shape[0]
-        merged_weights[key] = weights[key] + scale * up @ down
-    timings["export_and_reload"] = time.perf_counter() - t0
-    exact = dict(weights)
-    for term in terms:
-        w = exact[term.target.key].clone()
-        w[term.target.rows(w.shape[0])] += term.dense()
-        exact[term.target.key] = w
-    report["lora_reload_max_abs_error"] = max(float((merged_weights[k] - exact[k]).abs().max()) for k in targets.shapes)
+        reloaded[key] = weights[key] + scale * up @ down
+    exact = add_to_weights(weights, ((term.target, term.dense()) for term in terms))
+    return max(float((reloaded[k] - exact[k]).abs().max()) for k in targets.shapes)
 
-    # Images: references, base, content only, style only, merged, λ grid.
-    t0 = time.perf_counter()
+
+def sample_pictures(model, targets, tasks: dict, trained: dict, lambdas, samples: int, sample_steps: int, seed: int,
+                    out: Path, report: dict) -> list[torch.Tensor]:
+    """References, base, content only, style only, merged and the λ grid as PNGs; returns the sample rows."""
+    prompt = report["merged_prompt"]
     uc, us = trained["content"].updates, trained["style"].updates
     refs = torch.stack([tasks["content"].image, tasks["style"].image])
-    world.save_png(world.image_grid(refs, 2, scale=4), out / "references.png")
+    scenes.save_png(scenes.image_grid(refs, 2, scale=4), out / "references.png")
     rows = {
         f"base model: {prompt}": (model, prompt),
         f"content ΔR: {tasks['content'].prompt}": (patched_model(model, targets, [(uc, 1.0)]), tasks["content"].prompt),
@@ -149,44 +180,35 @@ def run_demo(out_dir: str | Path = "qr_lora_demo", steps: int = 150, rank: int =
     panel = []
     for name, (label, (m, p)) in zip(names, rows.items()):
         imgs = sample_images(m, p, samples, seed=1000 + seed, steps=sample_steps)
-        world.save_png(world.image_grid(imgs, samples, scale=4), out / f"{name}.png")
+        scenes.save_png(scenes.image_grid(imgs, samples, scale=4), out / f"{name}.png")
         panel.append(imgs)
-    world.labeled_rows([refs, *panel], ["references: content \"" + tasks["content"].prompt + "\", style \""
+    scenes.labeled_rows([refs, *panel], ["references: content \"" + tasks["content"].prompt + "\", style \""
                                         + tasks["style"].prompt + "\"", *rows], scale=3).save(out / "overview.png")
     grid = []
     for ls in LAMBDAS:
         for lc in LAMBDAS:
             m = patched_model(model, targets, [(uc, lc), (us, ls)])
             grid.append(sample_images(m, prompt, 1, seed=1000 + seed, steps=sample_steps)[0])
-    world.save_png(world.image_grid(torch.stack(grid), len(LAMBDAS), scale=4), out / "lambda_grid.png")
-    timings["sampling"] = time.perf_counter() - t0
+    scenes.save_png(scenes.image_grid(torch.stack(grid), len(LAMBDAS), scale=4), out / "lambda_grid.png")
     report["images"] = {"references.png": "content reference, style reference",
                         **{f"{n}.png": label for n, label in zip(names, rows)},
                         "overview.png": "references, then base, content only, style only, merged (labelled rows)",
                         "lambda_grid.png": f"rows λs = {LAMBDAS}, columns λc = {LAMBDAS}, prompt \"{prompt}\"",
                         "loss_curves.png": "training loss of both ΔR"}
-    try:  # scores from the world encoder, when its weights are shipped
-        from .world_encoder import Scorer
+    return panel
+
+
+def score_samples(panel: list[torch.Tensor], tasks: dict, report: dict) -> None:
+    """The world encoder's scores of the merged and the base samples, when its weights are shipped."""
+    try:
+        from .encoder import Scorer
 
         scorer = Scorer()
-        report["scores_merged"] = scorer.score(panel[3], tasks["content"].image, tasks["style"].image,
-                                               tasks["content"].shape, tasks["style"].style)
-        report["scores_base"] = scorer.score(panel[0], tasks["content"].image, tasks["style"].image,
-                                             tasks["content"].shape, tasks["style"].style)
     except FileNotFoundError:
-        pass
-
-    sims = delta_similarity(deltas["content"], deltas["style"])
-    report["delta_r_cosine"] = {**summarize(sims), "per_target": sims}
-    in_out = [(targets.shapes[t.key][1], (t.size if t.is_slice else targets.shapes[t.key][0])) for t in targets]
-    report["params"] = {"delta_r_per_adapter": deltas["content"].num_params(),
-                        "lora_same_rank": sum(rank * (i + o) for i, o in in_out), "targets": len(targets), "rank": rank}
-    timings["total"] = time.perf_counter() - t_all
-    (out / "report.json").write_text(json.dumps(report, indent=1))
-    text = format_report(report, out)
-    (out / "report.md").write_text("```\n" + text.strip() + "\n```\n")
-    log(text)
-    return report
+        return
+    c, s = tasks["content"], tasks["style"]
+    report["scores_merged"] = scorer.score(panel[3], c.image, s.image, c.shape, s.style)
+    report["scores_base"] = scorer.score(panel[0], c.image, s.image, c.shape, s.style)
 
 
 def format_report(r: dict, out: Path) -> str:

@@ -1,8 +1,9 @@
-"""Random-weight models built from ComfyUI's own classes, and the runtime with the pack loaded.
+"""Test fixture: random-weight models built from ComfyUI's own classes, and the runtime with the pack loaded.
 
-Shared by the ComfyUI benchmarks (bench/train_step.py, bench/merge_reapply.py:
-run as scripts, so this folder is on sys.path) and the tests
-(tests/comfyui/comfy_env.py and the live tests' node pack load it by path).
+Used by the tests here (comfy_env), the live tests' node pack (which runs
+inside ComfyUI's server process and loads it by path) and the ComfyUI
+benchmarks (bench/train_step.py, bench/merge_reapply.py put this folder on
+their path: they are scripts, not a package).
 Sizes: "tiny" (the tests': seconds on a CPU, every target kind of the real
 architecture), "small" (CPU benchmarks), "full" (the released models' shapes).
 """
@@ -14,7 +15,7 @@ import os
 import sys
 from pathlib import Path
 
-PACK_DIR = Path(__file__).resolve().parents[1]
+PACK_DIR = Path(__file__).resolve().parents[2]
 
 _TINY_UNET = dict(use_linear_in_transformer=True, use_temporal_attention=False, use_temporal_resblock=False,
                   in_channels=4, out_channels=4, num_res_blocks=[1, 1], channel_mult=[1, 2], transformer_depth=[1, 1],
@@ -66,14 +67,6 @@ CLASSES = {"sd15": "SD15", "sdxl": "SDXL", "sd3": "SD3", "flux": "Flux"}  # in c
 # Applied after the class's unet_extra_config, which would otherwise win: SDXL fixes 64 channels
 # per head, which would leave the 32-channel tiny UNet with none.
 HEAD_OVERRIDES = {("sdxl", "tiny"): {"num_head_channels": 16, "num_heads": -1}}
-
-
-def machine_name(device: str) -> str:
-    if device == "cuda":
-        import torch
-
-        return "cuda-" + torch.cuda.get_device_name().lower().replace(" ", "-")
-    return f"cpu-{os.cpu_count()}core"
 
 
 def comfy_setup(device: str, model_folders: dict[str, Path] | None = None):

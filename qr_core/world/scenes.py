@@ -21,6 +21,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from ..errors import SettingError
+
 SIZE = 32
 
 SHAPES = ("circle", "square", "triangle", "diamond", "cross", "ring", "hexagon", "moon", "heart", "star", "arrow")
@@ -126,7 +128,7 @@ def shape_mask(shape: str, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         shaft = (y.abs() <= 0.2) & (x >= -0.95) & (x <= 0.2)
         head = (x >= 0.1) & (x <= 0.95) & (y.abs() <= 0.75 * (0.95 - x) / 0.85 + 0.02)
         return shaft | head
-    raise ValueError(f"unknown shape {shape!r}; known: {SHAPES}")
+    raise SettingError(f"unknown shape {shape!r}; known: {SHAPES}")
 
 
 def _pattern(kind: str, x, y, period: float, angle: float, phase: float) -> torch.Tensor:

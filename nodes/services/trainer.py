@@ -22,9 +22,9 @@ import comfy.model_sampling
 import comfy.samplers
 import comfy_extras.nodes_custom_sampler
 
-from ..qr_core import QRAdapter, TrainResult, TrainSettings, frozen, train
-from ..qr_core.recompute import recomputed_in_backward, wrapped_forwards
-from . import bridge
+from ...qr_core import QRAdapter, TrainResult, TrainSettings, frozen, train
+from ...qr_core.recompute import recomputed_in_backward, wrapped_forwards
+from .model_weights import release_inference_tensors
 from .training_runtime import differentiable_model_code, weights_need_recompute
 
 TIMESTEP_SAMPLING = ("uniform", "logit-normal", "shifted schedule")
@@ -215,7 +215,7 @@ class QRTrainSampler(comfy.samplers.Sampler):
                 losses.append(forward([i] * draws))
             return torch.stack(losses).mean()
 
-        bridge.release_inference_tensors(base)
+        release_inference_tensors(base)
         recompute = recomputed_in_backward if self.recompute_weights else (lambda _: contextlib.nullcontext())
         with self.adapter.attached(base.diffusion_model), frozen(base), differentiable_model_code(), \
                 recompute(base.diffusion_model), \

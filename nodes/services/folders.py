@@ -1,0 +1,77 @@
+"""ComfyUI's model folders for the pack: models/qr_lora (ΔR files, the basis cache in bases/) and models/loras."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import folder_paths
+
+FOLDER = "qr_lora"
+BASES_SUBFOLDER = "bases"
+EXTENSIONS = {".safetensors"}
+
+
+def register_folders() -> None:
+    """Register models/qr_lora with an explicit extension set.
+
+    `add_model_folder_path` would register an empty set, which matches every
+    file; a path configured earlier (extra_model_paths.yaml, tests) is kept.
+    """
+    entry = folder_paths.folder_names_and_paths.get(FOLDER)
+    if entry is None:
+        default = os.path.join(folder_paths.models_dir, FOLDER)
+        folder_paths.folder_names_and_paths[FOLDER] = ([default], set(EXTENSIONS))
+    elif not entry[1]:
+        folder_paths.folder_names_and_paths[FOLDER] = (entry[0], set(EXTENSIONS))
+
+
+def delta_folder() -> Path:
+    return Path(folder_paths.get_folder_paths(FOLDER)[0])
+
+
+def basis_cache_dir() -> Path:
+    return delta_folder() / BASES_SUBFOLDER
+
+
+def delta_file_names() -> list[str]:
+    """ΔR files for the Load ΔR picker; the basis cache lives in a subfolder and is not offered."""
+    names = folder_paths.get_filename_list(FOLDER)
+    return [n for n in names if not n.replace("\\", "/").startswith(BASES_SUBFOLDER + "/")]
+
+
+def _inside(root: Path, candidate: Path) -> bool:
+    try:
+        candidate.relative_to(root)
+        return True
+    except ValueError:
+        return False
+
+
+def output_path(folder_name: str, name: str) -> Path:
+    """The file a save name denotes inside a model folder; refuses names that leave the folder."""
+    clean = name.strip()
+    if not clean:
+        raise ValueError("the save name is empty: type a file name such as 'my_style'.")
+    if not clean.lower().endswith(".safetensors"):
+        clean += ".safetensors"
+    root = Path(folder_paths.get_folder_paths(folder_name)[0]).resolve()
+    path = (root / clean).resolve()
+    if os.path.isabs(clean) or not _inside(root, path) or path == root:
+        raise ValueError(f"the name {name!r} points outside models/{folder_name}: "
+                         "use a plain file name (subfolders inside it are fine).")
+    return path
+
+
+def input_path(folder_name: str, name: str) -> Path:
+    """An existing file inside a model folder; refuses names that resolve outside every registered path."""
+    for root in folder_paths.get_folder_paths(folder_name):
+        root = Path(root).resolve()
+        path = (root / name).resolve()
+        if not _inside(root, path):
+            raise ValueError(f"the file name {name!r} points outside models/{folder_name}: "
+                             "pick a file from the list.")
+        if path.is_file():
+            return path
+    raise FileNotFoundError(f"{name!r} is not in models/{folder_name}: pick a file from the list "
+                            "(refresh the page after copying new files).")

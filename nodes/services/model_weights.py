@@ -1,0 +1,79 @@
+"""A ComfyUI model's base weights and shapes as qr_core reads them, and what it takes to train on them."""
+
+from __future__ import annotations
+
+from typing import Callable, Iterable
+
+import torch
+
+import comfy.model_patcher
+
+from ...qr_core import Basis, QRDelta, detect_architecture
+
+DIFFUSION_PREFIX = "diffusion_model."
+
+
+def model_shapes(model) -> dict[str, tuple[int, ...]]:
+    """Diffusion-model state-dict keys (without the prefix) to shapes."""
+    return {k: tuple(v.shape) for k, v in model.model.diffusion_model.state_dict().items()}
+
+
+def model_arch(model) -> str | None:
+    return detect_architecture(model_shapes(model).keys())
+
+
+def base_weight_getter(model) -> Callable[[str], torch.Tensor]:
+    """get_weight(key) for qr_core: the weight as loaded, before any patch.
+
+    Patched weights are read from the patcher's backups (what unpatching
+    restores). A weight is returned as stored (fp8 included: qr_core casts the
+    rows it uses, and fingerprints sample it without a full copy); scaled-fp8
+    layers go through their own `convert_weight`, the conversion ComfyUI
+    applies before patching, and come back in fp32.
+    """
+    def get(key: str) -> torch.Tensor:
+        full = DIFFUSION_PREFIX + key
+        weight, _, convert = comfy.model_patcher.get_key_weight(model.model, full)
+        if full in model.backup:
+            weight = model.backup[full].weight
+        if full in model.hook_backup:
+            weight = model.hook_backup[full][0]
+        if convert is None:
+            return weight.detach()
+        with torch.no_grad():  # a reading: never part of a graph, whatever the layer's flags say
+            return convert(weight.to(torch.float32, copy=True), inplace=True)
+    return get
+
+
+def check_fits(items: Iterable[QRDelta | Basis], model) -> None:
+    """Refuse ΔR or bases made for another architecture or model size (the model's shapes are read once)."""
+    shapes = model_shapes(model)
+    arch = detect_architecture(shapes.keys())
+    for item in items:
+        item.check_model(shapes, arch)
+
+
+def release_inference_tensors(module: torch.nn.Module) -> int:
+    """Replace inference-mode parameters and buffers by ordinary copies with the same values.
+
+    ComfyUI loads models inside torch.inference_mode(); autograd can neither
+    save such tensors for backward nor index them, even when they need no
+    gradient. Swapping `.data` is not enough (the tensor object keeps no
+    version counter), so the module entries themselves are replaced, one
+    tensor at a time; the copies are bit-identical. Returns the count.
+    Tensor subclasses (ComfyUI ≥ 0.8's QuantizedTensor) stay: the forward
+    dequantizes them into fresh tensors, and a copy made outside inference
+    mode would keep inference-mode data inside a wrapper that no longer says so.
+    """
+    count = 0
+    with torch.inference_mode(False), torch.no_grad():
+        for mod in module.modules():
+            for name, p in list(mod._parameters.items()):
+                if p is not None and p.is_inference() and type(p) is torch.nn.Parameter:
+                    mod._parameters[name] = torch.nn.Parameter(p.clone(), requires_grad=p.requires_grad)
+                    count += 1
+            for name, b in list(mod._buffers.items()):
+                if b is not None and b.is_inference():
+                    mod._buffers[name] = b.clone()
+                    count += 1
+    return count

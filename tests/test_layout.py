@@ -1,0 +1,54 @@
+"""The layers stay where the README's layout section puts them (read from the code's imports)."""
+
+import ast
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+FRONT_ENDS = {"cli.py", "__main__.py"}  # the command line may offer the world's demo
+
+
+def imports(path: Path) -> set[str]:
+    """Every module a file imports, relative ones as written (leading dots kept)."""
+    out = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom):
+            base = "." * node.level + (node.module or "")
+            out.add(base)
+            out.update(f"{base}.{a.name}" if node.module else f"{base}{a.name}" for a in node.names)
+        elif isinstance(node, ast.Import):
+            out.update(a.name for a in node.names)
+    return out
+
+
+def test_the_engine_imports_neither_the_world_nor_comfyui():
+    engine = [p for p in (ROOT / "qr_core").glob("*.py") if p.name not in FRONT_ENDS]
+    assert len(engine) > 10
+    for path in engine:
+        bad = {m for m in imports(path) if m.startswith(".world") or m.split(".")[0] in ("comfy", "folder_paths",
+                                                                                        "nodes", "comfy_api")}
+        assert not bad, f"{path.name} imports {bad}"
+
+
+def test_no_node_file_imports_another_node_file():
+    node_files = {p.stem for p in (ROOT / "nodes").glob("*_node*.py")}
+    assert len(node_files) >= 6
+    for name in node_files:
+        sideways = {m for m in imports(ROOT / "nodes" / f"{name}.py") if m.lstrip(".").split(".")[0] in node_files}
+        assert not sideways, f"nodes/{name}.py imports {sideways}"
+
+
+def test_qr_core_raises_only_its_own_errors():
+    for path in (ROOT / "qr_core").rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Raise) and isinstance(node.exc, ast.Call) and isinstance(node.exc.func, ast.Name):
+                assert node.exc.func.id not in ("ValueError", "RuntimeError", "TypeError", "KeyError"), \
+                    f"{path.relative_to(ROOT)}:{node.lineno} raises {node.exc.func.id}: raise a QRLoRAError instead"
+
+
+def test_the_readme_layout_names_every_module():
+    text = (ROOT / "README.md").read_text()
+    block = text.split("## Layout", 1)[1].split("```")[1]
+    for folder in ("nodes", "nodes/services", "qr_core"):
+        for path in (ROOT / folder).glob("*.py"):
+            if path.name not in ("__init__.py", "__main__.py"):
+                assert path.name in block, f"README's layout section does not name {folder}/{path.name}"
