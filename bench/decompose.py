@@ -44,7 +44,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import sys
 import tempfile
 import time
 import zlib
@@ -52,17 +51,13 @@ from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
+import torch
 
-import torch  # noqa: E402
-
-from qr_core.cache import BasisCache, get_basis  # noqa: E402
-from qr_core.decompose import DecomposeSettings, captured_energy, decompose  # noqa: E402
-from qr_core.machine import machine_info  # noqa: E402
-from qr_core.fingerprint import fingerprint_weights  # noqa: E402
-from qr_core.targets import TargetSet, select_targets  # noqa: E402
+from qr_core.cache import BasisCache, get_basis
+from qr_core.decompose import DecomposeSettings, captured_energy, decompose
+from qr_core.fingerprint import fingerprint_weights
+from qr_core.machine import machine_info
+from qr_core.targets import TargetSet, select_targets
 
 SETS = ("sdxl", "sd3", "flux")
 
@@ -299,6 +294,115 @@ class Options:
     log: callable
 
 
+def sample_layers(groups: dict, n: int) -> dict:
+    """Per shape, n layers evenly spaced in its group (all of them when the group is small)."""
+    samples = {}
+    for shp, ts in groups.items():
+        k = min(n, len(ts))
+        idx = sorted({round(i * (len(ts) - 1) / max(k - 1, 1)) for i in range(k)}) if k > 1 else [0]
+        samples[shp] = [ts[i] for i in idx]
+    return samples
+
+
+def warm_up(src, targets: TargetSet, samples: dict, fast, exact, dev) -> list[str]:
+    """Untimed runs: kernels, LAPACK / cuSOLVER handles and the allocator's buffers of each shape (the first
+    large allocation of a size costs page faults on the CPU). Exact is warmed up per shape on a GPU and for
+    shapes up to 1536x1536 on the CPU (larger CPU SVDs take minutes). Returns the shapes exact warmed up."""
+    warm_exact = []
+    for (m, n), ts in samples.items():
+        one = subset(targets, ts[:1])
+        decompose(src, one, fast, device=dev)
+        if dev.type == "cuda" or m * n * min(m, n) <= 1536**3:
+            decompose(src, one, exact, device=dev)
+            warm_exact.append(f"{m}x{n}")
+    torch.linalg.svd(torch.randn(64, 64, device=dev))
+    return warm_exact
+
+
+def time_per_layer(name: str, src, targets: TargetSet, groups: dict, samples: dict, fast, exact, warm_exact,
+                   o: Options) -> tuple[dict, dict]:
+    """Exact and fast on each sampled layer alone, alternating, fastest of o.repeats; (per-shape rows, exact σ)."""
+    dev = o.device
+    per_shape, exact_sigma = {}, {}
+    for (m, n), ts in samples.items():
+        rows = {"count": len(groups[(m, n)]), "sampled": len(ts), "exact_warmed_up": f"{m}x{n}" in warm_exact,
+                "exact_s": [], "fast_s": [], "exact_cpu_s": [], "fast_cpu_s": [], "energy_ratio": []}
+        for t in ts:
+            one = subset(targets, [t])
+            te = ce = tf = cf = math.inf
+            for _ in range(o.repeats):  # alternate exact and fast; keep each one's fastest run
+                te_i, ce_i, (qe, se) = timed(dev, lambda: decompose(src, one, exact, device=dev))
+                tf_i, cf_i, (qf, _) = timed(dev, lambda: decompose(src, one, fast, device=dev))
+                te, ce, tf, cf = min(te, te_i), min(ce, ce_i), min(tf, tf_i), min(cf, cf_i)
+            w = src(t.key)[t.rows(src(t.key).shape[0])].to(dev, torch.float32)
+            ratio = (captured_energy(qf[t.name].to(dev), w) / se[t.name].to(dev).square().sum()).item()
+            exact_sigma[t.name] = se[t.name]
+            for k, v in (("exact_s", te), ("fast_s", tf), ("exact_cpu_s", ce), ("fast_cpu_s", cf),
+                         ("energy_ratio", ratio)):
+                rows[k].append(v)
+            o.log(f"[{name}] {m}x{n} {t.name}: exact {te:.3f} s, fast {tf:.4f} s, energy ratio {ratio:.5f}")
+        # Layers of one shape do the same work, and noise from other processes only adds time: the
+        # estimate per layer is the fastest sample (min), for exact and fast alike. Medians are kept.
+        for k in ("exact_s", "fast_s", "exact_cpu_s", "fast_cpu_s"):
+            rows[k + "_median"] = median(rows[k])
+            rows[k + "_min"] = min(rows[k])
+        rows["est_exact_total_s"] = rows["exact_s_min"] * rows["count"]
+        rows["est_fast_total_s"] = rows["fast_s_min"] * rows["count"]
+        per_shape[f"{m}x{n}"] = rows
+    return per_shape, exact_sigma
+
+
+def time_batched(src, targets: TargetSet, groups: dict, samples: dict, fast, whole: bool, per_shape: dict,
+                 o: Options) -> dict:
+    """The library's path on the whole set when it was built, else each shape's sampled layers stacked and
+    extrapolated by that shape's count."""
+    dev = o.device
+    if whole:
+        runs = [timed(dev, lambda: decompose(src, targets, fast, device=dev, max_batch_bytes=o.max_batch_bytes))
+                for _ in range(o.repeats)]
+        t_b, _, (qb, _) = min(runs, key=lambda x: x[0])
+        return {"set": targets, "q": qb, "measured_s": t_b, "total_s": t_b, "cpu_s": min(r[1] for r in runs),
+                "extrapolated": False}
+    sampled = [t for ts in samples.values() for t in ts]
+    out = {"set": subset(targets, sampled), "q": {}, "measured_s": 0.0, "total_s": 0.0, "cpu_s": 0.0,
+           "extrapolated": True}
+    for (m, n), ts in samples.items():
+        part = subset(targets, ts)
+        runs = [timed(dev, lambda: decompose(src, part, fast, device=dev, max_batch_bytes=o.max_batch_bytes))
+                for _ in range(o.repeats)]
+        tp, _, (qp, _) = min(runs, key=lambda x: x[0])
+        out["q"].update(qp)
+        per_shape[f"{m}x{n}"]["fast_batched_sampled_s"] = tp
+        out["measured_s"] += tp
+        out["total_s"] += tp * len(groups[(m, n)]) / len(ts)
+        out["cpu_s"] += min(r[1] for r in runs) * len(groups[(m, n)]) / len(ts)
+    return out
+
+
+def fingerprint_and_cache(name: str, src, targets: TargetSet, fast, whole: bool, res: dict, o: Options) -> None:
+    """Fingerprint time and a cold then warm get_basis into a temporary cache (sets built whole only)."""
+    dev = o.device
+    if whole:
+        keys = list(targets.shapes)
+        res["fingerprint_s"], _, _ = timed(dev, lambda: fingerprint_weights(src, keys))
+        o.log(f"[{name}] fingerprint of {len(keys)} weights: {res['fingerprint_s']:.3f} s")
+    else:
+        res["skipped"].append("fingerprint (set not built whole)")
+    if whole and o.cache:
+        with tempfile.TemporaryDirectory(prefix="qr-bench-cache-") as d:
+            cache = BasisCache(d)
+            res["cache_cold_s"], _, b1 = timed(dev, lambda: get_basis(src, targets, fast, cache, dev))
+            res["cache_warm_s"], _, b2 = timed(dev, lambda: get_basis(src, targets, fast, cache, dev))
+            res["cache_cold_status"], res["cache_warm_status"] = b1.cache_status, b2.cache_status
+            res["cache_file_MB"] = round(sum(p.stat().st_size for p in Path(d).glob("*.safetensors")) / 2**20, 1)
+        o.log(f"[{name}] cache: cold {res['cache_cold_s']:.2f} s ({b1.cache_status}), "
+              f"warm {res['cache_warm_s']:.3f} s ({b2.cache_status})")
+    elif not whole:
+        res["skipped"].append("cache (set not built whole)")
+    else:
+        res["skipped"].append("cache (not run for this set on this device)")
+
+
 def run_set(name: str, shapes: dict, o: Options) -> dict:
     log, dev = o.log, o.device
     load0 = loadavg()
@@ -313,90 +417,19 @@ def run_set(name: str, shapes: dict, o: Options) -> dict:
     whole = need <= o.budget
     log(f"[{name}] {targets.describe()}; {len(groups)} shapes; weights {need / 2**30:.2f} GiB "
         f"{'built whole' if whole else 'over budget: sampled layers only'}")
-
-    # Sampled layers: evenly spaced in each shape group (all of them when the group is small).
-    samples = {}
-    for shp, ts in groups.items():
-        k = min(o.samples, len(ts))
-        idx = sorted({round(i * (len(ts) - 1) / max(k - 1, 1)) for i in range(k)}) if k > 1 else [0]
-        samples[shp] = [ts[i] for i in idx]
+    samples = sample_layers(groups, o.samples)
     sampled = [t for ts in samples.values() for t in ts]
-
     src = SyntheticWeights(targets, dev, o.dtype, o.decay, o.seed)
     t_gen, _, _ = timed(dev, lambda: src.materialize(targets.shapes if whole else {t.key for t in sampled}))
     log(f"[{name}] generated weights in {t_gen:.1f} s")
 
-    # Warm-up, untimed: kernels, LAPACK / cuSOLVER handles and the allocator's buffers of each shape
-    # (the first large allocation of a size costs page faults on the CPU). Exact is warmed up per
-    # shape on a GPU and for shapes up to 1536x1536 on the CPU (larger CPU SVDs take minutes).
-    warm_exact = []
-    for (m, n), ts in samples.items():
-        one = subset(targets, ts[:1])
-        decompose(src, one, fast, device=dev)
-        if dev.type == "cuda" or m * n * min(m, n) <= 1536**3:
-            decompose(src, one, exact, device=dev)
-            warm_exact.append(f"{m}x{n}")
-    warm = torch.randn(64, 64, device=dev)
-    torch.linalg.svd(warm)
-
-    cpu = dev.type == "cpu"
-    per_shape, worst, worst_batched_nominal = {}, 1.0, 1.0
-    exact_sigma = {}
-    for (m, n), ts in samples.items():
-        rows = {"count": len(groups[(m, n)]), "sampled": len(ts), "exact_warmed_up": f"{m}x{n}" in warm_exact,
-                "exact_s": [], "fast_s": [], "exact_cpu_s": [], "fast_cpu_s": [], "energy_ratio": []}
-        for t in ts:
-            one = subset(targets, [t])
-            te = ce = tf = cf = math.inf
-            for _ in range(o.repeats):  # alternate exact and fast; keep each one's fastest run
-                te_i, ce_i, (qe, se) = timed(dev, lambda: decompose(src, one, exact, device=dev))
-                tf_i, cf_i, (qf, _) = timed(dev, lambda: decompose(src, one, fast, device=dev))
-                te, ce, tf, cf = min(te, te_i), min(ce, ce_i), min(tf, tf_i), min(cf, cf_i)
-            w = src(t.key)[t.rows(src(t.key).shape[0])].to(dev, torch.float32)
-            ratio = (captured_energy(qf[t.name].to(dev), w) / se[t.name].to(dev).square().sum()).item()
-            exact_sigma[t.name] = se[t.name]
-            rows["exact_s"].append(te)
-            rows["fast_s"].append(tf)
-            rows["exact_cpu_s"].append(ce)
-            rows["fast_cpu_s"].append(cf)
-            rows["energy_ratio"].append(ratio)
-            worst = min(worst, ratio)
-            log(f"[{name}] {m}x{n} {t.name}: exact {te:.3f} s, fast {tf:.4f} s, energy ratio {ratio:.5f}")
-        # Layers of one shape do the same work, and noise from other processes only adds time: the
-        # estimate per layer is the fastest sample (min), for exact and fast alike. Medians are kept.
-        for k in ("exact_s", "fast_s", "exact_cpu_s", "fast_cpu_s"):
-            rows[k + "_median"] = median(rows[k])
-            rows[k + "_min"] = min(rows[k])
-        rows["est_exact_total_s"] = rows["exact_s_min"] * rows["count"]
-        rows["est_fast_total_s"] = rows["fast_s_min"] * rows["count"]
-        per_shape[f"{m}x{n}"] = rows
-
-    # Fast batched: the whole set when it was built, else each shape's sampled layers stacked
-    # and extrapolated by that shape's count.
-    if whole:
-        batched_set = targets
-        runs = [timed(dev, lambda: decompose(src, targets, fast, device=dev, max_batch_bytes=o.max_batch_bytes))
-                for _ in range(o.repeats)]
-        t_b, c_b, (qb, _) = min(runs, key=lambda x: x[0])
-        batched_total, batched_cpu, batched_extrap = t_b, min(r[1] for r in runs), False
-        del runs
-    else:
-        batched_set = subset(targets, sampled)
-        qb, t_b, batched_total, batched_cpu = {}, 0.0, 0.0, 0.0
-        for (m, n), ts in samples.items():
-            part = subset(targets, ts)
-            runs = [timed(dev, lambda: decompose(src, part, fast, device=dev, max_batch_bytes=o.max_batch_bytes))
-                    for _ in range(o.repeats)]
-            tp, cp, (qp, _) = min(runs, key=lambda x: x[0])
-            cp = min(r[1] for r in runs)
-            del runs
-            qb.update(qp)
-            per_shape[f"{m}x{n}"]["fast_batched_sampled_s"] = tp
-            t_b += tp
-            batched_total += tp * len(groups[(m, n)]) / len(ts)
-            batched_cpu += cp * len(groups[(m, n)]) / len(ts)
-        batched_extrap = True
+    warm_exact = warm_up(src, targets, samples, fast, exact, dev)
+    per_shape, exact_sigma = time_per_layer(name, src, targets, groups, samples, fast, exact, warm_exact, o)
+    worst = min([1.0] + [r for rows in per_shape.values() for r in rows["energy_ratio"]])
+    batched = time_batched(src, targets, groups, samples, fast, whole, per_shape, o)
+    batched_set, qb = batched["set"], batched["q"]
     # Every batched Q against the known (nominal) spectrum: covers all layers, not just the sampled ones.
+    worst_batched_nominal = 1.0
     for t in batched_set:
         m, n = batched_set.shape(t)
         w = src(t.key)[t.rows(src(t.key).shape[0])].to(dev, torch.float32)
@@ -404,16 +437,14 @@ def run_set(name: str, shapes: dict, o: Options) -> dict:
         worst_batched_nominal = min(worst_batched_nominal, (captured_energy(qb[t.name].to(dev), w) / ref).item())
     for t in sampled:  # batched Q of the sampled layers against their exact σ
         w = src(t.key)[t.rows(src(t.key).shape[0])].to(dev, torch.float32)
-        r = (captured_energy(qb[t.name].to(dev), w) / exact_sigma[t.name].to(dev).square().sum()).item()
-        worst = min(worst, r)
-    log(f"[{name}] fast batched: {t_b:.3f} s on {len(batched_set)} targets"
-        + (f" -> est. {batched_total:.2f} s for {len(targets)}" if batched_extrap else ""))
+        worst = min(worst, (captured_energy(qb[t.name].to(dev), w) / exact_sigma[t.name].to(dev).square().sum()).item())
+    log(f"[{name}] fast batched: {batched['measured_s']:.3f} s on {len(batched_set)} targets"
+        + (f" -> est. {batched['total_s']:.2f} s for {len(targets)}" if batched["extrapolated"] else ""))
 
     est_exact = sum(r["est_exact_total_s"] for r in per_shape.values())
     est_fast = sum(r["est_fast_total_s"] for r in per_shape.values())
     est_exact_cpu = sum(r["exact_cpu_s_min"] * r["count"] for r in per_shape.values())
     est_fast_cpu = sum(r["fast_cpu_s_min"] * r["count"] for r in per_shape.values())
-    extrapolated = any(r["sampled"] < r["count"] for r in per_shape.values())
     res = {
         "label": LABELS.get(name, name), "arch": targets.arch, "preset": targets.preset,
         "fast_settings": fast.to_json(), "samples_per_shape": o.samples, "repeats": o.repeats,
@@ -421,48 +452,29 @@ def run_set(name: str, shapes: dict, o: Options) -> dict:
         "params_M": round(sum(m * n for m, n in (targets.shape(t) for t in targets)) / 1e6, 1),
         "stored_weights_GiB": round(need / 2**30, 2), "built_whole": whole, "generate_s": t_gen,
         "per_shape": per_shape,
-        "extrapolated": extrapolated,
+        "extrapolated": any(r["sampled"] < r["count"] for r in per_shape.values()),
         "est_exact_per_layer_total_s": est_exact,
         "est_fast_per_layer_total_s": est_fast,
-        "fast_batched_total_s": batched_total,
-        "fast_batched_measured_s": t_b,
+        "fast_batched_total_s": batched["total_s"],
+        "fast_batched_measured_s": batched["measured_s"],
         "fast_batched_measured_layers": len(batched_set),
-        "fast_batched_extrapolated": batched_extrap,
+        "fast_batched_extrapolated": batched["extrapolated"],
         "speedup_per_layer": est_exact / est_fast,
-        "speedup_batched": est_exact / batched_total,
+        "speedup_batched": est_exact / batched["total_s"],
         "date_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "loadavg_start": load0,
         "worst_energy_ratio": worst,
         # Process CPU time (all threads): the work done, but on a shared CPU inflated too (OpenMP
         # threads spin while descheduled). Meaningless on a GPU (host waits), so null there.
-        "cpu_time": None if not cpu else {
+        "cpu_time": None if dev.type != "cpu" else {
             "est_exact_per_layer_total_s": est_exact_cpu, "est_fast_per_layer_total_s": est_fast_cpu,
-            "fast_batched_total_s": batched_cpu, "speedup_batched": est_exact_cpu / batched_cpu,
+            "fast_batched_total_s": batched["cpu_s"], "speedup_batched": est_exact_cpu / batched["cpu_s"],
             "speedup_per_layer": est_exact_cpu / est_fast_cpu},
         "worst_energy_ratio_batched_vs_nominal": worst_batched_nominal,
         "energy_ratio_layers": len(sampled),
         "fingerprint_s": None, "cache_cold_s": None, "cache_warm_s": None, "cache_warm_status": None,
         "skipped": [],
     }
-
-    if whole:
-        keys = list(targets.shapes)
-        res["fingerprint_s"], _, _ = timed(dev, lambda: fingerprint_weights(src, keys))
-        log(f"[{name}] fingerprint of {len(keys)} weights: {res['fingerprint_s']:.3f} s")
-    else:
-        res["skipped"].append("fingerprint (set not built whole)")
-    if whole and o.cache:
-        with tempfile.TemporaryDirectory(prefix="qr-bench-cache-") as d:
-            cache = BasisCache(d)
-            res["cache_cold_s"], _, b1 = timed(dev, lambda: get_basis(src, targets, fast, cache, dev))
-            res["cache_warm_s"], _, b2 = timed(dev, lambda: get_basis(src, targets, fast, cache, dev))
-            res["cache_cold_status"], res["cache_warm_status"] = b1.cache_status, b2.cache_status
-            res["cache_file_MB"] = round(sum(p.stat().st_size for p in Path(d).glob("*.safetensors")) / 2**20, 1)
-        log(f"[{name}] cache: cold {res['cache_cold_s']:.2f} s ({b1.cache_status}), "
-            f"warm {res['cache_warm_s']:.3f} s ({b2.cache_status})")
-    elif not whole:
-        res["skipped"].append("cache (set not built whole)")
-    else:
-        res["skipped"].append("cache (not run for this set on this device)")
+    fingerprint_and_cache(name, src, targets, fast, whole, res, o)
     res["loadavg_end"] = loadavg()
     src.drop()
     if dev.type == "cuda":
@@ -619,7 +631,7 @@ def parse_args(argv=None):
     ap.add_argument("--repeats", type=int, default=None,
                     help="runs of each timed layer and of the batched set; the fastest counts "
                          "(default 2 on the CPU, where other processes add noise; 3 on a GPU; 1 with --quick)")
-    ap.add_argument("--out-dir", default=str(ROOT / "bench" / "results"))
+    ap.add_argument("--out-dir", default=str(Path(__file__).resolve().parent / "results"))
     ap.add_argument("--quick", action="store_true", help="tiny shapes of the same structure (CI smoke)")
     ap.add_argument("--rank", type=int, default=None, help="default 64 (8 with --quick)")
     ap.add_argument("--oversample", type=int, default=None, help="fast: extra probes (default: the library's)")

@@ -32,17 +32,15 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from qr_core.world import scenes  # noqa: E402
-from qr_core.cache import get_basis  # noqa: E402
-from qr_core.decompose import DecomposeSettings  # noqa: E402
-from qr_core.targets import select_targets  # noqa: E402
-from qr_core.training import TrainSettings  # noqa: E402
-from qr_core.world.encoder import Scorer, load_encoder  # noqa: E402
-from qr_core.machine import describe_machine  # noqa: E402
-from qr_core.world.model import ASSET, load_world_model  # noqa: E402
-from qr_core.world.tasks import (content_task, merged_prompt, patched_model, sample_images,  # noqa: E402
+from qr_core.cache import get_basis
+from qr_core.decompose import DecomposeSettings
+from qr_core.machine import describe_machine
+from qr_core.targets import select_targets
+from qr_core.training import TrainSettings
+from qr_core.world import scenes
+from qr_core.world.encoder import Scorer, load_encoder
+from qr_core.world.model import ASSET, load_world_model
+from qr_core.world.tasks import (content_task, merged_prompt, patched_model, sample_images,
                                  style_task, train_lora, train_qr, ziplora_merge)
 
 PAIRS = [("heart", "tiger", "sketch", "circle"), ("star", "neon", "crimson", "square"),

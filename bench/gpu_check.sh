@@ -19,6 +19,7 @@ if [ -d .gpu/wheels ] && ls .gpu/wheels/*.whl >/dev/null 2>&1; then
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site \
     .gpu/wheels/*.whl && export PYTHONPATH="/tmp/site:${PYTHONPATH:-}"
 fi
+export PYTHONPATH="$PWD:${PYTHONPATH:-}"  # qr_core from this checkout: nothing is pip-installed there
 export COMFYUI_PATH="${COMFYUI_PATH:-$PWD/.gpu/ComfyUI}"
 [ -f "$COMFYUI_PATH/main.py" ] || { echo "no ComfyUI at $COMFYUI_PATH: run bench/prepare_gpu_check.sh and carry .gpu"; exit 2; }
 [ "$DEVICE" != cuda ] || nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader

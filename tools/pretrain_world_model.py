@@ -13,11 +13,8 @@ from __future__ import annotations
 import argparse
 import shlex
 import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from qr_core.world.model import ASSET, PretrainSettings, pretrain  # noqa: E402
+from qr_core.world.model import ASSET, PretrainSettings, pretrain
 
 
 def main(argv=None):
