@@ -285,7 +285,7 @@ class Options:
     oversample: int
     power_iters: int
     samples: int
-    repeats: int
+    pairs: int
     decay: float
     seed: int
     budget: int
@@ -319,63 +319,79 @@ def warm_up(src, targets: TargetSet, samples: dict, fast, exact, dev) -> list[st
     return warm_exact
 
 
-def time_per_layer(name: str, src, targets: TargetSet, groups: dict, samples: dict, fast, exact, warm_exact,
-                   o: Options) -> tuple[dict, dict]:
-    """Exact and fast on each sampled layer alone, alternating, fastest of o.repeats; (per-shape rows, exact σ)."""
+def spread(values: list[float]) -> dict:
+    """Median with min and max, and how many values: the form every ratio in bench/ is reported in."""
+    return {"median": median(values), "min": min(values), "max": max(values), "n": len(values)}
+
+
+def time_pairs(name: str, src, targets: TargetSet, groups: dict, samples: dict, fast, exact, whole: bool,
+               warm_exact, o: Options) -> tuple[dict, dict, dict]:
+    """Exact, fast and fast batched, interleaved: pair j runs every sampled layer by exact then by fast (one
+    target at a time), then the library's batched path once; o.pairs pairs after the warm-up. A slow moment
+    of the machine then hits both sides of a pair, and each pair gives its own ratio.
+
+    Batched runs the whole set when it was built, else each shape's sampled layers stacked and extrapolated
+    by that shape's count. Returns the per-shape rows, the exact σ of the sampled layers and the batched runs.
+    """
     dev = o.device
     per_shape, exact_sigma = {}, {}
     for (m, n), ts in samples.items():
-        rows = {"count": len(groups[(m, n)]), "sampled": len(ts), "exact_warmed_up": f"{m}x{n}" in warm_exact,
-                "exact_s": [], "fast_s": [], "exact_cpu_s": [], "fast_cpu_s": [], "energy_ratio": []}
-        for t in ts:
-            one = subset(targets, [t])
-            te = ce = tf = cf = math.inf
-            for _ in range(o.repeats):  # alternate exact and fast; keep each one's fastest run
-                te_i, ce_i, (qe, se) = timed(dev, lambda: decompose(src, one, exact, device=dev))
-                tf_i, cf_i, (qf, _) = timed(dev, lambda: decompose(src, one, fast, device=dev))
-                te, ce, tf, cf = min(te, te_i), min(ce, ce_i), min(tf, tf_i), min(cf, cf_i)
-            w = src(t.key)[t.rows(src(t.key).shape[0])].to(dev, torch.float32)
-            ratio = (captured_energy(qf[t.name].to(dev), w) / se[t.name].to(dev).square().sum()).item()
-            exact_sigma[t.name] = se[t.name]
-            for k, v in (("exact_s", te), ("fast_s", tf), ("exact_cpu_s", ce), ("fast_cpu_s", cf),
-                         ("energy_ratio", ratio)):
-                rows[k].append(v)
-            o.log(f"[{name}] {m}x{n} {t.name}: exact {te:.3f} s, fast {tf:.4f} s, energy ratio {ratio:.5f}")
-        # Layers of one shape do the same work, and noise from other processes only adds time: the
-        # estimate per layer is the fastest sample (min), for exact and fast alike. Medians are kept.
+        per_shape[f"{m}x{n}"] = {"count": len(groups[(m, n)]), "sampled": len(ts),
+                                 "exact_warmed_up": f"{m}x{n}" in warm_exact, "exact_s": [], "fast_s": [],
+                                 "exact_cpu_s": [], "fast_cpu_s": [], "energy_ratio": []}
+    batched = {"set": targets if whole else subset(targets, [t for ts in samples.values() for t in ts]),
+               "runs": [], "extrapolated": not whole}
+    for j in range(o.pairs):
+        for (m, n), ts in samples.items():
+            rows = per_shape[f"{m}x{n}"]
+            for t in ts:
+                one = subset(targets, [t])
+                te, ce, (_, se) = timed(dev, lambda: decompose(src, one, exact, device=dev))
+                tf, cf, (qf, _) = timed(dev, lambda: decompose(src, one, fast, device=dev))
+                for k, v in (("exact_s", te), ("fast_s", tf), ("exact_cpu_s", ce), ("fast_cpu_s", cf)):
+                    rows[k].append(v)
+                if j == 0:
+                    w = src(t.key)[t.rows(src(t.key).shape[0])].to(dev, torch.float32)
+                    ratio = (captured_energy(qf[t.name].to(dev), w) / se[t.name].to(dev).square().sum()).item()
+                    exact_sigma[t.name] = se[t.name]
+                    rows["energy_ratio"].append(ratio)
+                    o.log(f"[{name}] {m}x{n} {t.name}: exact {te:.3f} s, fast {tf:.4f} s, energy ratio {ratio:.5f}")
+        if whole:
+            t_b, c_b, (qb, _) = timed(dev, lambda: decompose(src, targets, fast, device=dev,
+                                                             max_batch_bytes=o.max_batch_bytes))
+            run = {"measured_s": t_b, "total_s": t_b, "cpu_s": c_b, "q": qb}
+        else:
+            run = {"measured_s": 0.0, "total_s": 0.0, "cpu_s": 0.0, "q": {}}
+            for (m, n), ts in samples.items():
+                part = subset(targets, ts)
+                tp, cp, (qp, _) = timed(dev, lambda: decompose(src, part, fast, device=dev,
+                                                               max_batch_bytes=o.max_batch_bytes))
+                run["q"].update(qp)
+                run["measured_s"] += tp
+                run["total_s"] += tp * len(groups[(m, n)]) / len(ts)
+                run["cpu_s"] += cp * len(groups[(m, n)]) / len(ts)
+        o.log(f"[{name}] pair {j + 1}/{o.pairs}: fast batched {run['measured_s']:.3f} s")
+        batched["runs"].append(run if j == o.pairs - 1 else {k: v for k, v in run.items() if k != "q"})
+    batched["q"] = batched["runs"][-1].pop("q")
+    for rows in per_shape.values():
         for k in ("exact_s", "fast_s", "exact_cpu_s", "fast_cpu_s"):
             rows[k + "_median"] = median(rows[k])
-            rows[k + "_min"] = min(rows[k])
-        rows["est_exact_total_s"] = rows["exact_s_min"] * rows["count"]
-        rows["est_fast_total_s"] = rows["fast_s_min"] * rows["count"]
-        per_shape[f"{m}x{n}"] = rows
-    return per_shape, exact_sigma
+        rows["est_exact_total_s"] = rows["exact_s_median"] * rows["count"]
+        rows["est_fast_total_s"] = rows["fast_s_median"] * rows["count"]
+    return per_shape, exact_sigma, batched
 
 
-def time_batched(src, targets: TargetSet, groups: dict, samples: dict, fast, whole: bool, per_shape: dict,
-                 o: Options) -> dict:
-    """The library's path on the whole set when it was built, else each shape's sampled layers stacked and
-    extrapolated by that shape's count."""
-    dev = o.device
-    if whole:
-        runs = [timed(dev, lambda: decompose(src, targets, fast, device=dev, max_batch_bytes=o.max_batch_bytes))
-                for _ in range(o.repeats)]
-        t_b, _, (qb, _) = min(runs, key=lambda x: x[0])
-        return {"set": targets, "q": qb, "measured_s": t_b, "total_s": t_b, "cpu_s": min(r[1] for r in runs),
-                "extrapolated": False}
-    sampled = [t for ts in samples.values() for t in ts]
-    out = {"set": subset(targets, sampled), "q": {}, "measured_s": 0.0, "total_s": 0.0, "cpu_s": 0.0,
-           "extrapolated": True}
-    for (m, n), ts in samples.items():
-        part = subset(targets, ts)
-        runs = [timed(dev, lambda: decompose(src, part, fast, device=dev, max_batch_bytes=o.max_batch_bytes))
-                for _ in range(o.repeats)]
-        tp, _, (qp, _) = min(runs, key=lambda x: x[0])
-        out["q"].update(qp)
-        per_shape[f"{m}x{n}"]["fast_batched_sampled_s"] = tp
-        out["measured_s"] += tp
-        out["total_s"] += tp * len(groups[(m, n)]) / len(ts)
-        out["cpu_s"] += min(r[1] for r in runs) * len(groups[(m, n)]) / len(ts)
+def pair_estimates(per_shape: dict, batched: dict, key: str, pairs: int) -> list[tuple[float, float, float]]:
+    """Per pair j: (exact per layer, fast per layer, fast batched) totals for the whole set, extrapolated by
+    count from that pair's sampled layers (`key`: "s" wall time or "cpu_s" process CPU time)."""
+    out = []
+    for j in range(pairs):
+        exact_j = fast_j = 0.0
+        for rows in per_shape.values():
+            k = rows["sampled"]
+            exact_j += rows["count"] * sum(rows[f"exact_{key}"][j * k:(j + 1) * k]) / k
+            fast_j += rows["count"] * sum(rows[f"fast_{key}"][j * k:(j + 1) * k]) / k
+        out.append((exact_j, fast_j, batched["runs"][j]["total_s" if key == "s" else "cpu_s"]))
     return out
 
 
@@ -424,9 +440,9 @@ def run_set(name: str, shapes: dict, o: Options) -> dict:
     log(f"[{name}] generated weights in {t_gen:.1f} s")
 
     warm_exact = warm_up(src, targets, samples, fast, exact, dev)
-    per_shape, exact_sigma = time_per_layer(name, src, targets, groups, samples, fast, exact, warm_exact, o)
+    per_shape, exact_sigma, batched = time_pairs(name, src, targets, groups, samples, fast, exact, whole,
+                                                 warm_exact, o)
     worst = min([1.0] + [r for rows in per_shape.values() for r in rows["energy_ratio"]])
-    batched = time_batched(src, targets, groups, samples, fast, whole, per_shape, o)
     batched_set, qb = batched["set"], batched["q"]
     # Every batched Q against the known (nominal) spectrum: covers all layers, not just the sampled ones.
     worst_batched_nominal = 1.0
@@ -438,37 +454,42 @@ def run_set(name: str, shapes: dict, o: Options) -> dict:
     for t in sampled:  # batched Q of the sampled layers against their exact σ
         w = src(t.key)[t.rows(src(t.key).shape[0])].to(dev, torch.float32)
         worst = min(worst, (captured_energy(qb[t.name].to(dev), w) / exact_sigma[t.name].to(dev).square().sum()).item())
-    log(f"[{name}] fast batched: {batched['measured_s']:.3f} s on {len(batched_set)} targets"
-        + (f" -> est. {batched['total_s']:.2f} s for {len(targets)}" if batched["extrapolated"] else ""))
 
-    est_exact = sum(r["est_exact_total_s"] for r in per_shape.values())
-    est_fast = sum(r["est_fast_total_s"] for r in per_shape.values())
-    est_exact_cpu = sum(r["exact_cpu_s_min"] * r["count"] for r in per_shape.values())
-    est_fast_cpu = sum(r["fast_cpu_s_min"] * r["count"] for r in per_shape.values())
+    wall = pair_estimates(per_shape, batched, "s", o.pairs)
+    speedup_batched = spread([e / b for e, _, b in wall])
+    speedup_per_layer = spread([e / f for e, f, _ in wall])
+    batched_total = median([b for _, _, b in wall])
+    log(f"[{name}] fast batched: {median([r['measured_s'] for r in batched['runs']]):.3f} s (median) on "
+        f"{len(batched_set)} targets" + (f" -> est. {batched_total:.2f} s for {len(targets)}"
+                                         if batched["extrapolated"] else "")
+        + f"; speedup {speedup_batched['median']:.1f}× ({speedup_batched['min']:.1f}–{speedup_batched['max']:.1f})")
+    cpu = pair_estimates(per_shape, batched, "cpu_s", o.pairs) if dev.type == "cpu" else None
     res = {
         "label": LABELS.get(name, name), "arch": targets.arch, "preset": targets.preset,
-        "fast_settings": fast.to_json(), "samples_per_shape": o.samples, "repeats": o.repeats,
+        "fast_settings": fast.to_json(), "samples_per_shape": o.samples, "pairs": o.pairs,
         "layers": len(targets), "row_slices": sum(t.is_slice for t in targets),
         "params_M": round(sum(m * n for m, n in (targets.shape(t) for t in targets)) / 1e6, 1),
         "stored_weights_GiB": round(need / 2**30, 2), "built_whole": whole, "generate_s": t_gen,
         "per_shape": per_shape,
         "extrapolated": any(r["sampled"] < r["count"] for r in per_shape.values()),
-        "est_exact_per_layer_total_s": est_exact,
-        "est_fast_per_layer_total_s": est_fast,
-        "fast_batched_total_s": batched["total_s"],
-        "fast_batched_measured_s": batched["measured_s"],
+        "est_exact_per_layer_total_s": median([e for e, _, _ in wall]),
+        "est_fast_per_layer_total_s": median([f for _, f, _ in wall]),
+        "fast_batched_total_s": batched_total,
+        "fast_batched_measured_s": median([r["measured_s"] for r in batched["runs"]]),
         "fast_batched_measured_layers": len(batched_set),
         "fast_batched_extrapolated": batched["extrapolated"],
-        "speedup_per_layer": est_exact / est_fast,
-        "speedup_batched": est_exact / batched["total_s"],
+        "speedup_per_layer": speedup_per_layer["median"], "speedup_per_layer_spread": speedup_per_layer,
+        "speedup_batched": speedup_batched["median"], "speedup_batched_spread": speedup_batched,
         "date_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "loadavg_start": load0,
         "worst_energy_ratio": worst,
         # Process CPU time (all threads): the work done, but on a shared CPU inflated too (OpenMP
         # threads spin while descheduled). Meaningless on a GPU (host waits), so null there.
-        "cpu_time": None if dev.type != "cpu" else {
-            "est_exact_per_layer_total_s": est_exact_cpu, "est_fast_per_layer_total_s": est_fast_cpu,
-            "fast_batched_total_s": batched["cpu_s"], "speedup_batched": est_exact_cpu / batched["cpu_s"],
-            "speedup_per_layer": est_exact_cpu / est_fast_cpu},
+        "cpu_time": None if cpu is None else {
+            "est_exact_per_layer_total_s": median([e for e, _, _ in cpu]),
+            "est_fast_per_layer_total_s": median([f for _, f, _ in cpu]),
+            "fast_batched_total_s": median([b for _, _, b in cpu]),
+            "speedup_batched": median([e / b for e, _, b in cpu]),
+            "speedup_per_layer": median([e / f for e, f, _ in cpu])},
         "worst_energy_ratio_batched_vs_nominal": worst_batched_nominal,
         "energy_ratio_layers": len(sampled),
         "fingerprint_s": None, "cache_cold_s": None, "cache_warm_s": None, "cache_warm_status": None,
@@ -555,6 +576,13 @@ def fmt_s(x):
     return f"{x:.3f}" if x < 10 else f"{x:.1f}"
 
 
+def fmt_spread(s: dict, key: str) -> str:
+    sp = s.get(key + "_spread")
+    if not sp:  # results of runs before paired timing
+        return f"{s[key]:.1f}×"
+    return f"{sp['median']:.1f}× ({sp['min']:.1f}–{sp['max']:.1f}, {sp['n']} pairs)"
+
+
 def markdown(r: dict) -> str:
     m = r["machine"]
     head = f"{m['gpu']} (torch {m['torch']})" if m["gpu"] else f"{m['cpu']}, {m['cores']} cores (torch {m['torch']})"
@@ -563,6 +591,9 @@ def markdown(r: dict) -> str:
              f"{r['settings']['power_iters']} power iterations; synthetic weights σ_i ∝ i^-{r['settings']['decay']} "
              f"stored as {r['settings']['dtype']} on {m['device']}; sampled layers per shape: see the "
              f"per-shape table{' (QUICK smoke run: tiny shapes)' if r['quick'] else ''}.", "",
+             f"Exact, fast and fast batched run interleaved, {r['settings']['pairs']} pairs after a warm-up; times "
+             f"are medians over the pairs, speedups the median (min–max) of the per-pair ratios. Load average "
+             f"{r['loadavg_start']} at the start, {r.get('loadavg_end')} at the end.", "",
              "| set | layers | exact per layer | fast per layer | fast batched | speedup batched | speedup per layer "
              "| worst energy ratio | fingerprint | cache cold | cache warm |",
              "|---|---|---|---|---|---|---|---|---|---|---|"]
@@ -572,12 +603,12 @@ def markdown(r: dict) -> str:
         lines.append(
             f"| {name} | {s['layers']} | {est}{fmt_s(s['est_exact_per_layer_total_s'])} s "
             f"| {est}{fmt_s(s['est_fast_per_layer_total_s'])} s | {best}{fmt_s(s['fast_batched_total_s'])} s "
-            f"| {s['speedup_batched']:.1f}× | {s['speedup_per_layer']:.1f}× "
+            f"| {fmt_spread(s, 'speedup_batched')} | {fmt_spread(s, 'speedup_per_layer')} "
             f"| {s['worst_energy_ratio']:.4f} ({s['energy_ratio_layers']} layers) "
             f"| {fmt_s(s['fingerprint_s'])}{' s' if s['fingerprint_s'] is not None else ''} "
             f"| {fmt_s(s['cache_cold_s'])}{' s' if s['cache_cold_s'] is not None else ''} "
             f"| {fmt_s(s['cache_warm_s'])}{' s' if s['cache_warm_s'] is not None else ''} |")
-    lines += ["", "≈: extrapolated by count from the sampled layers of each shape (fastest sampled layer of each shape × count; fastest of the repeats)."]
+    lines += ["", "≈: extrapolated by count from the sampled layers of each shape (their median over the pairs × count)."]
     if any(s.get("cpu_time") for s in r["sets"].values()):
         lines += ["", "Process CPU time (all threads; also inflated by other load: OpenMP threads spin while descheduled):", "",
                   "| set | exact per layer | fast per layer | fast batched | speedup batched | speedup per layer |",
@@ -589,12 +620,12 @@ def markdown(r: dict) -> str:
                              f"| {fmt_s(c['est_fast_per_layer_total_s'])} s | {fmt_s(c['fast_batched_total_s'])} s "
                              f"| {c['speedup_batched']:.1f}× | {c['speedup_per_layer']:.1f}× |")
     lines += ["",
-              "| set | shape | count | sampled | exact s/layer (min) | fast s/layer (min) | worst energy ratio |",
+              "| set | shape | count | sampled | exact s/layer (median) | fast s/layer (median) | worst energy ratio |",
               "|---|---|---|---|---|---|---|"]
     for name, s in r["sets"].items():
         for shp, p in s["per_shape"].items():
-            lines.append(f"| {name} | {shp} | {p['count']} | {p['sampled']} | {min(p['exact_s']):.4f} "
-                         f"| {min(p['fast_s']):.4f} | {min(p['energy_ratio']):.5f} |")
+            lines.append(f"| {name} | {shp} | {p['count']} | {p['sampled']} | {median(p['exact_s']):.4f} "
+                         f"| {median(p['fast_s']):.4f} | {min(p['energy_ratio']):.5f} |")
     if r.get("trained"):
         lines += ["", "Trained weights (the shipped world model's `paper` targets; fast with the library's "
                   "adaptive power iterations against exact):", "",
@@ -628,9 +659,9 @@ def parse_args(argv=None):
     ap.add_argument("--sets", default="all", help="comma list of sdxl, sd3, flux (default all)")
     ap.add_argument("--samples-per-shape", type=int, default=None,
                     help="layers timed per distinct shape (default 2 on the CPU, 4 on a GPU, 1 with --quick)")
-    ap.add_argument("--repeats", type=int, default=None,
-                    help="runs of each timed layer and of the batched set; the fastest counts "
-                         "(default 2 on the CPU, where other processes add noise; 3 on a GPU; 1 with --quick)")
+    ap.add_argument("--pairs", type=int, default=None,
+                    help="interleaved pairs after the warm-up: every sampled layer by exact and by fast, then the "
+                         "batched set once (default 5; 2 with --quick)")
     ap.add_argument("--out-dir", default=str(Path(__file__).resolve().parent / "results"))
     ap.add_argument("--quick", action="store_true", help="tiny shapes of the same structure (CI smoke)")
     ap.add_argument("--rank", type=int, default=None, help="default 64 (8 with --quick)")
@@ -667,7 +698,7 @@ def main(argv=None) -> dict:
         raise SystemExit(f"unknown set(s) {bad}; choose from {', '.join(SETS)}")
     samples = a.samples_per_shape or (1 if a.quick else 4 if device.type == "cuda" else 2)
     rank = a.rank or (8 if a.quick else 64)
-    repeats = a.repeats or (1 if a.quick else 3 if device.type == "cuda" else 2)
+    pairs = a.pairs or (2 if a.quick else 5)
     lib = DecomposeSettings()
     oversample = lib.oversample if a.oversample is None else a.oversample
     power_iters = lib.power_iters if a.power_iters is None else a.power_iters
@@ -686,21 +717,22 @@ def main(argv=None) -> dict:
         "machine": info, "loadavg_start": loadavg(),
         "settings": {"rank": rank, "oversample": oversample, "power_iters": power_iters,
                      "decay": a.decay, "dtype": a.dtype,
-                     "samples_per_shape": samples, "repeats": repeats, "max_batch_mb": a.max_batch_mb,
+                     "samples_per_shape": samples, "pairs": pairs, "max_batch_mb": a.max_batch_mb,
                      "weight_budget_GiB": round(budget / 2**30, 2), "seed": a.seed,
                      "weights_on": str(device), "cache_sets": sorted(cache_sets & set(sets))},
         "method": ("exact = decompose(method='exact') one target at a time (full fp32 torch.linalg.svd + QR, "
                    "the paper's way); fast per layer = decompose(method='fast') one target at a time; fast batched "
                    "= decompose(method='fast') on the whole set (extrapolated from the sampled layers when the set "
-                   "is not built whole). Each timing is the fastest of --repeats runs; est_* totals = fastest sampled layer "
-                   "of each shape x count (noise from other processes only adds time). "
+                   "is not built whole). The three run interleaved, --pairs pairs after a warm-up; est_* totals = per pair, "
+                   "the sampled layers' mean of each shape x count, then the median over pairs; speedups = median "
+                   "(with min and max) of the per-pair ratios. "
                    "worst_energy_ratio = min over sampled layers of ||Q_fast^T W||^2 / sum(exact top-r sigma^2), "
                    "per-layer and batched Q; worst_energy_ratio_batched_vs_nominal = the batched Q of every "
                    "built layer against the synthetic spectrum's top-r energy. cache_warm_s = second get_basis "
                    "call into a fresh BasisCache (fingerprint + load + validation against live weights)."),
         "sets": {}, "notes": list(a.note),
     }
-    opts = Options(device, dtype, rank, oversample, power_iters, samples, repeats, a.decay, a.seed, budget, None if a.max_batch_mb is None else a.max_batch_mb * 2**20, True, log)
+    opts = Options(device, dtype, rank, oversample, power_iters, samples, pairs, a.decay, a.seed, budget, None if a.max_batch_mb is None else a.max_batch_mb * 2**20, True, log)
     shape_fns = QUICK if a.quick else FULL
     t_all = time.perf_counter()
     for name in sets:

@@ -30,7 +30,7 @@ if [ -n "$QUICK" ]; then
   step python3 bench/merge_reapply.py --device "$DEVICE" --quick --out-dir "$OUT_DIR"
 else
   step python3 bench/decompose.py --device "$DEVICE" --sets sdxl,flux --samples-per-shape 2 --out-dir "$OUT_DIR"
-  step python3 bench/train_step.py --device "$DEVICE" --size full --arch sdxl flux --steps 6 --warmup 2 \
+  step python3 bench/train_step.py --device "$DEVICE" --size full --arch sdxl flux --steps 3 --warmup 2 --pairs 5 \
     --out-dir "$OUT_DIR"
   step python3 bench/merge_reapply.py --device "$DEVICE" --arch sdxl flux --dtype bf16 --changes 3 \
     --out-dir "$OUT_DIR"

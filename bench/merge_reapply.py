@@ -48,20 +48,30 @@ def clock(device) -> float:
     return time.perf_counter()
 
 
-def run_changes(make_model, lambdas, device) -> tuple[list[dict], object]:
-    """Apply each λ pair as ComfyUI would on a re-queue; returns per-change timings and the last patched model."""
+def run_pairs(mechanisms: dict, lambdas, device, keys) -> tuple[dict, dict]:
+    """Each λ pair applied as ComfyUI would on a re-queue, the mechanisms alternating (A B A B …): every
+    application unpatches the other mechanism's weights and patches its own, the same work a λ change costs.
+    Returns per-mechanism timings and the patched weights of `keys` right after each mechanism's last application."""
     import comfy.model_management
 
-    rows, model = [], None
-    for lc, ls in lambdas:
-        t0 = clock(device)
-        model = make_model(lc, ls)
-        t1 = clock(device)
-        comfy.model_management.load_models_gpu([model])
-        t2 = clock(device)
-        rows.append({"lambda_content": lc, "lambda_style": ls, "node_s": t1 - t0, "apply_s": t2 - t1,
-                     "total_s": t2 - t0})
-    return rows, model
+    rows, weights = {name: [] for name in mechanisms}, {}
+    for i, (lc, ls) in enumerate(lambdas):
+        for name, make in mechanisms.items():
+            t0 = clock(device)
+            model = make(lc, ls)
+            t1 = clock(device)
+            comfy.model_management.load_models_gpu([model])
+            t2 = clock(device)
+            rows[name].append({"lambda_content": lc, "lambda_style": ls, "node_s": t1 - t0, "apply_s": t2 - t1,
+                               "total_s": t2 - t0})
+            if i == len(lambdas) - 1:
+                weights[name] = target_weights(model, keys)
+    return rows, weights
+
+
+def spread(values: list[float]) -> dict:
+    """Median with min and max, and how many values: the form every ratio in bench/ is reported in."""
+    return {"median": statistics.median(values), "min": min(values), "max": max(values), "n": len(values)}
 
 
 def target_weights(model, keys) -> dict:
@@ -107,13 +117,14 @@ def bench_arch(pack, arch: str, opts, device) -> dict:
         return style_loader.load_lora_model_only(m, f"{style.name}.safetensors", ls)[0]
 
     keys = sorted(basis.targets.shapes)[:: max(1, len(basis.targets.shapes) // 24)]  # a sample, to spare memory
-    results = {}
-    for name, make in (("qr_merge", qr_merge), ("stock_lora_loaders", stock_loras)):
-        rows, last = run_changes(make, LAMBDAS[: opts.changes + 1], device)
-        results[name] = {"changes": rows, **{f"median_{p}_s": statistics.median(r[f"{p}_s"] for r in rows[1:])
-                                             for p in ("node", "apply", "total")}}
-        results[name]["weights"] = target_weights(last, keys)
-    a, b = results["qr_merge"].pop("weights"), results["stock_lora_loaders"].pop("weights")
+    rows, weights = run_pairs({"qr_merge": qr_merge, "stock_lora_loaders": stock_loras},
+                              LAMBDAS[: opts.changes + 1], device, keys)
+    results = {name: {"changes": r, **{f"median_{p}_s": statistics.median(x[f"{p}_s"] for x in r[1:])
+                                       for p in ("node", "apply", "total")}} for name, r in rows.items()}
+    # The first application of each is a warm-up; then one ratio per λ change, taken in the same pair.
+    results["total_ratio"] = spread([q["total_s"] / s["total_s"] for q, s in
+                                     zip(rows["qr_merge"][1:], rows["stock_lora_loaders"][1:])])
+    a, b = weights["qr_merge"], weights["stock_lora_loaders"]
     import comfy.model_management
 
     comfy.model_management.unload_all_models()
@@ -131,7 +142,9 @@ def bench_arch(pack, arch: str, opts, device) -> dict:
 def report(results: list[dict], opts, machine: str) -> str:
     lines = [f"# λ re-apply benchmark: {machine}", "",
              f"ComfyUI model classes, size '{opts.size}', {opts.dtype} storage, rank {opts.rank}, "
-             f"{opts.threads} thread(s); medians over {opts.changes} λ changes after the first application.", "",
+             f"{opts.threads} thread(s); the two mechanisms alternate (A B A B …) over {opts.changes} λ changes "
+             f"after a first application of each; medians, and the ratio's median (min–max) over the pairs. "
+             f"Load average {opts.load_start} at start, {opts.load_end} at the end.", "",
              "| arch | model params | targets (params) | mechanism | node | apply (unpatch + patch) | total |",
              "|---|---|---|---|---|---|---|"]
     for r in results:
@@ -140,12 +153,13 @@ def report(results: list[dict], opts, machine: str) -> str:
             lines.append(f"| {r['arch']} | {r['model_params'] / 1e9:.2f} B | {r['targets']} "
                          f"({r['target_params'] / 1e9:.2f} B) | {mech} | {m['median_node_s'] * 1000:.1f} ms | "
                          f"{m['median_apply_s'] * 1000:.0f} ms | {m['median_total_s'] * 1000:.0f} ms |")
-    lines += ["", "| arch | total, qr_merge / stock | max abs difference of patched weights (max abs update) |",
-              "|---|---|---|"]
+    lines += ["", "| arch | total, qr_merge / stock: median (min–max), pairs | max abs difference of patched weights "
+              "(max abs update) |", "|---|---|---|"]
     for r in results:
-        ratio = r["qr_merge"]["median_total_s"] / r["stock_lora_loaders"]["median_total_s"]
-        lines.append(f"| {r['arch']} | {ratio:.2f}× | {r['max_abs_difference']:.2e} ({r['max_abs_update']:.2e}, "
-                     f"{r['compared_targets']} targets compared) |")
+        t = r["total_ratio"]
+        lines.append(f"| {r['arch']} | {t['median']:.2f}× ({t['min']:.2f}–{t['max']:.2f}), {t['n']} | "
+                     f"{r['max_abs_difference']:.2e} ({r['max_abs_update']:.2e}, {r['compared_targets']} targets "
+                     f"compared) |")
     lines += ["", "Decompose (fast, rank as above) on the same model through the node, for reference:", "",
               "| arch | cold (cache miss) | warm (cache hit) |", "|---|---|---|"]
     for r in results:
@@ -180,6 +194,7 @@ def main(argv=None):
 
     torch.set_num_threads(opts.threads)
     device = torch.device(opts.device)
+    opts.load_start = [round(x, 2) for x in os.getloadavg()]
     with tempfile.TemporaryDirectory(prefix="qr_lora_bench_") as tmp:
         pack = comfy_setup(opts.device, {"loras": Path(tmp) / "loras", "qr_lora": Path(tmp) / "qr_lora"})
         results = []
@@ -187,6 +202,7 @@ def main(argv=None):
             r = bench_arch(pack, arch, opts, device)
             print(json.dumps({k: v for k, v in r.items() if not isinstance(v, dict)}), flush=True)
             results.append(r)
+    opts.load_end = [round(x, 2) for x in os.getloadavg()]
     machine = machine_info(opts.device)["slug"]
     out = Path(opts.out_dir)
     out.mkdir(parents=True, exist_ok=True)

@@ -1,4 +1,4 @@
-"""Train-step benchmark: Train ΔR's forward bypass against ComfyUI's built-in LoRA training mechanism.
+"""Train-step benchmark: Train ΔR's forward bypass against ComfyUI's built-in LoRA training mechanism and the floor.
 
 Both train the same whole-weight targets (the 'paper' preset of the
 architecture; fused q/k/v weights taken whole, since the built-in mechanism
@@ -15,19 +15,25 @@ classes, with the same fixed inputs, MSE loss, AdamW and fp32:
   on FLUX's in-place block updates (ComfyUI 0.3.64; it runs only with its
   defaults, bf16 and gradient checkpointing).
 
+* floor: the frozen model's forward and the backward to its input, with no
+  adapter and no parameter gradient: what any adapter training pays at least.
+
 `--checkpointing` turns on gradient checkpointing in both: the node's for
 qr_bypass, the built-in trainer's (its default) for the baseline.
 
-Each mechanism runs in a fresh process so that peak memory is its own: on
-CUDA `torch.cuda.max_memory_allocated` during the steps, on the CPU the
-growth of the process's peak RSS from before the first step (coarser: memory
-freed while building the model can be reused without growing the RSS). Step time is the median over the timed steps,
-wall and process-CPU (on a shared CPU the latter suffers less from other
-load). Results go to `<out-dir>/train_step-<machine>[-<size>].json` and `.md`.
+Memory: each mechanism runs once alone in a fresh process, so that peak
+memory is its own: on CUDA `torch.cuda.max_memory_allocated` during the
+steps, on the CPU the growth of the process's peak RSS from before the first
+step (coarser: memory freed while building the model can be reused without
+growing the RSS). Time: the three run on their own models in one process,
+in turn (A B C A B C …, `--pairs` rounds of the median of `--steps` steps
+after a warm-up), so that a slow moment hits a whole round; ratios are taken
+per round and reported as median (min–max). Results go to
+`<out-dir>/train_step-<machine>[-<size>].json` and `.md`.
 
     COMFYUI_PATH=/path/to/ComfyUI python bench/train_step.py            # small SD3, SDXL and FLUX on the CPU
     COMFYUI_PATH=... python bench/train_step.py --device cuda --size full   # full-size SDXL and FLUX
-    COMFYUI_PATH=... python bench/train_step.py --size full --arch sdxl --side 32 --threads 2   # full SDXL, CPU
+    COMFYUI_PATH=... python bench/train_step.py --size full --arch sdxl --side 32 --threads 2 --separate  # CPU
     COMFYUI_PATH=... python bench/train_step.py --quick --out-dir /tmp/x    # tiny, CI smoke
 """
 
@@ -42,13 +48,15 @@ import statistics
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "comfyui"))  # the model fixture
 from comfy_models import PACK_DIR, build, comfy_setup, pack_module  # noqa: E402
 from qr_core.machine import machine_info  # noqa: E402
 
-MECHANISMS = ("qr_bypass", "comfy_lora_wrapper")
+MECHANISMS = ("floor", "qr_bypass", "comfy_lora_wrapper")
 
 LATENT = {"sd3": (16, 32), "sdxl": (4, 32), "flux": (16, 32)}  # channels, side
 CONTEXT = {"sd3": 256, "sdxl": 256, "flux": 256}
@@ -80,14 +88,22 @@ def inputs(arch: str, patcher, device, size: str, side_override: int | None = No
     return x, t, kw, target
 
 
-def worker(opts) -> dict:
+@dataclass
+class Setup:
+    """One mechanism ready to train on its own model: `step()` runs one training step."""
+    step: Callable[[], float]
+    contexts: list
+    trainable_params: int
+    targets: int
+
+
+def setup(mechanism: str, opts, pack, device) -> Setup:
+    """A fresh model of opts.arch with `mechanism` attached, its inputs and its optimizer."""
     import torch
 
-    device = torch.device(opts.device)
-    torch.set_num_threads(opts.threads)
-    pack = comfy_setup(opts.device)
     qr_core = pack_module(pack, "qr_core")
     trainer = pack_module(pack, "nodes.services.trainer")
+    runtime = pack_module(pack, "nodes.services.training_runtime")
     import comfy.model_management
     import comfy.weight_adapter
 
@@ -101,7 +117,11 @@ def worker(opts) -> dict:
     x, t, kw, target = inputs(opts.arch, patcher, device, opts.size, opts.side)
     params: list = []
     contexts = []
-    if opts.mechanism == "qr_bypass":
+    # FLUX's blocks update their inputs in place, which stops the built-in trainer in fp32 or without its
+    # checkpointing (ComfyUI 0.3.64), so the baseline and the floor get the node's own block handling too.
+    flux_blocks = [trainer.trainable_blocks(trainer.transformer_blocks(dm), opts.checkpointing)] \
+        if opts.arch == "flux" else []
+    if mechanism == "qr_bypass":
         weights = dict(dm.state_dict())
         q, _ = qr_core.decompose(lambda k: weights[k], whole, qr_core.DecomposeSettings(rank=opts.rank),
                                  device=device)
@@ -111,12 +131,15 @@ def worker(opts) -> dict:
         contexts = [adapter.attached(dm), qr_core.frozen(patcher.model),
                     trainer.trainable_blocks(trainer.transformer_blocks(dm), opts.checkpointing)]
         model_fn = dm
+    elif mechanism == "floor":
+        # What any adapter training pays at least: the frozen model's forward and the backward to its input,
+        # with no adapter and no parameter gradient.
+        x = x.detach().requires_grad_(True)
+        contexts = [qr_core.frozen(patcher.model)] + flux_blocks
+        model_fn = dm
     else:
-        if opts.arch == "flux":
-            # FLUX's blocks update their inputs in place, which stops the built-in trainer in fp32 or without
-            # its checkpointing (ComfyUI 0.3.64), so the baseline gets the node's own block handling.
-            contexts = [trainer.trainable_blocks(trainer.transformer_blocks(dm), opts.checkpointing)]
-        elif opts.checkpointing:  # the built-in trainer's own checkpointing (its default)
+        contexts = list(flux_blocks)
+        if opts.checkpointing and opts.arch != "flux":  # the built-in trainer's own checkpointing (its default)
             import comfy_extras.nodes_train as nodes_train
 
             for m in nodes_train.find_all_highest_child_module_with_forward(dm):
@@ -130,17 +153,47 @@ def worker(opts) -> dict:
         params = [p for p in params if p.requires_grad]
         comfy.model_management.load_models_gpu([patcher], memory_required=1e20, force_full_load=True)
         model_fn = patcher.model.diffusion_model
-    opt = torch.optim.AdamW(params, lr=1e-4)
+    opt = torch.optim.AdamW(params, lr=1e-4) if params else None
 
     def step():
-        opt.zero_grad(set_to_none=True)
+        if opt is not None:
+            opt.zero_grad(set_to_none=True)
+        x.grad = None
         out = model_fn(x, t, **kw)
         loss = torch.nn.functional.mse_loss(out.float(), target.float())
         loss.backward()
-        opt.step()
+        if opt is not None:
+            opt.step()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
         return float(loss)
 
-    for c in contexts:
+    # ComfyUI's differentiable code paths (FLUX's RoPE without comfy-kitchen's kernel on 0.8), as Train ΔR
+    # runs with; every mechanism gets them, so that all three time the same model code.
+    contexts.append(runtime.differentiable_model_code())
+    return Setup(step, contexts, sum(p.numel() for p in params), len(keys))
+
+
+def timed_steps(step, n: int) -> tuple[float, float]:
+    """Median wall and process-CPU seconds of n steps."""
+    walls, cpus = [], []
+    for _ in range(n):
+        w0, c0 = time.perf_counter(), time.process_time()
+        step()
+        walls.append(time.perf_counter() - w0)
+        cpus.append(time.process_time() - c0)
+    return statistics.median(walls), statistics.median(cpus)
+
+
+def worker(opts) -> dict:
+    """One mechanism alone in this process: its peak memory (and its standalone step time)."""
+    import torch
+
+    device = torch.device(opts.device)
+    torch.set_num_threads(opts.threads)
+    pack = comfy_setup(opts.device)
+    s = setup(opts.mechanism, opts, pack, device)
+    for c in s.contexts:
         c.__enter__()
     try:
         # Memory is measured from before the first step: gradients, optimizer
@@ -151,34 +204,55 @@ def worker(opts) -> dict:
             base_mem = torch.cuda.memory_allocated()
         rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
         for _ in range(opts.warmup):
-            step()
-        walls, cpus = [], []
-        for _ in range(opts.steps):
-            w0, c0 = time.perf_counter(), time.process_time()
-            step()
-            if device.type == "cuda":
-                torch.cuda.synchronize()
-            walls.append(time.perf_counter() - w0)
-            cpus.append(time.process_time() - c0)
+            s.step()
+        wall, cpu = timed_steps(s.step, opts.steps)
         if device.type == "cuda":
             peak = torch.cuda.max_memory_allocated() - base_mem
         else:
             peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - rss0
     finally:
-        for c in reversed(contexts):
+        for c in reversed(s.contexts):
             c.__exit__(None, None, None)
-    n_params = sum(p.numel() for p in params)
     return {"mechanism": opts.mechanism, "arch": opts.arch, "size": opts.size, "rank": opts.rank,
-            "targets": len(keys), "trainable_params": n_params,
-            "step_wall_s": statistics.median(walls), "step_cpu_s": statistics.median(cpus),
+            "targets": s.targets, "trainable_params": s.trainable_params,
+            "alone_step_wall_s": wall, "alone_step_cpu_s": cpu,
             "peak_extra_bytes": int(peak), "memory_measure": "cuda_max_allocated" if device.type == "cuda"
             else "rss_peak_growth"}
+
+
+def paired_worker(opts) -> dict:
+    """Every mechanism on its own model in this one process, timed in turn (A B C A B C …): opts.pairs rounds
+    after a warm-up, each round the median of opts.steps steps per mechanism. A slow moment of the machine
+    then hits all of one round, and each round gives its own ratios."""
+    import torch
+
+    device = torch.device(opts.device)
+    torch.set_num_threads(opts.threads)
+    pack = comfy_setup(opts.device)
+    setups = {m: setup(m, opts, pack, device) for m in MECHANISMS}
+    rounds = {m: [] for m in MECHANISMS}
+    for s in setups.values():
+        for c in s.contexts:
+            c.__enter__()
+    try:
+        for m, s in setups.items():
+            for _ in range(opts.warmup):
+                s.step()
+        for _ in range(opts.pairs):
+            for m, s in setups.items():
+                rounds[m].append(timed_steps(s.step, opts.steps))
+    finally:
+        for s in reversed(list(setups.values())):
+            for c in reversed(s.contexts):
+                c.__exit__(None, None, None)
+    return {"arch": opts.arch, "rounds": {m: {"wall_s": [w for w, _ in r], "cpu_s": [c for _, c in r]}
+                                          for m, r in rounds.items()}}
 
 
 def run_worker(opts, arch: str, mechanism: str) -> dict:
     cmd = [sys.executable, __file__, "--worker", mechanism, "--arch", arch, "--size", opts.size,
            "--device", opts.device, "--rank", str(opts.rank), "--steps", str(opts.steps),
-           "--warmup", str(opts.warmup), "--threads", str(opts.threads)] + (
+           "--warmup", str(opts.warmup), "--threads", str(opts.threads), "--pairs", str(opts.pairs)] + (
                ["--side", str(opts.side)] if opts.side else []) + (
                ["--checkpointing"] if opts.checkpointing else [])
     proc = subprocess.run(cmd, capture_output=True, text=True)
@@ -187,28 +261,67 @@ def run_worker(opts, arch: str, mechanism: str) -> dict:
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
+def spread(values: list[float]) -> dict:
+    """Median with min and max, and how many values: the form every ratio in bench/ is reported in."""
+    return {"median": statistics.median(values), "min": min(values), "max": max(values), "n": len(values)}
+
+
+def summarize(arch: str, alone: dict, paired: dict | None) -> dict:
+    """Per mechanism: step time (paired rounds, or alone), memory (alone); and the per-round ratios."""
+    rows = {}
+    for m, r in alone.items():
+        wall = paired["rounds"][m]["wall_s"] if paired else [r["alone_step_wall_s"]]
+        cpu = paired["rounds"][m]["cpu_s"] if paired else [r["alone_step_cpu_s"]]
+        rows[m] = {**r, "step_wall": spread(wall), "step_cpu": spread(cpu)}
+    n = rows["floor"]["step_wall"]["n"]
+    wall = {m: (paired["rounds"][m]["wall_s"] if paired else [rows[m]["alone_step_wall_s"]]) for m in rows}
+    ratios = {f"{a} / {b}": spread([x / y for x, y in zip(wall[a], wall[b])])
+              for a, b in (("qr_bypass", "comfy_lora_wrapper"), ("qr_bypass", "floor"),
+                           ("comfy_lora_wrapper", "floor"))}
+    memory = {f"{a} / {b}": (rows[a]["peak_extra_bytes"] / rows[b]["peak_extra_bytes"]
+                             if rows[b]["peak_extra_bytes"] > 0 else None)
+              for a, b in (("qr_bypass", "comfy_lora_wrapper"), ("qr_bypass", "floor"))}
+    return {"arch": arch, "rounds": n, "paired": paired is not None, "mechanisms": rows, "time_ratios": ratios,
+            "memory_ratios": memory}
+
+
+def fmt_spread(sp: dict, unit: str = "×", scale: float = 1.0, digits: int = 2) -> str:
+    if sp["n"] == 1:
+        return f"{sp['median'] * scale:.{digits}f}{unit}"
+    return (f"{sp['median'] * scale:.{digits}f}{unit} ({sp['min'] * scale:.{digits}f}–"
+            f"{sp['max'] * scale:.{digits}f})")
+
+
 def report(results: list[dict], opts, machine: str) -> str:
     lines = [f"# Train-step benchmark: {machine}", "",
              f"ComfyUI model classes, size '{opts.size}', latent side {opts.side or ('128' if opts.size == 'full' else '32')}, "
              f"rank {opts.rank}, fp32 on the CPU / bf16 on CUDA, "
-             f"gradient checkpointing {'on' if opts.checkpointing else 'off'}, "
-             f"{opts.steps} timed steps after {opts.warmup} warm-up, {opts.threads} thread(s); "
-             f"load average at start {os.getloadavg()[0]:.1f}.", "",
-             "| arch | targets | mechanism | trainable | step wall | step CPU | peak extra memory |",
+             f"gradient checkpointing {'on' if opts.checkpointing else 'off'}, {opts.threads} thread(s). "
+             + (f"Step times: the three mechanisms on their own models in one process, timed in turn (A B C A B C "
+                f"…), {opts.pairs} rounds of the median of {opts.steps} steps after {opts.warmup} warm-up steps; "
+                f"median (min–max) over the rounds, ratios per round. "
+                if not opts.separate else f"Step times: each mechanism alone ({opts.steps} steps). ")
+             + f"Memory: each mechanism alone in a fresh process. Load average {opts.load_start} at the start, "
+               f"{opts.load_end} at the end.", "",
+             "floor: the frozen model's forward and backward to its input, no adapter and no parameter gradient "
+             "(what any adapter training pays at least).", "",
+             "| arch | mechanism | targets | trainable | step wall | step CPU | peak extra memory |",
              "|---|---|---|---|---|---|---|"]
     for r in results:
-        lines.append(f"| {r['arch']} | {r['targets']} | {r['mechanism']} | {r['trainable_params']:,} | "
-                     f"{r['step_wall_s'] * 1000:.1f} ms | {r['step_cpu_s'] * 1000:.1f} ms | "
-                     f"{r['peak_extra_bytes'] / 2**20:.1f} MiB |")
-    lines += ["", "Ratios (qr_bypass / comfy_lora_wrapper; targets ≤ 1.05 time, ≤ 1.0 memory):", "",
-              "| arch | step wall | step CPU | peak extra memory |", "|---|---|---|---|"]
-    for arch in dict.fromkeys(r["arch"] for r in results):
-        a = {r["mechanism"]: r for r in results if r["arch"] == arch}
-        if set(a) == set(MECHANISMS):
-            q, c = a["qr_bypass"], a["comfy_lora_wrapper"]
-            mem = (f"{q['peak_extra_bytes'] / c['peak_extra_bytes']:.2f}×" if c["peak_extra_bytes"] > 0 else "—")
-            lines.append(f"| {arch} | {q['step_wall_s'] / c['step_wall_s']:.2f}× | "
-                         f"{q['step_cpu_s'] / c['step_cpu_s']:.2f}× | {mem} |")
+        for m, row in r["mechanisms"].items():
+            lines.append(f"| {r['arch']} | {m} | {row['targets']} | {row['trainable_params']:,} | "
+                         f"{fmt_spread(row['step_wall'], ' ms', 1000, 1)} | {fmt_spread(row['step_cpu'], ' ms', 1000, 1)} | "
+                         f"{row['peak_extra_bytes'] / 2**20:.1f} MiB |")
+    lines += ["", "Ratios of step wall time, median (min–max) over the rounds, and of peak extra memory "
+              "(targets: QR ÷ built-in ≤ 1.05 time, ≤ 1.0 memory):", "",
+              "| arch | QR ÷ built-in | QR ÷ floor | built-in ÷ floor | memory QR ÷ built-in | memory QR ÷ floor |",
+              "|---|---|---|---|---|---|"]
+    for r in results:
+        t, mem = r["time_ratios"], r["memory_ratios"]
+        f = (lambda v: "—" if v is None else f"{v:.2f}×")
+        lines.append(f"| {r['arch']} | {fmt_spread(t['qr_bypass / comfy_lora_wrapper'])} | "
+                     f"{fmt_spread(t['qr_bypass / floor'])} | {fmt_spread(t['comfy_lora_wrapper / floor'])} | "
+                     f"{f(mem['qr_bypass / comfy_lora_wrapper'])} | {f(mem['qr_bypass / floor'])} |")
     lines += ["", "Peak extra memory on the CPU is the growth of the process's peak RSS during the timed steps "
               "(from before the first step; coarse: memory freed while building the model is reused without "
               "growing the RSS); on CUDA, max_memory_allocated above the memory held before the first step."]
@@ -222,30 +335,36 @@ def main(argv=None):
     ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     ap.add_argument("--rank", type=int, default=16)
     ap.add_argument("--side", type=int, default=None, help="latent side (default 128 at full size, else 32)")
-    ap.add_argument("--steps", type=int, default=8)
+    ap.add_argument("--steps", type=int, default=3, help="timed steps per mechanism and round")
     ap.add_argument("--warmup", type=int, default=2)
+    ap.add_argument("--pairs", type=int, default=5, help="rounds of the interleaved timing")
+    ap.add_argument("--separate", action="store_true",
+                    help="no interleaved rounds (three models at once do not fit, e.g. full size on the CPU): "
+                         "step times from each mechanism alone")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--checkpointing", action="store_true",
                     help="gradient checkpointing in both mechanisms (the built-in trainer's default)")
-    ap.add_argument("--quick", action="store_true", help="tiny SD3, 3 steps: a smoke test")
+    ap.add_argument("--quick", action="store_true", help="tiny SD3, 2 rounds: a smoke test")
     ap.add_argument("--out-dir", default=str(PACK_DIR / "bench" / "results"))
-    ap.add_argument("--worker", choices=MECHANISMS, help=argparse.SUPPRESS)
+    ap.add_argument("--worker", choices=MECHANISMS + ("paired",), help=argparse.SUPPRESS)
     opts = ap.parse_args(argv)
     if opts.worker:
         opts.mechanism = opts.worker
         opts.arch = opts.arch[0]
-        print(json.dumps(worker(opts)))
+        print(json.dumps(paired_worker(opts) if opts.worker == "paired" else worker(opts)))
         return
     if opts.quick:
-        opts.size, opts.steps, opts.warmup, opts.rank = "tiny", 3, 1, 4
+        opts.size, opts.steps, opts.warmup, opts.rank, opts.pairs = "tiny", 2, 1, 4, 2
         opts.arch = opts.arch or ["sd3"]
     archs = opts.arch or (["sdxl", "flux"] if opts.size == "full" else ["sd3", "sdxl", "flux"])
+    opts.load_start = [round(x, 2) for x in os.getloadavg()]
     results = []
     for arch in archs:
-        for mech in MECHANISMS:
-            r = run_worker(opts, arch, mech)
-            print(json.dumps(r), flush=True)
-            results.append(r)
+        alone = {m: run_worker(opts, arch, m) for m in MECHANISMS}
+        paired = None if opts.separate else run_worker(opts, arch, "paired")
+        results.append(summarize(arch, alone, paired))
+        print(json.dumps(results[-1]["time_ratios"]), flush=True)
+    opts.load_end = [round(x, 2) for x in os.getloadavg()]
     machine = machine_info(opts.device)["slug"]
     out = Path(opts.out_dir)
     out.mkdir(parents=True, exist_ok=True)

@@ -25,9 +25,13 @@ def run_bench(script: str, out_dir) -> None:
 def test_train_step_quick(tmp_path):
     run_bench("train_step.py", tmp_path)
     (js,) = tmp_path.glob("train_step-*-tiny.json")
-    results = json.loads(js.read_text())["results"]
-    assert {r["mechanism"] for r in results} == {"qr_bypass", "comfy_lora_wrapper"}
-    assert all(r["step_wall_s"] > 0 and r["targets"] > 0 for r in results)
+    (r,) = json.loads(js.read_text())["results"]
+    assert set(r["mechanisms"]) == {"floor", "qr_bypass", "comfy_lora_wrapper"}
+    assert all(m["step_wall"]["median"] > 0 and m["step_wall"]["n"] == 2 and m["targets"] > 0
+               for m in r["mechanisms"].values())
+    assert r["mechanisms"]["floor"]["trainable_params"] == 0 < r["mechanisms"]["qr_bypass"]["trainable_params"]
+    ratio = r["time_ratios"]["qr_bypass / floor"]  # paired: one ratio per round
+    assert ratio["n"] == 2 and ratio["min"] <= ratio["median"] <= ratio["max"]
     assert (tmp_path / js.name.replace(".json", ".md")).is_file()
 
 
@@ -37,5 +41,6 @@ def test_merge_reapply_quick(tmp_path):
     (r,) = json.loads(js.read_text())["results"]
     for mech in ("qr_merge", "stock_lora_loaders"):
         assert len(r[mech]["changes"]) == 3 and r[mech]["median_total_s"] > 0
+    assert r["total_ratio"]["n"] == 2  # one ratio per λ change, the mechanisms alternating
     # Both mechanisms apply the same mix: fp32 files, so only rounding separates them.
     assert r["max_abs_update"] > 1e-3 and r["max_abs_difference"] < 1e-5
