@@ -142,7 +142,8 @@ def _randomized(w: torch.Tensor, targets: Sequence[Target], s: DecomposeSettings
     wt = w.transpose(-1, -2)
     y, _ = torch.linalg.qr(w @ _probes(targets, n, k, s.seed, w.device))
     small_t = wt @ y  # (yᵀW)ᵀ: the next iteration's product, and the Rayleigh–Ritz block below
-    energies = [_top_energy(small_t, s.rank)]
+    evals, evecs = _gram_eigh(small_t)
+    energies = [evals[..., -s.rank:].sum(-1)]  # what the rank-r basis from span(y) captures
     for i in range(s.max_power_iters):
         # Trained weights' spectra are flatter than synthetic ones: 2 fixed iterations capture only 0.980 of the
         # exact top-r energy on the shipped world model at rank 16, so iterate while too much may be missing.
@@ -151,10 +152,10 @@ def _randomized(w: torch.Tensor, targets: Sequence[Target], s: DecomposeSettings
         z, _ = torch.linalg.qr(small_t)
         y, _ = torch.linalg.qr(w @ z)
         small_t = wt @ y
-        energies.append(_top_energy(small_t, s.rank))
+        evals, evecs = _gram_eigh(small_t)
+        energies.append(evals[..., -s.rank:].sum(-1))
     # Rayleigh–Ritz in span(y): the top singular pairs of yᵀW are the eigenpairs of its small
-    # [k, k] Gram matrix, several times cheaper than an SVD of the [k, n] block.
-    evals, evecs = _gram_eigh(small_t)
+    # [k, k] Gram matrix (the last iteration's), several times cheaper than an SVD of the [k, n] block.
     top = evecs.flip(-1)[..., : s.rank].to(w.dtype)
     sigma = evals.flip(-1)[..., : s.rank].clamp_min(0).sqrt().to(w.dtype)
     return _qr_basis(y @ top, sigma, s.rank), sigma
@@ -182,11 +183,6 @@ def _still_missing(energies: list[torch.Tensor]) -> torch.Tensor:
     gain, before = energies[-1] - energies[-2], energies[-2] - energies[-3]
     ratio = (gain / before.clamp_min(1e-300)).clamp(0.0, 0.95)
     return _TAIL_SAFETY * gain.clamp_min(0) * ratio / (1 - ratio)
-
-
-def _top_energy(small_t: torch.Tensor, rank: int) -> torch.Tensor:
-    """Σ of the top-r squared singular values of yᵀW: the energy the rank-r basis from span(y) captures."""
-    return torch.linalg.eigvalsh((small_t.transpose(-1, -2) @ small_t).double())[..., -rank:].sum(-1)
 
 
 def decompose(get_weight: WeightGetter, targets: TargetSet, settings: DecomposeSettings,
