@@ -53,6 +53,7 @@ from pathlib import Path
 
 import torch
 
+from paired import loadavg, spread  # this folder
 from qr_core.cache import BasisCache, get_basis
 from qr_core.decompose import DecomposeSettings, captured_energy, decompose
 from qr_core.fingerprint import fingerprint_weights
@@ -251,13 +252,6 @@ def median(xs):
     return xs[n // 2] if n % 2 else (xs[n // 2 - 1] + xs[n // 2]) / 2
 
 
-def loadavg():
-    try:
-        return [float(x) for x in Path("/proc/loadavg").read_text().split()[:3]]
-    except OSError:
-        return None
-
-
 def default_budget(device: torch.device) -> int:
     """Bytes of stored weights a set may take to be built whole."""
     if device.type == "cuda":
@@ -317,11 +311,6 @@ def warm_up(src, targets: TargetSet, samples: dict, fast, exact, dev) -> list[st
             warm_exact.append(f"{m}x{n}")
     torch.linalg.svd(torch.randn(64, 64, device=dev))
     return warm_exact
-
-
-def spread(values: list[float]) -> dict:
-    """Median with min and max, and how many values: the form every ratio in bench/ is reported in."""
-    return {"median": median(values), "min": min(values), "max": max(values), "n": len(values)}
 
 
 def time_pairs(name: str, src, targets: TargetSet, groups: dict, samples: dict, fast, exact, whole: bool,

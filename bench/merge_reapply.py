@@ -33,6 +33,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "comfyui"))  # the model fixture
 from comfy_models import PACK_DIR, build, comfy_setup, pack_module  # noqa: E402
+from paired import loadavg, spread  # noqa: E402  (this folder)
 from qr_core.machine import machine_info  # noqa: E402
 
 LAMBDAS = [(1.0, 1.0), (0.8, 1.0), (0.8, 1.2), (0.6, 1.2), (0.6, 1.4), (0.5, 1.5)]
@@ -67,11 +68,6 @@ def run_pairs(mechanisms: dict, lambdas, device, keys) -> tuple[dict, dict]:
             if i == len(lambdas) - 1:
                 weights[name] = target_weights(model, keys)
     return rows, weights
-
-
-def spread(values: list[float]) -> dict:
-    """Median with min and max, and how many values: the form every ratio in bench/ is reported in."""
-    return {"median": statistics.median(values), "min": min(values), "max": max(values), "n": len(values)}
 
 
 def target_weights(model, keys) -> dict:
@@ -194,7 +190,7 @@ def main(argv=None):
 
     torch.set_num_threads(opts.threads)
     device = torch.device(opts.device)
-    opts.load_start = [round(x, 2) for x in os.getloadavg()]
+    opts.load_start = loadavg()
     with tempfile.TemporaryDirectory(prefix="qr_lora_bench_") as tmp:
         pack = comfy_setup(opts.device, {"loras": Path(tmp) / "loras", "qr_lora": Path(tmp) / "qr_lora"})
         results = []
@@ -202,7 +198,7 @@ def main(argv=None):
             r = bench_arch(pack, arch, opts, device)
             print(json.dumps({k: v for k, v in r.items() if not isinstance(v, dict)}), flush=True)
             results.append(r)
-    opts.load_end = [round(x, 2) for x in os.getloadavg()]
+    opts.load_end = loadavg()
     machine = machine_info(opts.device)["slug"]
     out = Path(opts.out_dir)
     out.mkdir(parents=True, exist_ok=True)

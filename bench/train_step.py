@@ -41,7 +41,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import platform
 import resource
 import statistics
@@ -54,6 +53,7 @@ from typing import Callable
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "comfyui"))  # the model fixture
 from comfy_models import PACK_DIR, build, comfy_setup, pack_module  # noqa: E402
+from paired import loadavg, spread  # noqa: E402  (this folder)
 from qr_core.machine import machine_info  # noqa: E402
 
 MECHANISMS = ("floor", "qr_bypass", "comfy_lora_wrapper")
@@ -261,28 +261,21 @@ def run_worker(opts, arch: str, mechanism: str) -> dict:
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
-def spread(values: list[float]) -> dict:
-    """Median with min and max, and how many values: the form every ratio in bench/ is reported in."""
-    return {"median": statistics.median(values), "min": min(values), "max": max(values), "n": len(values)}
-
-
 def summarize(arch: str, alone: dict, paired: dict | None) -> dict:
     """Per mechanism: step time (paired rounds, or alone), memory (alone); and the per-round ratios."""
-    rows = {}
-    for m, r in alone.items():
-        wall = paired["rounds"][m]["wall_s"] if paired else [r["alone_step_wall_s"]]
-        cpu = paired["rounds"][m]["cpu_s"] if paired else [r["alone_step_cpu_s"]]
-        rows[m] = {**r, "step_wall": spread(wall), "step_cpu": spread(cpu)}
-    n = rows["floor"]["step_wall"]["n"]
-    wall = {m: (paired["rounds"][m]["wall_s"] if paired else [rows[m]["alone_step_wall_s"]]) for m in rows}
-    ratios = {f"{a} / {b}": spread([x / y for x, y in zip(wall[a], wall[b])])
+    def times(m: str, kind: str) -> list[float]:
+        return paired["rounds"][m][f"{kind}_s"] if paired else [alone[m][f"alone_step_{kind}_s"]]
+
+    rows = {m: {**r, "step_wall": spread(times(m, "wall")), "step_cpu": spread(times(m, "cpu"))}
+            for m, r in alone.items()}
+    ratios = {f"{a} / {b}": spread([x / y for x, y in zip(times(a, "wall"), times(b, "wall"))])
               for a, b in (("qr_bypass", "comfy_lora_wrapper"), ("qr_bypass", "floor"),
                            ("comfy_lora_wrapper", "floor"))}
     memory = {f"{a} / {b}": (rows[a]["peak_extra_bytes"] / rows[b]["peak_extra_bytes"]
                              if rows[b]["peak_extra_bytes"] > 0 else None)
               for a, b in (("qr_bypass", "comfy_lora_wrapper"), ("qr_bypass", "floor"))}
-    return {"arch": arch, "rounds": n, "paired": paired is not None, "mechanisms": rows, "time_ratios": ratios,
-            "memory_ratios": memory}
+    return {"arch": arch, "rounds": rows["floor"]["step_wall"]["n"], "paired": paired is not None,
+            "mechanisms": rows, "time_ratios": ratios, "memory_ratios": memory}
 
 
 def fmt_spread(sp: dict, unit: str = "×", scale: float = 1.0, digits: int = 2) -> str:
@@ -357,14 +350,14 @@ def main(argv=None):
         opts.size, opts.steps, opts.warmup, opts.rank, opts.pairs = "tiny", 2, 1, 4, 2
         opts.arch = opts.arch or ["sd3"]
     archs = opts.arch or (["sdxl", "flux"] if opts.size == "full" else ["sd3", "sdxl", "flux"])
-    opts.load_start = [round(x, 2) for x in os.getloadavg()]
+    opts.load_start = loadavg()
     results = []
     for arch in archs:
         alone = {m: run_worker(opts, arch, m) for m in MECHANISMS}
         paired = None if opts.separate else run_worker(opts, arch, "paired")
         results.append(summarize(arch, alone, paired))
         print(json.dumps(results[-1]["time_ratios"]), flush=True)
-    opts.load_end = [round(x, 2) for x in os.getloadavg()]
+    opts.load_end = loadavg()
     machine = machine_info(opts.device)["slug"]
     out = Path(opts.out_dir)
     out.mkdir(parents=True, exist_ok=True)

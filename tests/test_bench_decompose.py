@@ -1,30 +1,23 @@
 """Smoke test of bench/decompose.py: --quick runs every set on tiny shapes and writes the result files."""
 
-import importlib.util
 import json
+import subprocess
 import sys
 from pathlib import Path
 
 BENCH = Path(__file__).resolve().parents[1] / "bench" / "decompose.py"
 
 
-def _load():
-    spec = importlib.util.spec_from_file_location("bench_decompose", BENCH)
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = mod  # dataclasses look their module up here
-    spec.loader.exec_module(mod)
-    return mod
-
-
 def test_quick_run_writes_json_and_markdown(tmp_path):
-    bench = _load()
-    res = bench.main(["--quick", "--quiet", "--out-dir", str(tmp_path)])
-    slug = res["machine"]["slug"]
-    js = tmp_path / f"decompose-{slug}-quick.json"
-    md = tmp_path / f"decompose-{slug}-quick.md"
-    assert js.exists() and md.exists()
+    """Run as a user runs it: a script, from any folder."""
+    proc = subprocess.run([sys.executable, str(BENCH), "--quick", "--quiet", "--out-dir", str(tmp_path)],
+                          capture_output=True, text=True, cwd=tmp_path, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    (js,) = tmp_path.glob("decompose-*-quick.json")
+    md = js.with_suffix(".md")
+    assert md.exists()
     data = json.loads(js.read_text())
-    assert data["quick"] is True
+    assert data["quick"] is True and js.name == f"decompose-{data['machine']['slug']}-quick.json"
     for key in ("machine", "settings", "sets", "targets", "method"):
         assert key in data
     for key in ("cpu", "cores", "torch", "gpu", "slug"):

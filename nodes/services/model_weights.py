@@ -28,8 +28,9 @@ def base_weight_getter(model) -> Callable[[str], torch.Tensor]:
     Patched weights are read from the patcher's backups (what unpatching
     restores). A weight is returned as stored (fp8 included: qr_core casts the
     rows it uses, and fingerprints sample it without a full copy); scaled-fp8
-    layers go through their own `convert_weight`, the conversion ComfyUI
-    applies before patching, and come back in fp32.
+    layers (ComfyUI 0.3: `scale_weight`; from 0.8: `QuantizedTensor`) go
+    through their own `convert_weight`, the conversion ComfyUI applies before
+    patching, and come back dequantized in fp32.
     """
     def get(key: str) -> torch.Tensor:
         full = DIFFUSION_PREFIX + key
