@@ -6,7 +6,7 @@ from comfy_api.latest import io, ui
 
 from ..qr_core import QRDelta
 from ..qr_core.delta import DTYPES
-from ..qr_core.merge import NAMINGS, export_merge
+from ..qr_core.merge import DEFAULT_NAMING, NAMING_HELP, NAMINGS, export_merge
 from .services import folders
 from .services.patches import merge_onto
 from .options import check_options
@@ -82,13 +82,14 @@ class QRExportLoRA(io.ComfyNode):
             display_name="QR-LoRA Export as LoRA",
             category=CATEGORY,
             description="Writes the merge Q(Σλ ΔR) as a standard LoRA file (lora_up = Q, lora_down = Σλ ΔR, "
-                        "alpha = rank) into models/loras; ComfyUI's stock LoRA loaders apply it with no QR-LoRA code.",
+                        "alpha = rank) into models/loras; ComfyUI's stock LoRA loaders apply it with no QR-LoRA code, "
+                        "and with kohya naming (the default) so does diffusers for SDXL and FLUX.",
             is_output_node=True,
             inputs=mix_inputs() + [
                 io.String.Input("lora_name", default="qr_lora_merge",
                                 tooltip="File name in models/loras (no extension needed); an existing file is replaced."),
-                io.Combo.Input("naming", options=list(NAMINGS), default="comfyui",
-                               tooltip="Key naming: 'comfyui' (diffusion_model.…) or 'kohya' (lora_unet_…)."),
+                io.Combo.Input("naming", options=list(NAMINGS), default=DEFAULT_NAMING,
+                               tooltip="Key naming. " + NAMING_HELP),
                 io.Combo.Input("dtype", options=list(DTYPES), default="fp16",
                                tooltip="Storage precision; fp32 reproduces Merge ΔR bit for bit in fp32 models."),
             ],

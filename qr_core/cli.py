@@ -13,7 +13,7 @@ from .decompose import METHODS, DecomposeSettings
 from .delta import DTYPES, QRDelta, describe_delta_header
 from .errors import QRLoRAError
 from .files import read_header
-from .merge import NAMINGS, export_merge, merged_delta
+from .merge import DEFAULT_NAMING, NAMING_HELP, NAMINGS, export_merge, merged_delta, module_ranks
 from .targets import PRESETS, select_targets
 
 
@@ -51,7 +51,13 @@ def describe_file(path: str) -> dict:
         info.update(kind="basis", arch=t["arch"], preset=t["preset"], targets=len(t["targets"]),
                     settings=json.loads(meta["settings"]), basis_fingerprint=meta.get("basis_fingerprint"))
     elif any(k.endswith("lora_down.weight") for k in header):
-        info.update(kind="LoRA", modules=sum(k.endswith("lora_down.weight") for k in header),
+        downs = [k for k in header if k.endswith("lora_down.weight")]
+        naming = ("kohya" if all(k.startswith("lora_") for k in downs)
+                  else "comfyui" if all(k.startswith("diffusion_model.") for k in downs) else "other")
+        # Read from the tensors, so a file whose ss_network_dim says otherwise shows it.
+        ranks = module_ranks({k: header[k]["shape"] for k in downs})
+        info.update(kind="LoRA", modules=len(downs), naming=naming, largest_rank=max(ranks),
+                    module_ranks={str(r): n for r, n in ranks.items()},
                     metadata={k: v for k, v in meta.items() if k.startswith(("ss_", "modelspec.", "qr_lora"))})
     else:
         info.update(kind="unknown safetensors file")
@@ -133,7 +139,8 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--weights", type=float, nargs="+", help="one λ per ΔR (default 1 each)")
     m.add_argument("-o", "--output", required=True)
     m.add_argument("--export-lora", action="store_true", help="write a standard LoRA instead of a ΔR")
-    m.add_argument("--naming", choices=NAMINGS, default="comfyui", help="LoRA key naming")
+    m.add_argument("--naming", choices=NAMINGS, default=DEFAULT_NAMING,
+                   help="LoRA key naming (--export-lora). " + NAMING_HELP.replace("%", "%%"))
     m.add_argument("--dtype", choices=list(DTYPES), default="fp16")
     m.add_argument("--allow-mixed-bases", action="store_true",
                    help="apply ΔR from different bases term by term (LoRA export only)")

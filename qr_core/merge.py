@@ -126,7 +126,21 @@ _LORA_ARCH = {  # kohya's ss_base_model_version and the model spec's architectur
     "sd3": ("sd3", "stable-diffusion-3-medium/lora"),
     "flux": ("flux1", "flux-1-dev/lora"),
 }
+# The model spec's implementation names the code whose module names the keys follow (ComfyUI's keys are
+# the reference implementations'), and its resolution the model's native one.
+_SPEC_IMPLEMENTATION = {"sd15": "https://github.com/Stability-AI/generative-models",
+                        "sdxl": "https://github.com/Stability-AI/generative-models",
+                        "sd3": "https://github.com/Stability-AI/sd3.5",
+                        "flux": "https://github.com/black-forest-labs/flux"}
+_SPEC_RESOLUTION = {"sd15": "512x512", "sdxl": "1024x1024", "sd3": "1024x1024", "flux": "1024x1024"}
 NAMINGS = ("comfyui", "kohya")
+# Which loaders read which naming, as the tests measure it (README: "Sharing an export"): the one
+# default for the Export node and `qr-lora merge --export-lora`.
+DEFAULT_NAMING = "kohya"
+NAMING_HELP = ("kohya (lora_unet_…, the default): for sharing; ComfyUI loads it, and so does diffusers' "
+               "load_lora_weights for SDXL and FLUX (SD1.5 with unet_config=pipe.unet.config); A1111/Forge and "
+               "kohya's tools use this naming. comfyui (diffusion_model.…): ComfyUI loads it, diffusers only for "
+               "FLUX. diffusers loads neither for SD3.")
 
 
 def lora_state_dict(terms: Sequence[PatchTerm], shapes: dict[str, tuple[int, int]], naming: str = "comfyui",
@@ -158,24 +172,75 @@ def lora_state_dict(terms: Sequence[PatchTerm], shapes: dict[str, tuple[int, int
 
 def export_lora(terms: Sequence[PatchTerm], shapes: dict[str, tuple[int, int]], arch: str, path: str | Path,
                 naming: str = "comfyui", dtype: str = "fp16", title: str = "", sources: Sequence[str] = (),
-                weights: Sequence[float] = ()) -> Path:
-    """Write the merge as a standard LoRA file that any stock loader applies with no QR-LoRA code."""
+                weights: Sequence[float] = (), trigger_words: str = "") -> Path:
+    """Write the merge as a standard LoRA file (which loaders read which naming: NAMING_HELP)."""
     sd = lora_state_dict(terms, shapes, naming, dtype)
-    rank = max(t.rank for t in terms)
+    meta = lora_metadata(sd, arch, naming, title or Path(path).stem, sources, weights, trigger_words)
+    return atomic_save(sd, path, meta)
+
+
+def module_ranks(keys_and_shapes: Mapping[str, Sequence[int]]) -> dict[int, int]:
+    """rank → number of LoRA modules with it, from the file's `lora_down` shapes (a fused FLUX qkv holds 3 ranks)."""
+    ranks: dict[int, int] = defaultdict(int)
+    for key, shape in keys_and_shapes.items():
+        if key.endswith("lora_down.weight"):
+            ranks[int(shape[0])] += 1
+    return dict(sorted(ranks.items()))
+
+
+def lora_metadata(sd: Mapping[str, torch.Tensor], arch: str, naming: str, title: str, sources: Sequence[str] = (),
+                  weights: Sequence[float] = (), trigger_words: str = "") -> dict[str, str]:
+    """kohya's ss_* and the SAI model spec's modelspec.* fields, describing the file as written.
+
+    Every module has alpha = its rank (scale 1). One rank everywhere: ss_network_dim = ss_network_alpha =
+    that rank; ranks that differ (fused weights stack their slices' ranks; mixed bases add up) are
+    "Dynamic", kohya's value for per-module ranks, with the ranks in qr_lora_module_ranks.
+    """
+    ranks = module_ranks({k: v.shape for k, v in sd.items()})
+    dim = str(next(iter(ranks))) if len(ranks) == 1 else "Dynamic"
     base_version, spec_arch = _LORA_ARCH.get(arch, (arch, f"{arch}/lora"))
+    mix = " + ".join(f"{w:g}·{name or 'ΔR'}" for name, w in zip(sources, weights)) or "of ΔR"
+    ranks_text = ", ".join(f"{n} of rank {r}" for r, n in ranks.items())
     meta = {
         "ss_network_module": "networks.lora",
-        "ss_network_dim": str(rank),
-        "ss_network_alpha": str(rank),
+        "ss_network_dim": dim,
+        "ss_network_alpha": dim,
         "ss_base_model_version": base_version,
+        "ss_training_comment": f"QR-LoRA merge {mix} (W + Q·Σλ ΔR); modules: {ranks_text}; alpha = rank in each",
         "modelspec.sai_model_spec": "1.0.0",
         "modelspec.architecture": spec_arch,
-        "modelspec.implementation": "qr-lora",
-        "modelspec.title": title or Path(path).stem,
+        "modelspec.implementation": _SPEC_IMPLEMENTATION.get(arch, "https://github.com/comfyanonymous/ComfyUI"),
+        "modelspec.implementation_version": f"qr-lora/{_version()}",
+        "modelspec.title": title,
+        "modelspec.description": f"QR-LoRA merge {mix}, exported as a standard LoRA ({naming} key naming).",
         "modelspec.date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "qr_lora_merge": json.dumps({"sources": list(sources), "weights": list(map(float, weights)), "arch": arch}),
+        "qr_lora_merge": json.dumps({"sources": list(sources), "weights": list(map(float, weights)), "arch": arch,
+                                     "naming": naming}),
+        "qr_lora_module_ranks": json.dumps({str(r): n for r, n in ranks.items()}),
     }
-    return atomic_save(sd, path, meta)
+    if arch in _SPEC_RESOLUTION:
+        meta["modelspec.resolution"] = _SPEC_RESOLUTION[arch]
+    if sources:
+        meta["modelspec.merged_from"] = ", ".join(name or "ΔR" for name in sources)
+    if trigger_words:
+        meta["modelspec.trigger_phrase"] = trigger_words
+    return meta
+
+
+def _version() -> str:
+    from . import __version__
+
+    return __version__
+
+
+def merged_trigger_words(deltas: Sequence[QRDelta]) -> str:
+    """The ΔR's trigger words, each once, in order."""
+    words: list[str] = []
+    for d in deltas:
+        for w in (d.trigger_words or "").split(","):
+            if w.strip() and w.strip() not in words:
+                words.append(w.strip())
+    return ", ".join(words)
 
 
 def export_merge(deltas: Sequence[QRDelta], weights: Sequence[float], path: str | Path, naming: str = "comfyui",
@@ -183,5 +248,5 @@ def export_merge(deltas: Sequence[QRDelta], weights: Sequence[float], path: str 
     """Merge (eq. 7) and write the result as a standard LoRA; returns the path and the number of modules."""
     terms = merge(deltas, weights, allow_mixed_bases)
     path = export_lora(terms, union_shapes(deltas), deltas[0].arch, path, naming, dtype, title=Path(path).stem,
-                       sources=[d.name for d in deltas], weights=weights)
+                       sources=[d.name for d in deltas], weights=weights, trigger_words=merged_trigger_words(deltas))
     return path, len({t.target.key for t in terms})

@@ -80,8 +80,11 @@ def test_n_way_merge_with_extra_delta(pack):
     assert all(torch.allclose(got[k], want[k], atol=1e-6) for k in basis.targets.shapes)
 
 
-@pytest.mark.parametrize("arch,naming", [("sd3", "comfyui"), ("sd15", "kohya"), ("flux", "comfyui")])
-def test_exported_lora_through_stock_loader_equals_merge(pack, comfy_root, arch, naming):
+@pytest.mark.parametrize("naming", ["kohya", "comfyui"])
+@pytest.mark.parametrize("arch", ["sd15", "sdxl", "sd3", "flux"])
+def test_exported_lora_through_stock_loader_equals_merge(pack, comfy_root, caplog, arch, naming):
+    """Export → LoraLoaderModelOnly gives Merge's weights, every key of the file loaded (ComfyUI warns
+    'lora key not loaded' for any it cannot place)."""
     model = tiny_model(arch)
     basis = decompose(pack, model)
     content, style = random_delta(pack, basis, 1, "content"), random_delta(pack, basis, 2, "style")
@@ -91,10 +94,31 @@ def test_exported_lora_through_stock_loader_equals_merge(pack, comfy_root, arch,
                                           lambda_extra_1=1.0, lambda_extra_2=1.0, allow_mixed_bases=False,
                                           lora_name=name, naming=naming, dtype="fp32")
     assert (comfy_root / "models" / "loras" / f"{name}.safetensors").is_file()
-    loaded = nodes.LoraLoaderModelOnly().load_lora_model_only(model, f"{name}.safetensors", 1.0)[0]
+    with caplog.at_level("WARNING"):
+        loaded = nodes.LoraLoaderModelOnly().load_lora_model_only(model, f"{name}.safetensors", 1.0)[0]
+    assert not [r.getMessage() for r in caplog.records if "not loaded" in r.getMessage()]
+    assert set(loaded.patches) == {f"diffusion_model.{k}" for k in basis.targets.shapes}
     stock = patched_weights(loaded)
     for k in merged:
         assert torch.allclose(stock[k], merged[k], atol=1e-6, rtol=1e-5), k
+
+
+def test_a_key_the_stock_loader_cannot_place_is_seen(pack, comfy_root, caplog):
+    """The 'every key loaded' check above can fail: ComfyUI names a key it leaves out."""
+    from safetensors.torch import load_file, save_file
+
+    model = tiny_model("sd15")
+    content = random_delta(pack, decompose(pack, model), 1, "content")
+    pack.node("QRLoRAExportLoRA").execute(content=content, style=content, lambda_content=1.0, lambda_style=0.0,
+                                          lambda_extra_1=1.0, lambda_extra_2=1.0, allow_mixed_bases=False,
+                                          lora_name="export_extra_key", naming="kohya", dtype="fp16")
+    path = comfy_root / "models" / "loras" / "export_extra_key.safetensors"
+    lora = load_file(str(path))
+    lora["lora_unet_no_such_block.lora_up.weight"], lora["lora_unet_no_such_block.lora_down.weight"] = torch.ones(1, 1), torch.ones(1, 1)
+    save_file(lora, str(path))
+    with caplog.at_level("WARNING"):
+        nodes.LoraLoaderModelOnly().load_lora_model_only(model, "export_extra_key.safetensors", 1.0)
+    assert any("not loaded" in r.getMessage() and "no_such_block" in r.getMessage() for r in caplog.records)
 
 
 def test_merge_of_different_bases_is_refused_unless_allowed(pack):
