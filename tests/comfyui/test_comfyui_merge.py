@@ -103,6 +103,14 @@ def test_exported_lora_through_stock_loader_equals_merge(pack, comfy_root, caplo
         assert torch.allclose(stock[k], merged[k], atol=1e-6, rtol=1e-5), k
 
 
+def test_export_node_defaults_to_the_naming_for_sharing(pack):
+    """kohya loads in ComfyUI and (for SDXL and FLUX) in diffusers; the tooltip says which loads where."""
+    inputs = pack.node("QRLoRAExportLoRA").INPUT_TYPES()["required"]
+    _, extra = inputs["naming"]
+    assert extra["options"] == ["comfyui", "kohya"] and extra["default"] == "kohya"
+    assert all(word in extra["tooltip"] for word in ("ComfyUI", "diffusers", "A1111", "SD3"))
+
+
 def test_a_key_the_stock_loader_cannot_place_is_seen(pack, comfy_root, caplog):
     """The 'every key loaded' check above can fail: ComfyUI names a key it leaves out."""
     from safetensors.torch import load_file, save_file
