@@ -146,11 +146,9 @@ def test_sd15_kohya_export_needs_diffusers_told_the_unet_layout(setups, tmp_path
     given the UNet config to renumber the blocks (kohya's own SD1 files use diffusers' block names)."""
     setup = setups("sd15")
     path = setup.export(tmp_path, "kohya")
-    from peft.tuners.tuners_utils import NoMatchingPeftModuleError  # noqa: F401  (peft names the refusal)
-
     with pytest.raises(Exception, match="not found in the base model") as refused:
         setup.load(path)
-    assert type(refused.value).__name__ == "NoMatchingPeftModuleError"
+    assert type(refused.value).__name__ == "NoMatchingPeftModuleError"  # peft's, raised through diffusers
     _assert_exact(setup, path, unet_config=setup.twin.model.config)
 
 
@@ -197,6 +195,9 @@ BROKEN = {  # (arch, what): how the file is broken, and the diffusers weights th
                                                          "lora_unet_middle_block_1_transformer_blocks_0_attn1_to_k"),
                               ["mid_block.attentions.0.transformer_blocks.0.attn1.to_q.weight",
                                "mid_block.attentions.0.transformer_blocks.0.attn1.to_k.weight"]),
+    # FLUX's converter folds each module's alpha into its weights: one module's doubled alpha shows.
+    ("flux", "doubled alpha"): (lambda lora: _double_alpha(lora, "lora_unet_single_blocks_0_linear1"),
+                                [f"single_transformer_blocks.0.attn.to_{p}.weight" for p in "qkv"]),
     ("flux", "swapped q/k"): (lambda lora: _swap_rows(lora, "lora_unet_double_blocks_0_img_attn_qkv", 3072),
                               ["transformer_blocks.0.attn.to_q.weight", "transformer_blocks.0.attn.to_k.weight"]),
 }
@@ -204,8 +205,8 @@ BROKEN = {  # (arch, what): how the file is broken, and the diffusers weights th
 
 @pytest.mark.parametrize("arch,what", list(BROKEN))
 def test_a_broken_export_fails_the_comparison(setups, tmp_path, arch, what):
-    """The checks above can fail: a file with one module's alpha doubled, or q and k swapped, still loads
-    in diffusers, and the comparison names exactly the weights it spoils."""
+    """The checks above can fail: a file with its alphas doubled, or q and k swapped, still loads in
+    diffusers, and the comparison names exactly the weights it spoils (linear1's MLP rows have no update)."""
     setup = setups(arch)
     path = setup.export(tmp_path, "kohya")
     lora = load_file(str(path))
