@@ -128,8 +128,12 @@ class TrainState:
         with torch.no_grad():
             for p, saved_p in zip(params, self.params):
                 p.copy_(saved_p.to(p.device, p.dtype))
+        # Copies: tensors read inside inference mode (as ComfyUI runs nodes) cannot be updated in place later.
+        copied = {"state": {i: {k: v.clone() if isinstance(v, torch.Tensor) else v for k, v in s.items()}
+                            for i, s in self.optimizer.get("state", {}).items()},
+                  "param_groups": self.optimizer.get("param_groups", [])}
         try:
-            optimizer.load_state_dict(self.optimizer)
+            optimizer.load_state_dict(copied)
         except (ValueError, KeyError) as e:
             raise BasisMismatchError(f"the training state's optimizer state does not fit this optimizer ({e}): "
                                      "resume with the optimizer it was saved with.") from None
