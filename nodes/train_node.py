@@ -10,11 +10,12 @@ from ..qr_core import NonFiniteLossError, QRAdapter, TrainSettings, merge
 from ..qr_core.dataset import pair_dataset
 from ..qr_core.schedules import LR_SCHEDULES
 from .services import folders, model_weights, server
+from .services.previews import PreviewStrip
 from .services.train_files import RunFiles, find_state
 from .services.patches import apply_terms
 from .options import check_options
 from .sockets import CATEGORY, QRBasis, QRDeltaType
-from .services.trainer import LOSS_SPACES, TIMESTEP_SAMPLING, Objective, run_training
+from .services.trainer import LOSS_SPACES, TIMESTEP_SAMPLING, Objective, Previews, run_training
 
 MODE_CHOICES = {"ΔR only": "delta_r", "Q and R": "qr"}  # what the widget shows → qr_core's mode id
 COMPUTE_DTYPES = {"bf16": "bfloat16", "fp32": "float32"}
@@ -111,11 +112,26 @@ class QRTrainDelta(io.ComfyNode):
                                  tooltip="Write save_name.state.safetensors with each save (optimizer state, step, "
                                          "random state; about 3× the fp32 ΔR size) so the run can be resumed "
                                          "exactly, also after a cancel."),
+                io.Int.Input("preview_every", default=0, min=0, max=100000, optional=True,
+                             tooltip="Sample the model with the ΔR so far every N steps (and after the last) and "
+                                     "show it on the node, as KSampler's previews; all of them come out as the "
+                                     "previews strip. Fixed seed, cfg 1, the largest training size. 0: no previews. "
+                                     "They do not change the training (same losses and ΔR)."),
+                io.Int.Input("preview_steps", default=8, min=1, max=200, optional=True,
+                             tooltip="Sampling steps of each preview (Euler)."),
+                io.Conditioning.Input("preview_positive", optional=True,
+                                      tooltip="The prompt of the previews (default: the first training prompt), "
+                                              "e.g. 'a photo of a <c> dog on a beach' to watch the subject transfer."),
+                io.Vae.Input("vae", optional=True,
+                             tooltip="Decode previews with this VAE (full images); without it, ComfyUI's latent "
+                                     "previewer (fast, small)."),
             ],
             outputs=[
                 QRDeltaType.Output(display_name="QR_DELTA", tooltip="The trained ΔR (with its Q)."),
                 io.Model.Output(display_name="MODEL", tooltip="The model with this ΔR applied, for a preview."),
                 io.LossMap.Output(display_name="loss", tooltip="Loss per step (plot it with Plot Loss Graph)."),
+                io.Image.Output(display_name="previews",
+                                tooltip="The previews side by side, oldest first (one black square without previews)."),
             ],
             hidden=[io.Hidden.unique_id],
         )
@@ -125,18 +141,22 @@ class QRTrainDelta(io.ComfyNode):
                 timestep_sampling, loss_space, training_dtype, gradient_checkpointing, mode, triangular,
                 trigger_words, save_name, save_every, resume=None, noise_draws=1, storage_dtype="bf16",
                 lr_schedule="constant", warmup_steps=0, gradient_accumulation=1, keep_last=3,
-                save_training_state=True) -> io.NodeOutput:
+                save_training_state=True, preview_every=0, preview_steps=8, preview_positive=None,
+                vae=None) -> io.NodeOutput:
         import torch
 
-        values = {k: _single(k, v) for k, v in locals().items() if k not in ("cls", "torch", "latent", "positive")}
+        values = {k: _single(k, v) for k, v in locals().items()
+                  if k not in ("cls", "torch", "latent", "positive", "preview_positive")}
         check_options(cls, values)
-        return cls._train(latent, positive, **values)
+        preview_conds = _as_list(preview_positive, conditioning=True)[0] if preview_positive is not None else None
+        return cls._train(latent, positive, preview_conds=preview_conds, **values)
 
     @classmethod
     def _train(cls, latent, positive, model, basis, steps, learning_rate, optimizer, batch_size, seed,
                timestep_sampling, loss_space, training_dtype, gradient_checkpointing, mode, triangular,
                trigger_words, save_name, save_every, resume, noise_draws, storage_dtype, lr_schedule,
-               warmup_steps, gradient_accumulation, keep_last, save_training_state) -> io.NodeOutput:
+               warmup_steps, gradient_accumulation, keep_last, save_training_state, preview_every, preview_steps,
+               preview_conds, vae) -> io.NodeOutput:
         import torch
 
         mode_id = MODE_CHOICES[mode]
@@ -174,6 +194,14 @@ class QRTrainDelta(io.ComfyNode):
         bar = comfy.utils.ProgressBar(steps)
         losses: list[float] = list(state.losses) if state is not None else []
         latest = {}
+        strip = PreviewStrip(model, vae)
+
+        def on_preview(step: int, latent_sample) -> None:
+            bar.update_absolute(step, steps, strip.add(latent_sample))
+            server.show_progress_text(f"step {step}/{steps}  loss {losses[-1]:.5f}  preview {len(strip.images)} "
+                                      f"({previews.seconds + strip.seconds:.1f} s in previews)", node_id)
+
+        previews = Previews(preview_every, on_preview, preview_steps, seed, preview_conds)
 
         def on_step(step: int, loss: float) -> None:
             losses.append(loss)
@@ -184,9 +212,9 @@ class QRTrainDelta(io.ComfyNode):
                 files.save(step, losses, latest.get("capture"), final=False)
 
         try:
-            run_training(model, adapter, dataset, [], settings, objective,
+            result = run_training(model, adapter, dataset, [], settings, objective,
                          getattr(torch, COMPUTE_DTYPES[training_dtype]), gradient_checkpointing, on_step,
-                         resume=state, on_state=lambda capture: latest.update(capture=capture))
+                         resume=state, on_state=lambda capture: latest.update(capture=capture), previews=previews)
         except NonFiniteLossError as e:
             kept = ""
             if save_path is not None and losses:
@@ -200,6 +228,10 @@ class QRTrainDelta(io.ComfyNode):
                 if not (save_every and done % save_every == 0):  # else on_step has saved this step already
                     files.save(done, losses, latest["capture"], final=False)
             raise
+        preview_s = previews.seconds + strip.seconds
+        train_s = max(result.seconds - preview_s, 0.0)
+        files.record.update(train_seconds=round(train_s, 2), preview_seconds=round(preview_s, 2),
+                            previews_at=previews.taken_at)
         delta = files.delta(len(losses), losses[-1])
         if save_path is not None:
             files.save(len(losses), losses, latest.get("capture"), final=True)
@@ -207,8 +239,13 @@ class QRTrainDelta(io.ComfyNode):
         text = (f"{len(basis.targets)} targets, {delta.num_params():,} trainable values, {len(losses)} steps"
                 f" on {dataset.images} image(s) in {len(dataset.buckets)} size(s); "
                 f"loss {losses[0]:.5f} → {losses[-1]:.5f}" + (f"; saved {save_path.name}" if save_path else "")
+                + f"\ntraining {train_s:.1f} s" + (f", {len(strip.images)} previews {preview_s:.1f} s"
+                                                   if strip.images else "")
                 + (f"\nresumed {resume.name}: {resume_note}" if resume is not None else ""))
-        return io.NodeOutput(delta, preview, {"loss": losses}, ui=ui.PreviewText(text))
+        shown = {"text": (text,)}
+        if strip.images:
+            shown.update(ui.PreviewImage(strip.strip(), cls=cls).as_dict())
+        return io.NodeOutput(delta, preview, {"loss": losses}, strip.strip(), ui=shown)
 
 
 def _single(name: str, value):

@@ -11,7 +11,8 @@ wrapper that rebuilds every weight per step.
 from __future__ import annotations
 
 import contextlib
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, field
 from typing import Callable
 
 import torch
@@ -157,6 +158,30 @@ def transformer_blocks(diffusion_model: torch.nn.Module) -> list[torch.nn.Module
     return blocks
 
 
+@dataclass
+class Previews:
+    """Samples of the model being trained, with ΔR attached, every `every` steps and after the last.
+
+    Each is `steps` Euler steps of ComfyUI's own sampler from noise of a fixed
+    `seed`, at cfg 1 (the guider holds no negative), in the size of the largest
+    training image; `conds` (a conditioning's entries) default to the first
+    training conditioning. The global RNG is forked around each, so previews
+    change no draw of the training: the same losses and ΔR with and without.
+    `on_preview(step, latent)` gets the sample in the model's latent space.
+    """
+
+    every: int
+    on_preview: Callable[[int, torch.Tensor], None]
+    steps: int = 8
+    seed: int = 0
+    conds: list | None = None
+    seconds: float = 0.0  # sampling time of all previews (the node adds its decoding)
+    taken_at: list[int] = field(default_factory=list)
+
+    def due(self, step: int, total: int) -> bool:
+        return self.every > 0 and (step % self.every == 0 or step == total)
+
+
 class QRTrainSampler(comfy.samplers.Sampler):
     """A 'sampler' whose sample() trains the adapter; ComfyUI's guider has prepared conds and latents."""
 
@@ -164,7 +189,8 @@ class QRTrainSampler(comfy.samplers.Sampler):
                  training_dtype: torch.dtype, gradient_checkpointing: bool, recompute_weights: bool,
                  on_step: Callable[[int, float], None], check_cancel: Callable[[], None],
                  dataset: Dataset | None = None, guider_bucket: int = 0, resume: TrainState | None = None,
-                 on_state: Callable[[Callable[[], TrainState]], None] | None = None):
+                 on_state: Callable[[Callable[[], TrainState]], None] | None = None,
+                 previews: Previews | None = None):
         self.adapter, self.settings, self.objective = adapter, settings, objective
         self.training_dtype = training_dtype
         self.gradient_checkpointing = gradient_checkpointing
@@ -173,6 +199,7 @@ class QRTrainSampler(comfy.samplers.Sampler):
         # The images by size; the guider prepared bucket `guider_bucket` (its latent is the one sample() gets).
         self.dataset, self.guider_bucket = dataset, guider_bucket
         self.resume, self.on_state = resume, on_state
+        self.previews = previews
         self.result: TrainResult | None = None
 
     def sample(self, model_wrap, sigmas, extra_args, callback, noise, latent_image=None, denoise_mask=None,
@@ -188,7 +215,10 @@ class QRTrainSampler(comfy.samplers.Sampler):
         base = model_wrap.inner_model  # the BaseModel, loaded by ComfyUI
         ms = base.model_sampling
         model_wrap.conds = _clone_tensors(model_wrap.conds)
-        positive = list(model_wrap.conds["positive"])  # processed entries, in the order of dataset.conds
+        processed = list(model_wrap.conds["positive"])  # the dataset's conds in order, then the preview's
+        trained = len(self.dataset.conds) if self.dataset is not None else len(processed)
+        positive, preview_positive = processed[:trained], processed[trained:] or processed[:1]
+        model_wrap.conds["positive"] = positive
         device = latent_image.device
         buckets = self._bucket_latents(base, latent_image)
         conds = ([list(range(latent_image.shape[0]))] if self.dataset is None
@@ -232,8 +262,37 @@ class QRTrainSampler(comfy.samplers.Sampler):
         with self.adapter.attached(base.diffusion_model), frozen(base), differentiable_model_code(), \
                 recompute(base.diffusion_model), \
                 trainable_blocks(transformer_blocks(base.diffusion_model), self.gradient_checkpointing):
-            self.result = train(self.adapter.trainable(), loss_fn, self.settings, self.on_step, self.check_cancel,
+            on_step = self.on_step
+            if self.previews is not None and self.previews.every > 0:
+                shape = (1, *buckets[self.guider_bucket if self.dataset is not None else 0].shape[1:])
+
+                def on_step(step: int, loss: float) -> None:
+                    self.on_step(step, loss)
+                    if self.previews.due(step, self.settings.steps):
+                        t0 = time.perf_counter()
+                        latent = self._preview(model_wrap, extra_args, preview_positive, shape, device, autocast)
+                        self.previews.seconds += time.perf_counter() - t0
+                        self.previews.taken_at.append(step)
+                        self.previews.on_preview(step, latent)
+            self.result = train(self.adapter.trainable(), loss_fn, self.settings, on_step, self.check_cancel,
                                 resume=self.resume, on_state=self.on_state)
+
+    def _preview(self, model_wrap, extra_args: dict, conds: list, shape: tuple, device, autocast) -> torch.Tensor:
+        """One sample of the model as it is now (see Previews), in the model's latent space."""
+        trained_conds = model_wrap.conds["positive"]
+        model_wrap.conds["positive"] = conds
+        cuda = [device.index or 0] if device.type == "cuda" else []
+        try:
+            with torch.no_grad(), torch.random.fork_rng(devices=cuda), autocast:
+                ms = model_wrap.inner_model.model_sampling
+                sigmas = comfy.samplers.calculate_sigmas(ms, "simple", self.previews.steps).to(device)
+                noise = torch.randn(shape, generator=torch.Generator().manual_seed(self.previews.seed)).to(device)
+                sampler = comfy.samplers.sampler_object("euler")
+                out = sampler.sample(model_wrap, sigmas, dict(extra_args), None, noise,
+                                     torch.zeros(shape, device=device), None, True)
+        finally:
+            model_wrap.conds["positive"] = trained_conds
+        return out.float()
 
     def _bucket_latents(self, base, latent_image: torch.Tensor) -> list[torch.Tensor]:
         """Every bucket's latents in the model's space: the guider processed its own; the others as it does."""
@@ -257,7 +316,8 @@ def run_training(model, adapter: QRAdapter, latents: torch.Tensor | Dataset, pos
                  objective: Objective, training_dtype: torch.dtype, gradient_checkpointing: bool,
                  on_step: Callable[[int, float], None], recompute_weights: bool | None = None,
                  resume: TrainState | None = None,
-                 on_state: Callable[[Callable[[], TrainState]], None] | None = None) -> TrainResult:
+                 on_state: Callable[[Callable[[], TrainState]], None] | None = None,
+                 previews: Previews | None = None) -> TrainResult:
     """Train `adapter` on a clone of `model` with ComfyUI's guider; the adapter is detached afterwards.
 
     `latents`: one batch [B, …] with `positive` (one conditioning entry, or
@@ -265,7 +325,7 @@ def run_training(model, adapter: QRAdapter, latents: torch.Tensor | Dataset, pos
     `positive` is then ignored). recompute_weights: run each layer's forward
     again in backward (None: where the model needs it, see
     training_runtime.weights_need_recompute). `resume` and `on_state`: see
-    qr_core.training.train.
+    qr_core.training.train. `previews`: see Previews.
     """
     if isinstance(latents, torch.Tensor):
         n = latents.shape[0]
@@ -284,9 +344,10 @@ def run_training(model, adapter: QRAdapter, latents: torch.Tensor | Dataset, pos
         recompute_weights = weights_need_recompute(patcher)
     sampler = QRTrainSampler(adapter, settings, objective, training_dtype, gradient_checkpointing, recompute_weights,
                              on_step, comfy.model_management.throw_exception_if_processing_interrupted,
-                             dataset, guider_bucket, resume, on_state)
+                             dataset, guider_bucket, resume, on_state, previews)
     guider = comfy_extras.nodes_custom_sampler.Guider_Basic(patcher)
-    guider.set_conds(list(dataset.conds))
+    preview_conds = list(previews.conds) if previews is not None and previews.conds and previews.every > 0 else []
+    guider.set_conds(list(dataset.conds) + preview_conds)
     first = dataset.buckets[guider_bucket].latents
     with torch.inference_mode():  # as ComfyUI runs any sampling; QRTrainSampler leaves it for the loop alone
         # `sigmas` only has to be non-empty: noise levels are drawn per step by the sampler.

@@ -136,3 +136,51 @@ def test_schedule_and_accumulation_reach_the_training(pack):
     assert len(out[2]["loss"]) == 3 and len(calls) == 9
     training = out[0].training
     assert (training["lr_schedule"], training["warmup_steps"], training["accumulation"]) == ("linear", 1, 3)
+
+
+@pytest.mark.parametrize("arch", ["sd15", "flux"])
+def test_previews_at_the_requested_steps_leave_the_training_unchanged(pack, arch):
+    model = tiny_model(arch)
+    basis = decompose(pack, model)
+    settings = dict(steps=5, learning_rate=5e-3, save_name="")
+    plain = run_train(pack, model, basis, arch, **settings)
+    shown = []
+
+    def hook(value, total, preview, node_id=None):
+        if preview is not None:
+            shown.append((value, preview[0], preview[1].size))
+
+    old, comfy.utils.PROGRESS_BAR_HOOK = comfy.utils.PROGRESS_BAR_HOOK, hook
+    try:
+        watched = run_train(pack, model, basis, arch, preview_every=2, preview_steps=3, **settings)
+    finally:
+        comfy.utils.PROGRESS_BAR_HOOK = old
+    assert [s[0] for s in shown] == [2, 4, 5]  # every 2 steps, and after the last
+    assert all(s[1] == "JPEG" and s[2] == (8, 8) for s in shown)  # latent-to-RGB of an 8×8 latent
+    assert watched[2]["loss"] == plain[2]["loss"]
+    assert all(torch.equal(watched[0].delta[n], d) for n, d in plain[0].delta.items())
+    strip = watched[3]
+    assert tuple(strip.shape) == (1, 8, 3 * 8 + 2 * 4, 3) and 0 <= float(strip.min()) <= float(strip.max()) <= 1
+    assert tuple(plain[3].shape) == (1, 64, 64, 3) and float(plain[3].abs().max()) == 0
+    training = watched[0].training
+    assert training["previews_at"] == [2, 4, 5] and training["preview_seconds"] > 0 and training["train_seconds"] > 0
+    text = watched.ui["text"][0]
+    assert "3 previews" in text and "training" in text
+    assert watched.ui["images"]  # the strip shown on the node after the run
+
+
+def test_previews_follow_their_prompt_and_decode_with_a_connected_vae(pack):
+    import comfy.sd
+
+    model = tiny_model("sd15")
+    basis = decompose(pack, model)
+    settings = dict(steps=2, learning_rate=5e-3, preview_every=1, preview_steps=2)
+    default = run_train(pack, model, basis, "sd15", **settings)[3]
+    with torch.inference_mode():
+        other = [[torch.full((1, 6, 32), 2.0), {}]]
+        vae = comfy.sd.VAE(sd={"pixel_space_vae": torch.tensor(1.0)})  # ComfyUI's own identity VAE
+    prompted = run_train(pack, model, basis, "sd15", preview_positive=other, **settings)[3]
+    assert prompted.shape == default.shape and not torch.equal(prompted, default)
+    decoded = run_train(pack, model, basis, "sd15", vae=vae, **settings)[3]
+    assert tuple(decoded.shape) == (1, 8, 2 * 8 + 4, 3)  # the identity VAE's full decode: the latent's size
+    assert not torch.equal(decoded, default)
