@@ -66,7 +66,7 @@ def test_three_images_of_two_sizes_with_three_captions_train_once_and_stay_paire
     assert len(out[2]["loss"]) == 12
     assert out[0].training["images"] == 3 and out[0].training["image_sizes"] == [[4, 8, 8], [4, 16, 16]]
     assert set(seen) == expected_pairs()  # every image seen, and only ever with its own caption
-    assert "3 image(s) in 2 size(s)" in out.ui.as_dict()["text"][0]
+    assert "3 image(s) in 2 size(s)" in out.ui["text"][0]
 
 
 def test_resolution_buckets_of_comfyui_train_the_same_pairs(pack):

@@ -92,11 +92,11 @@ def test_resume_from_an_older_snapshot_or_a_plain_file_uses_the_weights(pack):
     old = load(pack, "older_step000002.safetensors")
     out = run_train(pack, model, basis, "sd15", steps=2, resume=old)
     assert len(out[2]["loss"]) == 2 and out[0].training["resumed_exactly"] is False
-    assert "at step 4, this ΔR at step 2: ΔR weights only" in out.ui.as_dict()["text"][0]
+    assert "at step 4, this ΔR at step 2: ΔR weights only" in out.ui["text"][0]
     plain = run_train(pack, model, basis, "sd15", steps=2, save_name="plain", save_training_state=False)[0]
     assert "state_file" not in plain.training
     out = run_train(pack, model, basis, "sd15", steps=2, resume=load(pack, "plain.safetensors"))
-    assert "no training state" in out.ui.as_dict()["text"][0]
+    assert "no training state" in out.ui["text"][0]
 
 
 def test_snapshots_are_named_pruned_and_listed_under_their_run(pack, comfy_root):
