@@ -244,6 +244,7 @@ class QRTrainDelta(io.ComfyNode):
                 + (f"\nresumed {resume.name}: {resume_note}" if resume is not None else ""))
         shown = {"text": (text,)}
         if strip.images:
+            bar.update_absolute(steps, steps, strip.strip_preview())
             shown.update(ui.PreviewImage(strip.strip(), cls=cls).as_dict())
         return io.NodeOutput(delta, preview, {"loss": losses}, strip.strip(), ui=shown)
 

@@ -57,6 +57,12 @@ class PreviewStrip:
         self.seconds += time.perf_counter() - t0
         return shown
 
+    def strip_preview(self) -> tuple:
+        """The strip as the progress bar's preview: after the run the node shows all previews, not the last."""
+        from PIL import Image
+        pixels = (self.strip()[0].numpy() * 255).round().astype(np.uint8)
+        return "JPEG", Image.fromarray(pixels), latent_preview.MAX_PREVIEW_RESOLUTION
+
     def strip(self) -> torch.Tensor:
         """The previews side by side, oldest first, as a ComfyUI IMAGE [1, H, W, 3]."""
         if not self.images:
