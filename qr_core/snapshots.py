@@ -12,7 +12,7 @@ import re
 from pathlib import Path
 
 from .errors import SettingError
-from .train_state import STATE_SUFFIX, state_path_for
+from .train_state import STATE_SUFFIX
 
 STEP_DIGITS = 6
 _SNAPSHOT = re.compile(r"^(?P<run>.+)_step(?P<step>\d{%d,})\.safetensors$" % STEP_DIGITS)
@@ -46,15 +46,15 @@ def run_snapshots(final_path: str | Path) -> list[tuple[int, Path]]:
 
 
 def prune(final_path: str | Path, keep_last: int) -> list[Path]:
-    """Delete all but the newest `keep_last` snapshots of the run (and their training states); 0 keeps all."""
+    """Delete all but the newest `keep_last` snapshots of the run; 0 keeps all.
+
+    The run's one training state (beside the final file) belongs to its newest save and is never pruned.
+    """
     if keep_last <= 0:
         return []
-    removed = []
-    for _, path in run_snapshots(final_path)[:-keep_last]:
-        for p in (path, state_path_for(path)):
-            if p.exists():
-                p.unlink()
-                removed.append(p)
+    removed = [path for _, path in run_snapshots(final_path)[:-keep_last]]
+    for path in removed:
+        path.unlink(missing_ok=True)
     return removed
 
 

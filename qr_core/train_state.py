@@ -31,10 +31,6 @@ def state_path_for(delta_path: str | Path) -> Path:
                                 if delta_path.name.endswith(".safetensors") else delta_path.name + STATE_SUFFIX)
 
 
-def is_state_file(name: str) -> bool:
-    return name.endswith(STATE_SUFFIX)
-
-
 def rng_states(cuda_devices: list[int]) -> dict[str, torch.Tensor]:
     """The global generators a training loop draws from: the CPU one and those of the given CUDA devices."""
     states = {"cpu": torch.get_rng_state().clone()}

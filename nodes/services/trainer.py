@@ -188,7 +188,7 @@ class QRTrainSampler(comfy.samplers.Sampler):
     def __init__(self, adapter: QRAdapter, settings: TrainSettings, objective: Objective,
                  training_dtype: torch.dtype, gradient_checkpointing: bool, recompute_weights: bool,
                  on_step: Callable[[int, float], None], check_cancel: Callable[[], None],
-                 dataset: Dataset | None = None, guider_bucket: int = 0, resume: TrainState | None = None,
+                 dataset: Dataset, guider_bucket: int = 0, resume: TrainState | None = None,
                  on_state: Callable[[Callable[[], TrainState]], None] | None = None,
                  previews: Previews | None = None):
         self.adapter, self.settings, self.objective = adapter, settings, objective
@@ -216,13 +216,12 @@ class QRTrainSampler(comfy.samplers.Sampler):
         ms = base.model_sampling
         model_wrap.conds = _clone_tensors(model_wrap.conds)
         processed = list(model_wrap.conds["positive"])  # the dataset's conds in order, then the preview's
-        trained = len(self.dataset.conds) if self.dataset is not None else len(processed)
+        trained = len(self.dataset.conds)
         positive, preview_positive = processed[:trained], processed[trained:] or processed[:1]
         model_wrap.conds["positive"] = positive
         device = latent_image.device
         buckets = self._bucket_latents(base, latent_image)
-        conds = ([list(range(latent_image.shape[0]))] if self.dataset is None
-                 else [b.conds for b in self.dataset.buckets])
+        conds = [b.conds for b in self.dataset.buckets]
         shared_cond = len(positive) == 1
         # Steps draw a bucket in proportion to its images (as ComfyUI's bucket mode); one bucket draws nothing.
         weights = torch.tensor([float(x.shape[0]) for x in buckets])
@@ -264,7 +263,7 @@ class QRTrainSampler(comfy.samplers.Sampler):
                 trainable_blocks(transformer_blocks(base.diffusion_model), self.gradient_checkpointing):
             on_step = self.on_step
             if self.previews is not None and self.previews.every > 0:
-                shape = (1, *buckets[self.guider_bucket if self.dataset is not None else 0].shape[1:])
+                shape = (1, *buckets[self.guider_bucket].shape[1:])
 
                 def on_step(step: int, loss: float) -> None:
                     self.on_step(step, loss)
@@ -298,8 +297,6 @@ class QRTrainSampler(comfy.samplers.Sampler):
         """Every bucket's latents in the model's space: the guider processed its own; the others as it does."""
         def own(x: torch.Tensor) -> torch.Tensor:
             return x.clone() if x.is_inference() else x
-        if self.dataset is None:
-            return [own(latent_image)]
         out = []
         for i, bucket in enumerate(self.dataset.buckets):
             if i == self.guider_bucket:
