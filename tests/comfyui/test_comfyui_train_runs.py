@@ -155,8 +155,10 @@ def test_previews_at_the_requested_steps_leave_the_training_unchanged(pack, arch
         watched = run_train(pack, model, basis, arch, preview_every=2, preview_steps=3, **settings)
     finally:
         comfy.utils.PROGRESS_BAR_HOOK = old
-    assert [s[0] for s in shown] == [2, 4, 5]  # every 2 steps, and after the last
-    assert all(s[1] == "JPEG" and s[2] == (8, 8) for s in shown)  # latent-to-RGB of an 8×8 latent
+    *each, last = shown
+    assert [s[0] for s in each] == [2, 4, 5]  # every 2 steps, and after the last
+    assert all(s[1] == "JPEG" and s[2] == (8, 8) for s in each)  # latent-to-RGB of an 8×8 latent
+    assert last == (5, "JPEG", (3 * 8 + 2 * 4, 8))  # then the node shows the whole strip
     assert watched[2]["loss"] == plain[2]["loss"]
     assert all(torch.equal(watched[0].delta[n], d) for n, d in plain[0].delta.items())
     strip = watched[3]
