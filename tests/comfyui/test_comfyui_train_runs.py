@@ -166,6 +166,8 @@ def test_previews_at_the_requested_steps_leave_the_training_unchanged(pack, arch
     assert tuple(plain[3].shape) == (1, 64, 64, 3) and float(plain[3].abs().max()) == 0
     training = watched[0].training
     assert training["previews_at"] == [2, 4, 5] and training["preview_seconds"] > 0 and training["train_seconds"] > 0
+    summary = pack.module("nodes.services.delta_files").training_summary(training)  # what Load ΔR shows
+    assert "training s" in summary and "previews s" in summary
     text = watched.ui["text"][0]
     assert "3 previews" in text and "training" in text
     assert watched.ui["images"]  # the strip shown on the node after the run
