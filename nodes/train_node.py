@@ -6,12 +6,16 @@ import comfy.model_management
 import comfy.utils
 from comfy_api.latest import io, ui
 
-from ..qr_core import NonFiniteLossError, QRAdapter, QRDelta, TrainSettings, merge
+from ..qr_core import NonFiniteLossError, QRAdapter, TrainSettings, merge
+from ..qr_core.dataset import pair_dataset
+from ..qr_core.schedules import LR_SCHEDULES
 from .services import folders, model_weights, server
+from .services.previews import PreviewStrip
+from .services.train_files import RunFiles, find_state
 from .services.patches import apply_terms
 from .options import check_options
 from .sockets import CATEGORY, QRBasis, QRDeltaType
-from .services.trainer import LOSS_SPACES, TIMESTEP_SAMPLING, Objective, run_training
+from .services.trainer import LOSS_SPACES, TIMESTEP_SAMPLING, Objective, Previews, run_training
 
 MODE_CHOICES = {"ΔR only": "delta_r", "Q and R": "qr"}  # what the widget shows → qr_core's mode id
 COMPUTE_DTYPES = {"bf16": "bfloat16", "fp32": "float32"}
@@ -31,12 +35,18 @@ class QRTrainDelta(io.ComfyNode):
                         "(guidance 3.5 is for generating).",
             is_output_node=True,
             not_idempotent=True,
+            # Every input arrives as a list: ComfyUI's dataset nodes give one latent and one conditioning per
+            # image, and the node trains once on all of them (as ComfyUI's TrainLoraNode does).
+            is_input_list=True,
             inputs=[
                 io.Model.Input("model", tooltip="The base model the basis was decomposed from."),
                 QRBasis.Input("basis", tooltip="From QR-LoRA Decompose on this model."),
-                io.Latent.Input("latent", tooltip="The training image(s), VAE-encoded (one image, or a small batch)."),
+                io.Latent.Input("latent", tooltip="The training image(s), VAE-encoded (one image, or a small batch), "
+                                                  "or the latents list of ComfyUI's dataset nodes (Make/Load Training "
+                                                  "Dataset, Resolution Bucket): sizes may differ, steps batch by size."),
                 io.Conditioning.Input("positive", tooltip="The prompt with its trigger words, e.g. 'a photo of a <c> dog'; "
-                                                          "one conditioning, or one per latent image."),
+                                                          "one conditioning, or one per latent image (a dataset's "
+                                                          "conditioning list pairs each caption with its image)."),
                 io.Int.Input("steps", default=500, min=1, max=100000, tooltip="Optimisation steps (paper: 500)."),
                 io.Float.Input("learning_rate", default=1e-4, min=1e-7, max=1.0, step=1e-6,
                                tooltip="Learning rate (paper: 1e-4)."),
@@ -81,14 +91,47 @@ class QRTrainDelta(io.ComfyNode):
                 io.String.Input("save_name", default="qr_delta",
                                 tooltip="File name in models/qr_lora (no extension needed); empty: do not save."),
                 io.Int.Input("save_every", default=0, min=0, max=100000,
-                             tooltip="Also save every N steps (same file, replaced atomically); 0: only at the end."),
+                             tooltip="Also save a snapshot every N steps, save_name_step000100.safetensors…; the "
+                                     "final ΔR is save_name.safetensors. 0: only at the end."),
                 QRDeltaType.Input("resume", optional=True,
-                                  tooltip="Continue training this ΔR (it must come from the same basis)."),
+                                  tooltip="Continue training this ΔR (it must come from the same basis). The newest "
+                                          "file of a run (final, snapshot or cancelled) continues exactly: optimizer "
+                                          "state, step, schedule and random draws from its .state file, up to "
+                                          "`steps` in total. Other ΔR files: their weights start a new run."),
+                io.Combo.Input("lr_schedule", options=list(LR_SCHEDULES), default="constant", optional=True,
+                               tooltip="Learning rate over the steps: constant (the paper's), cosine or linear "
+                                       "decay to 0 after the warm-up."),
+                io.Int.Input("warmup_steps", default=0, min=0, max=100000, optional=True,
+                             tooltip="Steps over which the learning rate rises linearly to its full value."),
+                io.Int.Input("gradient_accumulation", default=1, min=1, max=1024, optional=True,
+                             tooltip="Micro-batches whose gradients are averaged into one optimizer step: the "
+                                     "step of a k× larger batch at the memory of one."),
+                io.Int.Input("keep_last", default=3, min=0, max=10000, optional=True,
+                             tooltip="Snapshots kept per run (the newest); 0 keeps all."),
+                io.Boolean.Input("save_training_state", default=True, optional=True,
+                                 tooltip="Write save_name.state.safetensors with each save (optimizer state, step, "
+                                         "random state; about 3× the fp32 ΔR size) so the run can be resumed "
+                                         "exactly, also after a cancel."),
+                io.Int.Input("preview_every", default=0, min=0, max=100000, optional=True,
+                             tooltip="Sample the model with the ΔR so far every N steps (and after the last) and "
+                                     "show it on the node, as KSampler's previews; all of them come out as the "
+                                     "previews strip. Fixed seed, cfg 1, the largest training size. 0: no previews. "
+                                     "They do not change the training (same losses and ΔR)."),
+                io.Int.Input("preview_steps", default=8, min=1, max=200, optional=True,
+                             tooltip="Sampling steps of each preview (Euler)."),
+                io.Conditioning.Input("preview_positive", optional=True,
+                                      tooltip="The prompt of the previews (default: the first training prompt), "
+                                              "e.g. 'a photo of a <c> dog on a beach' to watch the subject transfer."),
+                io.Vae.Input("vae", optional=True,
+                             tooltip="Decode previews with this VAE (full images); without it, ComfyUI's latent "
+                                     "previewer (fast, small)."),
             ],
             outputs=[
                 QRDeltaType.Output(display_name="QR_DELTA", tooltip="The trained ΔR (with its Q)."),
                 io.Model.Output(display_name="MODEL", tooltip="The model with this ΔR applied, for a preview."),
                 io.LossMap.Output(display_name="loss", tooltip="Loss per step (plot it with Plot Loss Graph)."),
+                io.Image.Output(display_name="previews",
+                                tooltip="The previews side by side, oldest first (one black square without previews)."),
             ],
             hidden=[io.Hidden.unique_id],
         )
@@ -96,57 +139,134 @@ class QRTrainDelta(io.ComfyNode):
     @classmethod
     def execute(cls, model, basis, latent, positive, steps, learning_rate, optimizer, batch_size, seed,
                 timestep_sampling, loss_space, training_dtype, gradient_checkpointing, mode, triangular,
-                trigger_words, save_name, save_every, resume=None, noise_draws=1,
-                storage_dtype="bf16") -> io.NodeOutput:
+                trigger_words, save_name, save_every, resume=None, noise_draws=1, storage_dtype="bf16",
+                lr_schedule="constant", warmup_steps=0, gradient_accumulation=1, keep_last=3,
+                save_training_state=True, preview_every=0, preview_steps=8, preview_positive=None,
+                vae=None) -> io.NodeOutput:
         import torch
 
-        check_options(cls, locals())
+        values = {k: _single(k, v) for k, v in locals().items()
+                  if k not in ("cls", "torch", "latent", "positive", "preview_positive")}
+        check_options(cls, values)
+        preview_conds = _as_list(preview_positive, conditioning=True)[0] if preview_positive is not None else None
+        return cls._train(latent, positive, preview_conds=preview_conds, **values)
+
+    @classmethod
+    def _train(cls, latent, positive, model, basis, steps, learning_rate, optimizer, batch_size, seed,
+               timestep_sampling, loss_space, training_dtype, gradient_checkpointing, mode, triangular,
+               trigger_words, save_name, save_every, resume, noise_draws, storage_dtype, lr_schedule,
+               warmup_steps, gradient_accumulation, keep_last, save_training_state, preview_every, preview_steps,
+               preview_conds, vae) -> io.NodeOutput:
+        import torch
+
         mode_id = MODE_CHOICES[mode]
         model_weights.check_fits([basis], model)
         if resume is not None and mode_id != "delta_r":
             raise ValueError("resuming is possible in 'ΔR only' mode; set mode to 'ΔR only' or disconnect resume.")
+        dataset = pair_dataset([item["samples"] for item in _as_list(latent)], _as_list(positive, conditioning=True))
         save_path = folders.output_path(folders.FOLDER, save_name) if save_name.strip() else None
-        settings = TrainSettings(steps=steps, lr=learning_rate, optimizer=optimizer.lower(), seed=seed)
+        settings = TrainSettings(steps=steps, lr=learning_rate, optimizer=optimizer.lower(), seed=seed,
+                                 lr_schedule=lr_schedule, warmup_steps=warmup_steps,
+                                 accumulation=gradient_accumulation)
         objective = Objective(timestep_sampling, loss_space, batch_size, noise_draws)
+        identity = {"basis_fingerprint": basis.fingerprint, "rank": basis.rank, "targets": len(basis.targets),
+                    "mode": mode_id, "triangular": triangular, "optimizer": settings.optimizer}
+        state, resume_note = find_state(resume) if resume is not None else (None, "")
+        if state is not None:
+            state.check_identity(identity, f"the training state of {resume.name}")
+            if state.step >= steps:
+                raise ValueError(f"{resume.name} has already trained {state.step} steps: set steps above {state.step} "
+                                 "to continue its run (steps counts the whole run).")
         record = {**settings.to_json(), "batch_size": batch_size, "noise_draws": noise_draws,
                   "timestep_sampling": timestep_sampling,
                   "loss_space": loss_space, "training_dtype": training_dtype,
                   "gradient_checkpointing": gradient_checkpointing, "mode": mode_id, "triangular": triangular,
                   "decompose": basis.settings.to_json(), "preset": basis.targets.preset,
-                  "resumed_from": resume.name if resume is not None else None}
+                  "images": dataset.images, "image_sizes": [list(size) for size in dataset.sizes()],
+                  "resumed_from": resume.name if resume is not None else None,
+                  "resumed_exactly": state is not None if resume is not None else None}
         device = comfy.model_management.get_torch_device()
         with torch.inference_mode(False):
             adapter = QRAdapter(basis, mode_id, triangular, model_weights.base_weight_getter(model), resume, device)
+        files = RunFiles(save_path, adapter, trigger_words, record, storage_dtype, keep_last, save_training_state,
+                         identity, state.record.get("run_id") if state is not None else None)
         node_id = cls.hidden.unique_id if cls.hidden is not None else None
         bar = comfy.utils.ProgressBar(steps)
-        losses: list[float] = []
+        losses: list[float] = list(state.losses) if state is not None else []
+        latest = {}
+        strip = PreviewStrip(model, vae)
 
-        def snapshot(done: int) -> QRDelta:
-            meta = {**record, "steps_done": done, "final_loss": losses[-1] if losses else None}
-            return adapter.to_delta(trigger_words, meta, name=save_path.stem if save_path else "")
+        def on_preview(step: int, latent_sample) -> None:
+            bar.update_absolute(step, steps, strip.add(latent_sample))
+            server.show_progress_text(f"step {step}/{steps}  loss {losses[-1]:.5f}  preview {len(strip.images)} "
+                                      f"({previews.seconds + strip.seconds:.1f} s in previews)", node_id)
+
+        previews = Previews(preview_every, on_preview, preview_steps, seed, preview_conds)
 
         def on_step(step: int, loss: float) -> None:
             losses.append(loss)
             bar.update_absolute(step, steps)
             server.show_progress_text(f"step {step}/{steps}  loss {loss:.5f}", node_id)
             server.send_train_progress(node_id, step, steps, loss)
-            if save_path is not None and save_every and step % save_every == 0 and step < steps:
-                snapshot(step).save(save_path, storage_dtype)
+            if save_every and step % save_every == 0 and step < steps:
+                files.save(step, losses, latest.get("capture"), final=False)
 
-        latents = latent["samples"]
         try:
-            run_training(model, adapter, latents, list(positive), settings, objective,
-                         getattr(torch, COMPUTE_DTYPES[training_dtype]), gradient_checkpointing, on_step)
+            result = run_training(model, adapter, dataset, [], settings, objective,
+                         getattr(torch, COMPUTE_DTYPES[training_dtype]), gradient_checkpointing, on_step,
+                         resume=state, on_state=lambda capture: latest.update(capture=capture), previews=previews)
         except NonFiniteLossError as e:
             kept = ""
             if save_path is not None and losses:
-                snapshot(e.last_good_step).save(save_path, storage_dtype)
+                files.delta(e.last_good_step, losses[-1]).save(save_path, storage_dtype)
                 kept = f" The last good ΔR (step {e.last_good_step}) was saved to {save_path.name}."
             raise NonFiniteLossError(str(e) + kept, e.step, e.last_good_step) from None
-        delta = snapshot(len(losses))
+        except comfy.model_management.InterruptProcessingException:
+            # A cancelled run keeps what it trained as a snapshot with its training state: resume continues it.
+            if latest.get("capture") is not None:
+                done = len(losses)
+                if not (save_every and done % save_every == 0):  # else on_step has saved this step already
+                    files.save(done, losses, latest["capture"], final=False)
+            raise
+        preview_s = previews.seconds + strip.seconds
+        train_s = max(result.seconds - preview_s, 0.0)
+        files.record.update(train_seconds=round(train_s, 2), preview_seconds=round(preview_s, 2),
+                            previews_at=previews.taken_at)
+        delta = files.delta(len(losses), losses[-1])
         if save_path is not None:
-            delta.save(save_path, storage_dtype)
+            files.save(len(losses), losses, latest.get("capture"), final=True)
         preview = apply_terms(model, merge([delta], [1.0]))
-        text = (f"{len(basis.targets)} targets, {delta.num_params():,} trainable values, {len(losses)} steps; "
-                f"loss {losses[0]:.5f} → {losses[-1]:.5f}" + (f"; saved {save_path.name}" if save_path else ""))
-        return io.NodeOutput(delta, preview, {"loss": losses}, ui=ui.PreviewText(text))
+        text = (f"{len(basis.targets)} targets, {delta.num_params():,} trainable values, {len(losses)} steps"
+                f" on {dataset.images} image(s) in {len(dataset.buckets)} size(s); "
+                f"loss {losses[0]:.5f} → {losses[-1]:.5f}" + (f"; saved {save_path.name}" if save_path else "")
+                + f"\ntraining {train_s:.1f} s" + (f", {len(strip.images)} previews {preview_s:.1f} s"
+                                                   if strip.images else "")
+                + (f"\nresumed {resume.name}: {resume_note}" if resume is not None else ""))
+        shown = {"text": (text,)}
+        if strip.images:
+            bar.update_absolute(steps, steps, strip.strip_preview())
+            shown.update(ui.PreviewImage(strip.strip(), cls=cls).as_dict())
+        return io.NodeOutput(delta, preview, {"loss": losses}, strip.strip(), ui=shown)
+
+
+def _single(name: str, value):
+    """The one value of a widget or model input (is_input_list gives lists); several differing values are refused."""
+    if not isinstance(value, list):
+        return value  # an optional input's default, or a direct call
+    if not value:
+        raise ValueError(f"Train ΔR: {name} received an empty list.")
+    first = value[0]
+    if isinstance(first, (int, float, str, bool)) and any(v != first for v in value[1:]):
+        raise ValueError(f"Train ΔR trains once per run, but {name} received {len(value)} different values from a "
+                         f"list ({value[:4]}…): connect a single value.")
+    return first
+
+
+def _as_list(value, conditioning: bool = False) -> list:
+    """A list input as a list of items; a single LATENT or CONDITIONING (a direct call) as a list of one."""
+    if conditioning:
+        # A CONDITIONING is itself a list of [tensor, options] entries: a list of them holds lists of lists.
+        single = isinstance(value, list) and value and isinstance(value[0], (list, tuple)) and len(value[0]) == 2 \
+            and isinstance(value[0][1], dict)
+        return [value] if single else list(value)
+    return list(value) if isinstance(value, list) else [value]

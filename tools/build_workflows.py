@@ -340,7 +340,8 @@ def train_merge(info: dict, arch: str) -> dict:
     tc, cnodes = train_branch(wf, arch, "content", base_model, basis, clip, vae, 480, 0, "content_dog.png",
                               CONTENT_PROMPT, "<c> dog", f"{tag}_content_dog")
     wf.group("Step 2 · Content ΔR: 'a photo of a <c> dog'", cnodes, GROUP_COLORS["content"])
-    ts, snodes = train_branch(wf, arch, "style", base_model, basis, clip, vae, 480, 820, "style_reference.png",
+    # Below the content branch, whose Train ΔR node is the tallest (938 px with its panel).
+    ts, snodes = train_branch(wf, arch, "style", base_model, basis, clip, vae, 480, 1060, "style_reference.png",
                               STYLE_PROMPT, "<s> style", f"{tag}_style")
     wf.group("Step 3 · Style ΔR: 'a cat in <s> style'", snodes, GROUP_COLORS["style"])
     wf.node("Note", (1680, 0), text=NOTE_TRAIN.format(px=TRAIN_PX, every=TRAIN["save_every"]), size=[340, 280])

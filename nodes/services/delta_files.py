@@ -32,6 +32,7 @@ def training_summary(training: dict) -> str:
     items = [("steps", training.get("steps_done", training.get("steps"))), ("lr", training.get("lr")),
              ("optimizer", training.get("optimizer")), ("noise", training.get("timestep_sampling")),
              ("loss", training.get("loss_space")), ("final loss", training.get("final_loss")),
-             ("resumed from", training.get("resumed_from"))]
+             ("resumed from", training.get("resumed_from")), ("training s", training.get("train_seconds")),
+             ("previews s", training.get("preview_seconds") or None)]
     return "trained: " + ", ".join(f"{k} {v:.5g}" if isinstance(v, float) else f"{k} {v}"
                                    for k, v in items if v is not None)

@@ -7,6 +7,8 @@ from pathlib import Path
 
 import folder_paths
 
+from ...qr_core.snapshots import grouped
+
 FOLDER = "qr_lora"
 BASES_SUBFOLDER = "bases"
 EXTENSIONS = {".safetensors"}
@@ -35,9 +37,10 @@ def basis_cache_dir() -> Path:
 
 
 def delta_file_names() -> list[str]:
-    """ΔR files for the Load ΔR picker; the basis cache lives in a subfolder and is not offered."""
+    """ΔR files for the Load ΔR picker: each run's snapshots follow its final file (training states and the
+    basis cache, in its subfolder, are not offered)."""
     names = folder_paths.get_filename_list(FOLDER)
-    return [n for n in names if not n.replace("\\", "/").startswith(BASES_SUBFOLDER + "/")]
+    return grouped([n for n in names if not n.replace("\\", "/").startswith(BASES_SUBFOLDER + "/")])
 
 
 def _inside(root: Path, candidate: Path) -> bool:

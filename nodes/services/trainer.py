@@ -11,7 +11,8 @@ wrapper that rebuilds every weight per step.
 from __future__ import annotations
 
 import contextlib
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, field
 from typing import Callable
 
 import torch
@@ -23,6 +24,8 @@ import comfy.samplers
 import comfy_extras.nodes_custom_sampler
 
 from ...qr_core import QRAdapter, TrainResult, TrainSettings, frozen, train
+from ...qr_core.dataset import Dataset, pair_dataset
+from ...qr_core.train_state import TrainState
 from ...qr_core.recompute import recomputed_in_backward, wrapped_forwards
 from .model_weights import release_inference_tensors
 from .training_runtime import differentiable_model_code, weights_need_recompute
@@ -155,17 +158,48 @@ def transformer_blocks(diffusion_model: torch.nn.Module) -> list[torch.nn.Module
     return blocks
 
 
+@dataclass
+class Previews:
+    """Samples of the model being trained, with ΔR attached, every `every` steps and after the last.
+
+    Each is `steps` Euler steps of ComfyUI's own sampler from noise of a fixed
+    `seed`, at cfg 1 (the guider holds no negative), in the size of the largest
+    training image; `conds` (a conditioning's entries) default to the first
+    training conditioning. The global RNG is forked around each, so previews
+    change no draw of the training: the same losses and ΔR with and without.
+    `on_preview(step, latent)` gets the sample in the model's latent space.
+    """
+
+    every: int
+    on_preview: Callable[[int, torch.Tensor], None]
+    steps: int = 8
+    seed: int = 0
+    conds: list | None = None
+    seconds: float = 0.0  # sampling time of all previews (the node adds its decoding)
+    taken_at: list[int] = field(default_factory=list)
+
+    def due(self, step: int, total: int) -> bool:
+        return self.every > 0 and (step % self.every == 0 or step == total)
+
+
 class QRTrainSampler(comfy.samplers.Sampler):
     """A 'sampler' whose sample() trains the adapter; ComfyUI's guider has prepared conds and latents."""
 
     def __init__(self, adapter: QRAdapter, settings: TrainSettings, objective: Objective,
                  training_dtype: torch.dtype, gradient_checkpointing: bool, recompute_weights: bool,
-                 on_step: Callable[[int, float], None], check_cancel: Callable[[], None]):
+                 on_step: Callable[[int, float], None], check_cancel: Callable[[], None],
+                 dataset: Dataset, guider_bucket: int = 0, resume: TrainState | None = None,
+                 on_state: Callable[[Callable[[], TrainState]], None] | None = None,
+                 previews: Previews | None = None):
         self.adapter, self.settings, self.objective = adapter, settings, objective
         self.training_dtype = training_dtype
         self.gradient_checkpointing = gradient_checkpointing
         self.recompute_weights = recompute_weights
         self.on_step, self.check_cancel = on_step, check_cancel
+        # The images by size; the guider prepared bucket `guider_bucket` (its latent is the one sample() gets).
+        self.dataset, self.guider_bucket = dataset, guider_bucket
+        self.resume, self.on_state = resume, on_state
+        self.previews = previews
         self.result: TrainResult | None = None
 
     def sample(self, model_wrap, sigmas, extra_args, callback, noise, latent_image=None, denoise_mask=None,
@@ -181,15 +215,20 @@ class QRTrainSampler(comfy.samplers.Sampler):
         base = model_wrap.inner_model  # the BaseModel, loaded by ComfyUI
         ms = base.model_sampling
         model_wrap.conds = _clone_tensors(model_wrap.conds)
-        positive = list(model_wrap.conds["positive"])
-        latents = latent_image.clone() if latent_image.is_inference() else latent_image
-        n = latents.shape[0]
+        processed = list(model_wrap.conds["positive"])  # the dataset's conds in order, then the preview's
+        trained = len(self.dataset.conds)
+        positive, preview_positive = processed[:trained], processed[trained:] or processed[:1]
+        model_wrap.conds["positive"] = positive
+        device = latent_image.device
+        buckets = self._bucket_latents(base, latent_image)
+        conds = [b.conds for b in self.dataset.buckets]
         shared_cond = len(positive) == 1
-        device = latents.device
+        # Steps draw a bucket in proportion to its images (as ComfyUI's bucket mode); one bucket draws nothing.
+        weights = torch.tensor([float(x.shape[0]) for x in buckets])
         autocast = (torch.autocast(device.type, dtype=self.training_dtype)
                     if self.training_dtype != torch.float32 else contextlib.nullcontext())
 
-        def forward(idx: list[int]) -> torch.Tensor:
+        def forward(latents: torch.Tensor, idx: list[int]) -> torch.Tensor:
             x0 = latents[idx].float()
             noise_ = torch.randn_like(x0)
             sigma = sample_sigmas(ms, len(idx), self.objective.timestep_sampling, device)
@@ -205,14 +244,16 @@ class QRTrainSampler(comfy.samplers.Sampler):
         draws = self.objective.noise_draws
 
         def loss_fn(step: int) -> torch.Tensor:
-            idx = torch.randperm(n)[: self.objective.batch_size].tolist()
+            b = int(torch.multinomial(weights, 1)) if len(buckets) > 1 else 0
+            latents = buckets[b]
+            idx = torch.randperm(latents.shape[0])[: self.objective.batch_size].tolist()
             if shared_cond:
-                return forward([i for i in idx for _ in range(draws)])
+                return forward(latents, [i for i in idx for _ in range(draws)])
             # One conditioning per image: each keeps its own cond (ComfyUI would blend a list of conds).
             losses = []
             for i in idx:
-                model_wrap.conds["positive"] = [positive[i]]
-                losses.append(forward([i] * draws))
+                model_wrap.conds["positive"] = [positive[conds[b][i]]]
+                losses.append(forward(latents, [i] * draws))
             return torch.stack(losses).mean()
 
         release_inference_tensors(base)
@@ -220,31 +261,92 @@ class QRTrainSampler(comfy.samplers.Sampler):
         with self.adapter.attached(base.diffusion_model), frozen(base), differentiable_model_code(), \
                 recompute(base.diffusion_model), \
                 trainable_blocks(transformer_blocks(base.diffusion_model), self.gradient_checkpointing):
-            self.result = train(self.adapter.trainable(), loss_fn, self.settings, self.on_step, self.check_cancel)
+            on_step = self.on_step
+            if self.previews is not None and self.previews.every > 0:
+                shape = (1, *buckets[self.guider_bucket].shape[1:])
+
+                def on_step(step: int, loss: float) -> None:
+                    self.on_step(step, loss)
+                    if self.previews.due(step, self.settings.steps):
+                        t0 = time.perf_counter()
+                        latent = self._preview(model_wrap, extra_args, preview_positive, shape, device, autocast)
+                        self.previews.seconds += time.perf_counter() - t0
+                        self.previews.taken_at.append(step)
+                        self.previews.on_preview(step, latent)
+            self.result = train(self.adapter.trainable(), loss_fn, self.settings, on_step, self.check_cancel,
+                                resume=self.resume, on_state=self.on_state)
+
+    def _preview(self, model_wrap, extra_args: dict, conds: list, shape: tuple, device, autocast) -> torch.Tensor:
+        """One sample of the model as it is now (see Previews), in the model's latent space."""
+        trained_conds = model_wrap.conds["positive"]
+        model_wrap.conds["positive"] = conds
+        cuda = [device.index or 0] if device.type == "cuda" else []
+        try:
+            with torch.no_grad(), torch.random.fork_rng(devices=cuda), autocast:
+                ms = model_wrap.inner_model.model_sampling
+                sigmas = comfy.samplers.calculate_sigmas(ms, "simple", self.previews.steps).to(device)
+                noise = torch.randn(shape, generator=torch.Generator().manual_seed(self.previews.seed)).to(device)
+                sampler = comfy.samplers.sampler_object("euler")
+                out = sampler.sample(model_wrap, sigmas, dict(extra_args), None, noise,
+                                     torch.zeros(shape, device=device), None, True)
+        finally:
+            model_wrap.conds["positive"] = trained_conds
+        return out.float()
+
+    def _bucket_latents(self, base, latent_image: torch.Tensor) -> list[torch.Tensor]:
+        """Every bucket's latents in the model's space: the guider processed its own; the others as it does."""
+        def own(x: torch.Tensor) -> torch.Tensor:
+            return x.clone() if x.is_inference() else x
+        out = []
+        for i, bucket in enumerate(self.dataset.buckets):
+            if i == self.guider_bucket:
+                out.append(own(latent_image))
+                continue
+            x = bucket.latents.to(latent_image.device)
+            if torch.count_nonzero(x) > 0:  # as CFGGuider.inner_sample: an empty latent is not shifted
+                x = base.process_latent_in(x)
+            out.append(own(x))
+        return out
 
 
-def run_training(model, adapter: QRAdapter, latents: torch.Tensor, positive: list, settings: TrainSettings,
+def run_training(model, adapter: QRAdapter, latents: torch.Tensor | Dataset, positive: list, settings: TrainSettings,
                  objective: Objective, training_dtype: torch.dtype, gradient_checkpointing: bool,
-                 on_step: Callable[[int, float], None], recompute_weights: bool | None = None) -> TrainResult:
+                 on_step: Callable[[int, float], None], recompute_weights: bool | None = None,
+                 resume: TrainState | None = None,
+                 on_state: Callable[[Callable[[], TrainState]], None] | None = None,
+                 previews: Previews | None = None) -> TrainResult:
     """Train `adapter` on a clone of `model` with ComfyUI's guider; the adapter is detached afterwards.
 
-    recompute_weights: run each layer's forward again in backward (None: where
-    the model needs it, see training_runtime.weights_need_recompute).
+    `latents`: one batch [B, …] with `positive` (one conditioning entry, or
+    one per image), or a Dataset (images by size with their conditionings;
+    `positive` is then ignored). recompute_weights: run each layer's forward
+    again in backward (None: where the model needs it, see
+    training_runtime.weights_need_recompute). `resume` and `on_state`: see
+    qr_core.training.train. `previews`: see Previews.
     """
-    n = latents.shape[0]
-    if len(positive) not in (1, n):
-        raise ValueError(f"{len(positive)} conditionings for {n} latents: give one conditioning, "
-                         "or one per latent image.")
+    if isinstance(latents, torch.Tensor):
+        n = latents.shape[0]
+        if len(positive) not in (1, n):
+            raise ValueError(f"{len(positive)} conditionings for {n} latents: give one conditioning, "
+                             "or one per latent image.")
+        dataset = pair_dataset([latents], [positive])
+    else:
+        dataset = latents
+    # The guider loads the model for (and processes) one latent: the largest bucket, so memory is planned for it.
+    guider_bucket = max(range(len(dataset.buckets)), key=lambda i: dataset.buckets[i].latents.numel())
     patcher = model.clone()
     if training_dtype != torch.float32:
         patcher.set_model_compute_dtype(training_dtype)
     if recompute_weights is None:
         recompute_weights = weights_need_recompute(patcher)
     sampler = QRTrainSampler(adapter, settings, objective, training_dtype, gradient_checkpointing, recompute_weights,
-                             on_step, comfy.model_management.throw_exception_if_processing_interrupted)
+                             on_step, comfy.model_management.throw_exception_if_processing_interrupted,
+                             dataset, guider_bucket, resume, on_state, previews)
     guider = comfy_extras.nodes_custom_sampler.Guider_Basic(patcher)
-    guider.set_conds(positive)
+    preview_conds = list(previews.conds) if previews is not None and previews.conds and previews.every > 0 else []
+    guider.set_conds(list(dataset.conds) + preview_conds)
+    first = dataset.buckets[guider_bucket].latents
     with torch.inference_mode():  # as ComfyUI runs any sampling; QRTrainSampler leaves it for the loop alone
         # `sigmas` only has to be non-empty: noise levels are drawn per step by the sampler.
-        guider.sample(torch.zeros_like(latents), latents, sampler, torch.ones(1), seed=settings.seed)
+        guider.sample(torch.zeros_like(first), first, sampler, torch.ones(1), seed=settings.seed)
     return sampler.result

@@ -55,7 +55,7 @@ def test_flow_model_logit_normal_bf16_checkpointed(pack):
     assert hooks_left(model) == 0
 
 
-def test_cancel_leaves_no_file_and_model_unpatched(pack, comfy_root):
+def test_cancel_keeps_a_resumable_snapshot_and_model_unpatched(pack, comfy_root):
     model = tiny_model("sd15")
     basis = decompose(pack, model)
     before = diffusion_weights(model)
@@ -72,7 +72,9 @@ def test_cancel_leaves_no_file_and_model_unpatched(pack, comfy_root):
         comfy.utils.PROGRESS_BAR_HOOK = old
         comfy.model_management.interrupt_current_processing(False)
     folder = comfy_root / "models" / "qr_lora"
-    assert not list(folder.glob("cancelled*")) and not list(folder.glob(".cancelled*"))
+    assert sorted(p.name for p in folder.glob("cancelled*")) == ["cancelled.state.safetensors",
+                                                                "cancelled_step000002.safetensors"]
+    assert not list(folder.glob(".cancelled*"))
     assert hooks_left(model) == 0 and not model.patches
     after = diffusion_weights(model)
     assert all(torch.equal(before[k], after[k]) for k in before)
@@ -98,8 +100,8 @@ def test_saved_file_has_metadata_and_resume_continues(pack, comfy_root):
     loaded = pack.node("QRLoRALoadDelta").execute("content_dog.safetensors", model, basis)[0]
     assert loaded.trigger_words == "<c> dog"
     assert loaded.training["steps"] == 4 and loaded.training["loss_space"] == "native"
-    resumed = run_train(pack, model, basis, "sd15", steps=2, resume=first)[0]
-    assert resumed.training["resumed_from"] == "content_dog"
+    resumed = run_train(pack, model, basis, "sd15", steps=6, resume=first)[0]
+    assert resumed.training["resumed_from"] == "content_dog" and resumed.training["steps_done"] == 6
 
 
 def test_q_and_r_mode_and_triangular_delta(pack):

@@ -39,6 +39,7 @@ VIEWPORT = {"width": 2400, "height": 1350}
 ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
         "--disable-sync", "--no-first-run", "--disable-dev-shm-usage"]
 DEMO_STEPS = 12
+PREVIEW_EVERY = 4  # previews after steps 4, 8 and 12 (the screenshot's widgets say so too)
 OUR_MARKERS = ("/extensions/qr-lora/", "qr_lora.js", "[qr_lora]")
 
 
@@ -154,7 +155,8 @@ def test_extension_panels_after_a_real_run(browser_page, comfy_server, docs_dir)
     prompt = small_prompt(workflow, comfy_server.object_info, "sdxl")
     for node in prompt.values():
         if node["class_type"] == "QRLoRATrainDelta":
-            node["inputs"].update(steps=DEMO_STEPS, save_name=node["inputs"]["save_name"] + "_browser")
+            node["inputs"].update(steps=DEMO_STEPS, save_name=node["inputs"]["save_name"] + "_browser",
+                                  preview_every=PREVIEW_EVERY, preview_steps=4)
     answer = page.evaluate("""async (prompt) => {
         const api = window.comfyAPI.api.api;
         const r = await api.fetchApi('/prompt', {method: 'POST', headers: {'Content-Type': 'application/json'},
@@ -171,6 +173,10 @@ def test_extension_panels_after_a_real_run(browser_page, comfy_server, docs_dir)
         assert time.monotonic() < deadline, comfy_server.log_tail()
         time.sleep(0.5)
     assert history[prompt_id]["status"]["status_str"] == "success", history[prompt_id]["status"]
+    trained = [out for nid, out in history[prompt_id]["outputs"].items()
+               if prompt[nid]["class_type"] == "QRLoRATrainDelta"]
+    assert len(trained) == 2 and all(len(out.get("images", [])) == 1 for out in trained), trained  # the strip
+    assert all("3 previews" in out["text"][0] for out in trained), trained
     page.wait_for_timeout(1500)
 
     panels = page.evaluate("""() => {
@@ -191,6 +197,20 @@ def test_extension_panels_after_a_real_run(browser_page, comfy_server, docs_dir)
     page.keyboard.press("Escape")
     page.screenshot(path=str(docs_dir / "ui_after_run_sdxl_train_merge.png"))
     zoomed_shot(page, ["Train content ΔR"], docs_dir / "ui_train_loss_curve.png", 1.1)
+    shown = page.evaluate("""() => window.app.graph.nodes.filter(n => n.type === 'QRLoRATrainDelta')
+                                 .map(n => (n.imgs || []).length)""")
+    assert shown == [1, 1], shown  # the preview strip on each Train ΔR node
+    # Room below the panel for the strip, which the front end draws under the node's widgets.
+    # Moved to free canvas on top of the others, for a picture of the node alone.
+    page.evaluate("""() => { for (const n of window.app.graph.nodes.filter(n => n.title === 'Train content ΔR')) {
+                               n.pos = [4000, 0]; n.setSize([n.size[0] * 1.3, n.size[1] + 380]);
+                               for (const w of n.widgets) {  // the values this run had (set in its prompt)
+                                 if (w.name === 'preview_every') w.value = 4;
+                                 if (w.name === 'preview_steps') w.value = 4;
+                                 if (w.name === 'steps') w.value = 12; }
+                               window.app.graph.bringToFront?.(n) ?? (n.graph?._nodes && n.graph._nodes.push(
+                                   ...n.graph._nodes.splice(n.graph._nodes.indexOf(n), 1))); } }""")
+    zoomed_shot(page, ["Train content ΔR"], docs_dir / "ui_train_preview_strip.png", 0.75)
     zoomed_shot(page, ["QRLoRADecompose"], docs_dir / "ui_decompose_cache.png")
     zoomed_shot(page, ["QRLoRAMergeDeltas"], docs_dir / "ui_merge_lambdas.png")
 
