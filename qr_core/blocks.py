@@ -147,7 +147,9 @@ def scaled_by_blocks(delta: QRDelta, profile: Mapping[str, float]) -> QRDelta:
         return delta
     factors = block_factors(delta.targets, profile)
     scaled = {n: d if factors[n] == 1.0 else d * factors[n] for n, d in delta.delta.items()}
-    return dataclasses.replace(delta, delta=scaled)
+    # The name carries the profile, so a merge's summary and an exported LoRA's `qr_lora_merge` sources record it.
+    named = f"{delta.name or 'ΔR'} [blocks " + ", ".join(f"{k}={v:g}" for k, v in profile.items()) + "]"
+    return dataclasses.replace(delta, delta=scaled, name=named)
 
 
 def scaled_updates(updates: Mapping[str, torch.Tensor], targets: TargetSet,

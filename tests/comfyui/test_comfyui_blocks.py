@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 import comfy_env  # noqa: F401  (skips the module without ComfyUI)
@@ -39,7 +41,7 @@ def patched_weights(patcher) -> dict[str, torch.Tensor]:
 
 
 @pytest.mark.parametrize("arch", sorted(PROFILES))
-def test_per_block_merge_is_exact_and_exports_as_the_same_stock_lora(pack, arch):
+def test_per_block_merge_is_exact_and_exports_as_the_same_stock_lora(pack, comfy_root, arch):
     model = tiny_model(arch, **({"depth": 2} if arch == "flux" else {}))  # FLUX: two double blocks for double.1
     basis = decompose(pack, model)
     content, style = random_delta(pack, basis, 1, "content"), random_delta(pack, basis, 2, "style")
@@ -59,6 +61,8 @@ def test_per_block_merge_is_exact_and_exports_as_the_same_stock_lora(pack, arch)
     name = f"blocks_{arch}"
     pack.node("QRLoRAExportLoRA").execute(lora_name=name, naming="comfyui", dtype="fp32",
                                           **mix(content, style, 0.8, 0.6, **blocks))
+    meta = pack.module("qr_core.files").read_header(comfy_root / "models" / "loras" / f"{name}.safetensors")[1]
+    assert json.loads(meta["qr_lora_merge"])["sources"] == [f"content [blocks {cprof}]", f"style [blocks {sprof}]"]
     loaded = nodes.LoraLoaderModelOnly().load_lora_model_only(model, f"{name}.safetensors", 1.0)[0]
     stock = patched_weights(loaded)
     for k in merged:
