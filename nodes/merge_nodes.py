@@ -126,14 +126,14 @@ class QRScheduleHooks(io.ComfyNode):
                         "the negative conditioning (core 'Cond Pair Set Props' or 'Set Model Hooks on Cond') and "
                         "sample the unpatched model; they combine with core hook nodes like any hook.",
             inputs=[io.Model.Input("model", tooltip="The model you will sample with: the ΔR are checked against it.")]
-            + mix_inputs() + schedule_inputs() + block_inputs()
+            # no allow_mixed_bases: each ΔR is its own hook, so ΔR of different bases never need adding
+            + [i for i in mix_inputs() if i.id != "allow_mixed_bases"] + schedule_inputs() + block_inputs()
             + [io.Hooks.Input("prev_hooks", optional=True, tooltip="Hooks to combine these with.")],
             outputs=[io.Hooks.Output(display_name="HOOKS", tooltip="One weight hook per ΔR, with its keyframes.")],
         )
 
     @classmethod
-    def execute(cls, model, schedule, custom_schedule="", allow_mixed_bases=False, prev_hooks=None,
-                **kwargs) -> io.NodeOutput:
+    def execute(cls, model, schedule, custom_schedule="", prev_hooks=None, **kwargs) -> io.NodeOutput:
         plan = resolve_schedule(schedule, custom_schedule)
         deltas, weights = collect_blocks(kwargs)
         hooks = scheduled_hooks(model, deltas, weights, plan, prev_hooks)

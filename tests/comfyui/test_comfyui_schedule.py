@@ -18,7 +18,7 @@ def decompose(pack, model):
 
 
 def schedule_hooks(pack, model, content, style, lc, ls, schedule, custom="", **extra):
-    kwargs = {"lambda_extra_1": 1.0, "lambda_extra_2": 1.0, "allow_mixed_bases": False, **extra}
+    kwargs = {"lambda_extra_1": 1.0, "lambda_extra_2": 1.0, **extra}
     return pack.node("QRLoRAScheduleHooks").execute(model, content=content, style=style, lambda_content=lc,
                                                     lambda_style=ls, schedule=schedule, custom_schedule=custom,
                                                     **kwargs)[0]
@@ -100,6 +100,19 @@ def test_extras_keep_their_lambda_and_blocks_scale_the_content(pack):
             + style.q[t.name] @ style.delta[t.name] * fs - 0.5 * extra.q[t.name] @ extra.delta[t.name]))
         for k in got:
             assert torch.allclose(got[k], want[k], atol=1e-6, rtol=1e-5), (sigma, k)
+
+
+def test_different_bases_are_separate_hooks(pack):
+    model = tiny_model("sd15")
+    a = decompose(pack, model)
+    b = pack.node("QRLoRADecompose").execute(model, 4, "custom", r"attn1\.to_q", "exact", False)[0]
+    da, db = random_delta(pack, a, 1, "a"), random_delta(pack, b, 2, "b")
+    original = diffusion_weights(model)
+    seen = weights_per_step(model, schedule_hooks(pack, model, da, db, 1.0, 1.0, "constant"), "sd15",
+                            sorted(a.targets.shapes), 2)
+    t = b.targets.targets[0]
+    want = original[t.key] + da.q[t.name] @ da.delta[t.name] + db.q[t.name] @ db.delta[t.name]
+    assert all(torch.allclose(got[t.key], want, atol=1e-6) for _, got in seen)
 
 
 def test_hooks_combine_with_core_hook_nodes(pack):
