@@ -21,6 +21,7 @@ from ..qr_core.blocks import parse_block_profile, scaled_by_blocks
 from ..qr_core.schedule import SCHEDULE_CHOICES, resolve_schedule
 from .services.patches import merge_onto
 from .services.schedule_hooks import scheduled_hooks
+from .lambda_inputs import block_inputs, with_block_profiles
 from .options import check_options
 from .sockets import CATEGORY, QRDeltaType
 
@@ -126,7 +127,7 @@ class QRLambdaGrid(io.ComfyNode):
                                 tooltip="Rows when row_axis is not lambda_content, separated by '|': schedules ("
                                         + ", ".join(SCHEDULE_CHOICES[:-1]) + ", or a custom list like "
                                         "'0: 1, 0; 0.3: 1, 1'), or block profiles ('input=1, output=0.5 | middle=0')."),
-            ],
+            ] + block_inputs(),
             outputs=[
                 io.Image.Output(display_name="grid", tooltip="The labelled grid (one image)."),
                 io.Image.Output(display_name="images", tooltip="Every cell, row by row (a batch)."),
@@ -136,8 +137,10 @@ class QRLambdaGrid(io.ComfyNode):
     @classmethod
     def execute(cls, model, content, style, positive, negative, latent_image, vae, lambda_content_values,
                 lambda_style_values, seed, steps, cfg, sampler_name, scheduler, row_axis="lambda_content",
-                row_values="") -> io.NodeOutput:
+                row_values="", **blocks) -> io.NodeOutput:
         check_options(cls, {"sampler_name": sampler_name, "scheduler": scheduler, "row_axis": row_axis})
+        scaled = with_block_profiles({"content": content, "style": style, **blocks})  # every cell's fixed profiles
+        content, style = scaled["content"], scaled["style"]
         labels, rows, cell = row_plans(row_axis, row_values, lambda_content_values, content, style)
         cols = parse_values(lambda_style_values, "lambda_style_values")
         if len(rows) * len(cols) > MAX_CELLS:

@@ -47,6 +47,8 @@ def test_block_profile_rows(pack, setup):
                 row_values="input=1 | input=0, middle=0, output=0 | output=0")[1]
     assert torch.allclose(rows[0], plain[1], atol=1e-5) and torch.allclose(rows[1], plain[0], atol=1e-5)
     assert not torch.allclose(rows[2], rows[0], atol=1e-5)
+    fixed = grid(pack, setup, "1", "0.5", block_lambda_content="input=0, middle=0, output=0")[1]
+    assert torch.allclose(fixed[0], plain[0], atol=1e-5), "a fixed content profile of 0 everywhere is not λc 0"
 
 
 @pytest.mark.parametrize("lc,axis,values,error,match", [
