@@ -32,21 +32,95 @@ from pathlib import Path
 
 import torch
 
+from qr_core.blocks import parse_block_profile, scaled_updates
 from qr_core.cache import get_basis
 from qr_core.decompose import DecomposeSettings
 from qr_core.machine import describe_machine
+from qr_core.schedule import resolve_schedule
 from qr_core.targets import select_targets
 from qr_core.training import TrainSettings
 from qr_core.world import scenes
 from qr_core.world.encoder import Scorer, load_encoder
 from qr_core.world.model import ASSET, load_world_model
-from qr_core.world.tasks import (content_task, merged_prompt, patched_model, sample_images,
+from qr_core.world.tasks import (content_task, merged_prompt, patched_model, sample_images, scheduled_models,
                                  style_task, train_lora, train_qr, ziplora_merge)
 
 PAIRS = [("heart", "tiger", "sketch", "circle"), ("star", "neon", "crimson", "square"),
          ("arrow", "candy", "mint", "hexagon"), ("heart", "neon", "ocean", "diamond")]
 LAMBDAS = (0.5, 0.75, 1.0)
 METRICS = ("content_sim", "style_sim", "p_shape", "p_style", "mask_iou")
+# λ over steps and λ per block are chosen on these pairs, none of them a reported pair (no tuning on PAIRS).
+SELECT_PAIRS = [("star", "tiger", "mint", "diamond"), ("arrow", "neon", "sketch", "square"),
+                ("heart", "candy", "ocean", "hexagon")]
+SELECT_POSE_OFFSET = 100
+SCHEDULES = ("style-late", "content-early", "content-early-style-late", "crossfade", "style-early-content-late")
+BLOCK_PROFILES = {  # name: (content profile, style profile) over the world's FLUX-layout blocks (2 double, 2 single)
+    "content double, style single": ("single=0", "double=0"),
+    "content double only": ("single=0", ""),
+    "style single only": ("", "double=0"),
+    "content single, style double": ("double=0", "single=0"),
+    "double: content 1.5, style 0.5": ("double=1.5", "double=0.5"),
+}
+PLAN_METHODS = ("QR-LoRA ΔR", "LoRA")  # a schedule or profile scales ΔW = QΔR or BA per step / per block alike
+
+
+def selection_score(s: dict) -> float:
+    """What a plan is chosen by: both ground truths at once, the mean of P(shape) and P(style)."""
+    return (s["p_shape"] + s["p_style"]) / 2
+
+
+def plan_models(model, targets, content: dict, style: dict, kind: str, name: str):
+    """(model, model_at) sampling the merge λc = λs = 1 under a plain, scheduled or per-block plan."""
+    if kind == "schedule":
+        return model, scheduled_models(model, targets, content, style, 1.0, 1.0, resolve_schedule(name))
+    if kind == "blocks":
+        cp, sp = (parse_block_profile(p, targets.arch) for p in BLOCK_PROFILES[name])
+        content, style = scaled_updates(content, targets, cp), scaled_updates(style, targets, sp)
+    return patched_model(model, targets, [(content, 1.0), (style, 1.0)]), None
+
+
+def candidate_plans() -> list[tuple[str, str]]:
+    return [("plain", "")] + [("schedule", n) for n in SCHEDULES] + [("blocks", n) for n in BLOCK_PROFILES]
+
+
+def select_plans(model, basis, targets, scorer, args) -> dict:
+    """Score every candidate plan on SELECT_PAIRS; the best schedule and block profile per method by selection_score."""
+    rows = []
+    for c_shape, s_style, ref_style, ref_shape in SELECT_PAIRS[: args.select_pairs]:
+        for seed in range(args.select_seeds):
+            # other poses and sampling noise than the reported runs too: only the held-out vocabulary is shared
+            pose = SELECT_POSE_OFFSET + seed
+            ct, st = content_task(c_shape, ref_style, pose_seed=pose), style_task(s_style, ref_shape, pose_seed=pose)
+            ts_seed = TrainSettings(steps=args.steps, lr=args.lr, seed=pose)
+            trained = {"QR-LoRA ΔR": (train_qr(model, basis, ct, ts_seed, data_seed=pose),
+                                      train_qr(model, basis, st, ts_seed, data_seed=pose + 1)),
+                       "LoRA": (train_lora(model, targets, args.rank, ct, ts_seed, data_seed=pose),
+                                train_lora(model, targets, args.rank, st, ts_seed, data_seed=pose + 1))}
+            prompt = merged_prompt(ct, st)
+            for method, (tc, tsy) in trained.items():
+                for kind, name in candidate_plans():
+                    m, at = plan_models(model, targets, tc.updates, tsy.updates, kind, name)
+                    imgs = sample_images(m, prompt, args.samples, seed=1000 + pose, steps=args.sample_steps, model_at=at)
+                    s = scorer.score(imgs, ct.image, st.image, c_shape, s_style)
+                    rows.append({"pair": f"{c_shape}+{s_style}/seed{seed}", "method": method, "kind": kind,
+                                 "plan": name, "selection_score": selection_score(s), **s})
+            print(f"[selection {c_shape}+{s_style}/seed{seed}] scored {len(candidate_plans())} plans per method",
+                  flush=True)
+    table = {}
+    for r in rows:
+        table.setdefault((r["method"], r["kind"], r["plan"]), []).append(r)
+    summary = [{"method": m, "kind": k, "plan": p, **{x: statistics.fmean(r[x] for r in v)
+                                                       for x in ("selection_score", "p_shape", "p_style")}}
+               for (m, k, p), v in table.items()]
+    best = {m: {k: max((r for r in summary if r["method"] == m and r["kind"] == k),
+                       key=lambda r: r["selection_score"])["plan"] for k in ("schedule", "blocks")}
+            for m in PLAN_METHODS}
+    return {"rows": rows, "summary": summary, "best": best, "pairs": [list(p) for p in SELECT_PAIRS[: args.select_pairs]],
+            "seeds": args.select_seeds}
+
+
+def plan_label(method: str, kind: str, name: str) -> str:
+    return f"{method} merged, {'λ over steps' if kind == 'schedule' else 'λ per block'}: {name}"
 
 
 def fg_mask(images: torch.Tensor) -> torch.Tensor:
@@ -86,6 +160,7 @@ def run(args) -> dict:
                       None)
     decompose_s = time.perf_counter() - t0
     ts = TrainSettings(steps=args.steps, lr=args.lr, seed=0)
+    selection = select_plans(model, basis, targets, scorer, args) if args.plans else None
     rows, mats, qmats, lam_rows, grid_cells, curves = [], [], [], [], {}, {}
     pairs = PAIRS[: args.pairs]
     for pi, (c_shape, s_style, ref_style, ref_shape) in enumerate(pairs):
@@ -109,8 +184,8 @@ def run(args) -> dict:
             print(f"[{label}] trained in " + ", ".join(
                 f"{m}: {a.seconds:.0f}+{b.seconds:.0f} s" for m, (a, b) in trained.items()), flush=True)
 
-            def score(m, p):
-                imgs = sample_images(m, p, args.samples, seed=1000 + seed, steps=args.sample_steps)
+            def score(m, p, model_at=None):
+                imgs = sample_images(m, p, args.samples, seed=1000 + seed, steps=args.sample_steps, model_at=model_at)
                 s = scorer.score(imgs, ct.image, st.image, c_shape, s_style)
                 s["mask_iou"] = mask_iou(imgs, cref_mask)
                 return s, imgs
@@ -122,6 +197,11 @@ def run(args) -> dict:
                     m = patched_model(model, targets, [(tc.updates, lams[0]), (tsy.updates, lams[1])])
                     s, imgs = score(m, prompt)
                     rows.append({"pair": label, "method": f"{method} {what}", **s})
+                if selection and method in PLAN_METHODS:
+                    for kind, name in selection["best"][method].items():
+                        m, at = plan_models(model, targets, tc.updates, tsy.updates, kind, name)
+                        s, _ = score(m, prompt, at)
+                        rows.append({"pair": label, "method": plan_label(method, kind, name), **s})
                 if method == "LoRA" and args.zip_steps:
                     zipped, zl = ziplora_merge(model, targets, tc, tsy, ct, st, steps=args.zip_steps, seed=seed)
                     s, _ = score(patched_model(model, targets, [(zipped, 1.0)]), prompt)
@@ -171,10 +251,30 @@ def run(args) -> dict:
         lam_table.setdefault((r["method"], r["lc"], r["ls"]), []).append(r)
     lam_summary = [{"method": m, "lc": lc, "ls": ls, **{k: mean_std([r[k] for r in v])[0] for k in METRICS}}
                    for (m, lc, ls), v in lam_table.items()]
-    return {"table": table, "rows": rows, "matrix": mat_table, "matrix_rows": mats, "q_rows": qmats, "lambda": lam_summary,
+    return {"table": table, "rows": rows, "selection": selection, "plan_diffs": plan_diffs(rows, selection), "matrix": mat_table, "matrix_rows": mats, "q_rows": qmats, "lambda": lam_summary,
             "grid_cells": grid_cells, "curves": curves, "params": params, "train_seconds_last": seconds,
             "decompose_seconds": decompose_s, "targets": len(targets), "model_meta": meta,
             "pairs": [list(p) for p in pairs]}
+
+
+def plan_diffs(rows: list[dict], selection: dict | None) -> list[dict]:
+    """Per reported pair × seed: the chosen plan's score minus the plain merge's (same adapters, same noise)."""
+    if not selection:
+        return []
+    out = []
+    for method in PLAN_METHODS:
+        plain = {r["pair"]: r for r in rows if r["method"] == f"{method} merged"}
+        for kind, name in selection["best"][method].items():
+            mine = [r for r in rows if r["method"] == plan_label(method, kind, name)]
+            entry = {"method": method, "kind": kind, "plan": name, "n": len(mine)}
+            for k in ("selection_score",) + METRICS:
+                get = selection_score if k == "selection_score" else (lambda r, k=k: r[k])
+                d = [get(r) - get(plain[r["pair"]]) for r in mine]
+                entry[k] = mean_std(d)
+                if k == "selection_score":
+                    entry["wins"] = sum(x > 0 for x in d)
+            out.append(entry)
+    return out
 
 
 def write_grid(cells: dict, path: Path) -> None:
@@ -191,6 +291,35 @@ def write_grid(cells: dict, path: Path) -> None:
 def fmt(ms) -> str:
     m, s = ms
     return f"{m:.3f} ± {s:.3f}"
+
+
+def plan_markdown(res: dict) -> list[str]:
+    sel = res.get("selection")
+    if not sel:
+        return []
+    L = ["", "## λ over steps and λ per block vs plain addition", "",
+         "Selection (no tuning on the reported pairs): every candidate — plain addition, the schedules "
+         + ", ".join(SCHEDULES) + " (`qr_core/schedule.py`; factors of λc = λs = 1 over the sampling progress) and "
+         "the block profiles " + "; ".join(f"{n} (content '{c}', style '{s}')" for n, (c, s) in BLOCK_PROFILES.items())
+         + f" — was scored on the separate selection pairs {'; '.join(', '.join(p[:2]) for p in sel['pairs'])} "
+         f"(pose and noise seeds {SELECT_POSE_OFFSET}–{SELECT_POSE_OFFSET + sel['seeds'] - 1}; the reported runs use 0–1), with adapters "
+         "trained there by the same settings. For each method the "
+         "schedule and the profile with the highest mean selection score, (P(shape) + P(style)) / 2, were then "
+         "run once on the reported pairs (rows '… merged, λ over steps: …' / '… merged, λ per block: …' in the "
+         "table above).", "", "Selection pairs, mean over pairs × seeds:", "",
+         "| method | plan | selection score | p_shape | p_style |", "|---|---|---|---|---|"]
+    for r in sel["summary"]:
+        chosen = " (chosen)" if r["kind"] != "plain" and sel["best"][r["method"]][r["kind"]] == r["plan"] else ""
+        L.append(f"| {r['method']} | {r['kind']}{': ' + r['plan'] if r['plan'] else ''}{chosen} | "
+                 f"{r['selection_score']:.3f} | {r['p_shape']:.3f} | {r['p_style']:.3f} |")
+    L += ["", "Reported pairs: the chosen plan minus plain addition of the same adapters, per pair × seed "
+          "(mean ± std; wins = pairs × seeds where the selection score rose):", "",
+          "| method | chosen plan | wins | selection score | " + " | ".join(METRICS) + " |",
+          "|---|---|---|---|" + "---|" * len(METRICS)]
+    for d in res["plan_diffs"]:
+        L.append(f"| {d['method']} | {d['kind']}: {d['plan']} | {d['wins']}/{d['n']} | {fmt(d['selection_score'])} | "
+                 + " | ".join(fmt(d[k]) for k in METRICS) + " |")
+    return L
 
 
 def write_markdown(res: dict, args, path: Path, command: str) -> None:
@@ -214,6 +343,7 @@ def write_markdown(res: dict, args, path: Path, command: str) -> None:
          "| method | " + " | ".join(METRICS) + " |", "|---|" + "---|" * len(METRICS)]
     for m, v in res["table"].items():
         L.append(f"| {m} | " + " | ".join(fmt(v[k]) for k in METRICS) + " |")
+    L += plan_markdown(res)
     L += ["", "## Matrix statistics (paper Fig. 2 / Table 4): |cosine| between the content and style adapters, "
           "per target", "", "| pair of matrices | mean over targets × runs | max |", "|---|---|---|"]
     for k, v in res["matrix"].items():
@@ -247,6 +377,10 @@ def main(argv=None):
                    help="skip the triangular ΔR rows (the official code's mask in its basis)")
     p.add_argument("--no-qr-mode", dest="qr_mode", action="store_false",
                    help="skip the Q+R runs (trained Q similarity) on the first pair")
+    p.add_argument("--no-plans", dest="plans", action="store_false",
+                   help="skip λ over steps / λ per block (selection on SELECT_PAIRS, then the chosen plans' rows)")
+    p.add_argument("--select-pairs", type=int, default=len(SELECT_PAIRS))
+    p.add_argument("--select-seeds", type=int, default=1)
     p.add_argument("--out", default=str(Path(__file__).parent / "results"))
     p.add_argument("--prefix", default="disentangle")
     p.add_argument("--note", default="", help="free text recorded next to the machine (e.g. load)")
@@ -254,6 +388,7 @@ def main(argv=None):
     a = p.parse_args(argv)
     if a.tiny:
         a.pairs, a.seeds, a.steps, a.samples, a.sample_steps, a.rank, a.zip_steps = 1, 1, 6, 2, 4, 4, 3
+        a.select_pairs = 1
     argv_list = argv if argv is not None else sys.argv[1:]
     command = "python bench/disentangle.py " + " ".join(shlex.quote(x) for x in argv_list)
     t0 = time.perf_counter()

@@ -3,8 +3,9 @@
 from .decompose_node import QRDecompose
 from .delta_nodes import QRLoadDelta, QRSaveDelta
 from .grid_node import QRLambdaGrid
-from .merge_nodes import QRExportLoRA, QRMergeDeltas
+from .merge_nodes import QRExportLoRA, QRMergeDeltas, QRScheduleHooks
 from .similarity_node import QRDeltaSimilarity
 from .train_node import QRTrainDelta
 
-NODE_LIST = [QRDecompose, QRTrainDelta, QRLoadDelta, QRMergeDeltas, QRSaveDelta, QRExportLoRA, QRDeltaSimilarity, QRLambdaGrid]
+NODE_LIST = [QRDecompose, QRTrainDelta, QRLoadDelta, QRMergeDeltas, QRSaveDelta, QRExportLoRA, QRDeltaSimilarity, QRLambdaGrid,
+             QRScheduleHooks]

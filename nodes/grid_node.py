@@ -2,11 +2,14 @@
 
 ComfyUI's core nodes cannot draw labels on images, so this node samples every
 (λc, λs) cell itself, with the same seed and settings, and writes the λ values
-in the margins: rows are λc (content), columns λs (style).
+in the margins: rows are λc (content), columns λs (style). The rows can sweep
+λ over steps (schedules, sampled through the same weight hooks as the λ over
+Steps node) or a content or style block profile instead, at one λc.
 """
 
 from __future__ import annotations
 
+import comfy.hooks
 import comfy.model_management
 import comfy.sample
 import comfy.samplers
@@ -14,11 +17,18 @@ import comfy.utils
 import torch
 from comfy_api.latest import io, ui
 
+from ..qr_core.blocks import parse_block_profile, scaled_by_blocks
+from ..qr_core.schedule import SCHEDULE_CHOICES, resolve_schedule
 from .services.patches import merge_onto
+from .services.schedule_hooks import scheduled_hooks
+from .lambda_inputs import block_inputs, with_block_profiles
 from .options import check_options
 from .sockets import CATEGORY, QRDeltaType
 
 MAX_CELLS = 64
+ROW_AXES = ("lambda_content", "schedule", "content_block_profile", "style_block_profile")
+ROW_TITLES = {"lambda_content": "content", "schedule": "schedule", "content_block_profile": "content blocks",
+              "style_block_profile": "style blocks"}
 
 
 def parse_values(text: str, what: str) -> list[float]:
@@ -49,8 +59,14 @@ def _font(size: int):
         return ImageFont.load_default()
 
 
-def label_grid(images: torch.Tensor, rows: list[float], cols: list[float]) -> torch.Tensor:
-    """images [rows·cols, H, W, 3] (row-major) → one IMAGE [1, H', W', 3] with λ labels in the margins."""
+def _text(v) -> str:
+    return f"{v:g}" if isinstance(v, (int, float)) else str(v)
+
+
+def label_grid(images: torch.Tensor, rows: list, cols: list[float], row_title: str = "content") -> torch.Tensor:
+    """images [rows·cols, H, W, 3] (row-major) → one IMAGE [1, H', W', 3] with labels in the margins.
+
+    Rows are λc values, or the schedules / block profiles of another row axis (`row_title` names it)."""
     import numpy as np
     from PIL import Image, ImageDraw
 
@@ -64,12 +80,12 @@ def label_grid(images: torch.Tensor, rows: list[float], cols: list[float]) -> to
         r, c = divmod(i, len(cols))
         cell = (images[i].clamp(0, 1).cpu().float().numpy() * 255).round().astype(np.uint8)
         canvas.paste(Image.fromarray(cell), (left + c * w, top + r * h))
-    draw.text((4, 4), "rows: content\ncols: style", fill="black", font=_font(max(10, size // 2)))
+    draw.text((4, 4), f"rows: {row_title}\ncols: style", fill="black", font=_font(max(10, size // 2)))
     for c, v in enumerate(cols):
         draw.text((left + c * w + w // 2, top // 2 + 2), f"style {v:g}", fill="black", font=font, anchor="mm")
     for r, v in enumerate(rows):
-        draw.text((left // 2, top + r * h + h // 2), f"content\n{v:g}", fill="black", font=font, anchor="mm",
-                  align="center")
+        draw.text((left // 2, top + r * h + h // 2), f"{row_title}\n{_text(v)}", fill="black", font=font,
+                  anchor="mm", align="center")
     return torch.from_numpy(np.asarray(canvas).astype(np.float32) / 255.0).unsqueeze(0)
 
 
@@ -103,7 +119,15 @@ class QRLambdaGrid(io.ComfyNode):
                                tooltip="The sampler."),
                 io.Combo.Input("scheduler", options=comfy.samplers.KSampler.SCHEDULERS, default="normal",
                                tooltip="The noise schedule."),
-            ],
+                io.Combo.Input("row_axis", options=list(ROW_AXES), default="lambda_content", optional=True,
+                               tooltip="What the rows sweep: λc (lambda_content_values), or λ over steps (schedule "
+                                       "presets / custom lists) or a content or style block profile, given in "
+                                       "row_values; then lambda_content_values holds the one λc of every row."),
+                io.String.Input("row_values", default="", optional=True, multiline=True,
+                                tooltip="Rows when row_axis is not lambda_content, separated by '|': schedules ("
+                                        + ", ".join(SCHEDULE_CHOICES[:-1]) + ", or a custom list like "
+                                        "'0: 1, 0; 0.3: 1, 1'), or block profiles ('input=1, output=0.5 | middle=0')."),
+            ] + block_inputs(),
             outputs=[
                 io.Image.Output(display_name="grid", tooltip="The labelled grid (one image)."),
                 io.Image.Output(display_name="images", tooltip="Every cell, row by row (a batch)."),
@@ -112,23 +136,26 @@ class QRLambdaGrid(io.ComfyNode):
 
     @classmethod
     def execute(cls, model, content, style, positive, negative, latent_image, vae, lambda_content_values,
-                lambda_style_values, seed, steps, cfg, sampler_name, scheduler) -> io.NodeOutput:
-        check_options(cls, {"sampler_name": sampler_name, "scheduler": scheduler})
-        rows = parse_values(lambda_content_values, "lambda_content_values")
+                lambda_style_values, seed, steps, cfg, sampler_name, scheduler, row_axis="lambda_content",
+                row_values="", **blocks) -> io.NodeOutput:
+        check_options(cls, {"sampler_name": sampler_name, "scheduler": scheduler, "row_axis": row_axis})
+        scaled = with_block_profiles({"content": content, "style": style, **blocks})  # every cell's fixed profiles
+        content, style = scaled["content"], scaled["style"]
+        labels, rows, cell = row_plans(row_axis, row_values, lambda_content_values, content, style)
         cols = parse_values(lambda_style_values, "lambda_style_values")
         if len(rows) * len(cols) > MAX_CELLS:
-            raise ValueError(f"{len(rows)}×{len(cols)} cells: at most {MAX_CELLS}; use fewer λ values.")
+            raise ValueError(f"{len(rows)}×{len(cols)} cells: at most {MAX_CELLS}; use fewer rows or λ values.")
         latent = comfy.sample.fix_empty_latent_channels(model, latent_image["samples"][:1])
         noise = comfy.sample.prepare_noise(latent, seed)
         bar = comfy.utils.ProgressBar(len(rows) * len(cols) * steps)
         images = []
-        for lc in rows:
+        for row in rows:
             for ls in cols:
                 comfy.model_management.throw_exception_if_processing_interrupted()
-                patched = merge_onto(model, [content, style], [lc, ls])
+                sampled, pos, neg = cell(model, row, ls, positive, negative)
                 done = len(images) * steps
                 samples = comfy.sample.sample(
-                    patched, noise, steps, cfg, sampler_name, scheduler, positive, negative, latent, seed=seed,
+                    sampled, noise, steps, cfg, sampler_name, scheduler, pos, neg, latent, seed=seed,
                     callback=lambda step, x0, x, total, done=done: bar.update_absolute(done + step + 1),
                     disable_pbar=True)
                 decoded = vae.decode(samples)
@@ -136,5 +163,39 @@ class QRLambdaGrid(io.ComfyNode):
                     decoded = decoded.reshape(-1, *decoded.shape[-3:])
                 images.append(decoded[:1, ..., :3].float().cpu())
         batch = torch.cat(images)
-        grid = label_grid(batch, rows, cols)
+        grid = label_grid(batch, labels, cols, ROW_TITLES[row_axis])
         return io.NodeOutput(grid, batch, ui=ui.PreviewImage(grid, cls=cls))
+
+
+def row_plans(row_axis: str, row_values: str, lambda_content_values: str, content, style):
+    """Row labels, rows, and cell(model, row, λs, positive, negative) → (model, positive, negative) of one cell."""
+    if row_axis == "lambda_content":
+        def plain(model, lc, ls, positive, negative):
+            return merge_onto(model, [content, style], [lc, ls]), positive, negative
+        values = parse_values(lambda_content_values, "lambda_content_values")
+        return values, values, plain
+    lcs = parse_values(lambda_content_values, "lambda_content_values")
+    if len(lcs) != 1:
+        raise ValueError(f"the rows sweep {row_axis}, so lambda_content_values is the one λc of every row, "
+                         f"not {len(lcs)} values.")
+    lc = lcs[0]
+    texts = [t.strip() for t in (row_values or "").split("|") if t.strip()]
+    if not texts:
+        raise ValueError(f"row_axis {row_axis}: give the rows in row_values, separated by '|'.")
+    if row_axis == "schedule":
+        # a row with numbers is a custom list of points; a word is a preset (an unknown one lists the presets)
+        plans = [resolve_schedule("custom", t) if any(c.isdigit() for c in t) else resolve_schedule(t) for t in texts]
+
+        def scheduled(model, plan, ls, positive, negative):
+            hooks = scheduled_hooks(model, [content, style], [lc, ls], plan)
+            return (model, comfy.hooks.set_hooks_for_conditioning(positive, hooks),
+                    comfy.hooks.set_hooks_for_conditioning(negative, hooks))
+        return texts, plans, scheduled
+    which = "content" if row_axis == "content_block_profile" else "style"
+    delta = content if which == "content" else style
+    profiles = [scaled_by_blocks(delta, parse_block_profile(t, delta.arch)) for t in texts]
+
+    def blocks(model, scaled, ls, positive, negative):
+        pair = [scaled, style] if which == "content" else [content, scaled]
+        return merge_onto(model, pair, [lc, ls]), positive, negative
+    return texts, profiles, blocks

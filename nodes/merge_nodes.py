@@ -1,4 +1,4 @@
-"""Merge ΔR (λc, λs) onto a model, and Export the merge as a standard LoRA."""
+"""Merge ΔR (λc, λs) onto a model, Export the merge as a standard LoRA, or schedule λ over the steps as hooks."""
 
 from __future__ import annotations
 
@@ -7,8 +7,11 @@ from comfy_api.latest import io, ui
 from ..qr_core import QRDelta
 from ..qr_core.delta import DTYPES
 from ..qr_core.merge import DEFAULT_NAMING, NAMING_HELP, NAMINGS, export_merge
+from ..qr_core.schedule import resolve_schedule
 from .services import folders
 from .services.patches import merge_onto
+from .services.schedule_hooks import scheduled_hooks
+from .lambda_inputs import block_inputs, schedule_inputs, with_block_profiles
 from .options import check_options
 from .sockets import CATEGORY, QRDeltaType
 
@@ -50,6 +53,11 @@ def collect(kwargs: dict) -> tuple[list[QRDelta], list[float]]:
     return deltas, weights
 
 
+def collect_blocks(kwargs: dict) -> tuple[list[QRDelta], list[float]]:
+    """collect(), with content and style ΔR scaled by their block profiles."""
+    return collect(with_block_profiles(kwargs))
+
+
 def _summary(deltas, weights) -> str:
     return " + ".join(f"{w:g}·{d.name or 'ΔR'}" for d, w in zip(deltas, weights))
 
@@ -63,13 +71,14 @@ class QRMergeDeltas(io.ComfyNode):
             category=CATEGORY,
             description="Applies λc·ΔR_content + λs·ΔR_style (+ extras) as W + Q(Σλ ΔR) patches on a copy of the "
                         "model; the original model, other LoRAs and memory management are untouched.",
-            inputs=[io.Model.Input("model", tooltip="The base model the ΔR were trained on.")] + mix_inputs(),
+            inputs=[io.Model.Input("model", tooltip="The base model the ΔR were trained on.")] + mix_inputs()
+            + block_inputs(),
             outputs=[io.Model.Output(display_name="MODEL", tooltip="The model with the merged ΔR applied.")],
         )
 
     @classmethod
     def execute(cls, model, allow_mixed_bases=False, **kwargs) -> io.NodeOutput:
-        deltas, weights = collect(kwargs)
+        deltas, weights = collect_blocks(kwargs)
         patched = merge_onto(model, deltas, weights, allow_mixed_bases)
         return io.NodeOutput(patched, ui=ui.PreviewText(_summary(deltas, weights)))
 
@@ -92,14 +101,41 @@ class QRExportLoRA(io.ComfyNode):
                                tooltip="Key naming. " + NAMING_HELP),
                 io.Combo.Input("dtype", options=list(DTYPES), default="fp16",
                                tooltip="Storage precision; fp32 reproduces Merge ΔR bit for bit in fp32 models."),
-            ],
+            ] + block_inputs(),
             outputs=[],
         )
 
     @classmethod
     def execute(cls, lora_name, naming, dtype, allow_mixed_bases=False, **kwargs) -> io.NodeOutput:
         check_options(cls, {"naming": naming, "dtype": dtype})
-        deltas, weights = collect(kwargs)
+        deltas, weights = collect_blocks(kwargs)
         path, _ = export_merge(deltas, weights, folders.output_path("loras", lora_name), naming, dtype,
                                allow_mixed_bases)
         return io.NodeOutput(ui=ui.PreviewText(f"wrote loras/{path.name}: {_summary(deltas, weights)}"))
+
+
+class QRScheduleHooks(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="QRLoRAScheduleHooks",
+            display_name="QR-LoRA λ over Steps (Hooks)",
+            category=CATEGORY,
+            description="Content and style ΔR as ComfyUI weight hooks whose λ follows a schedule over the sampling "
+                        "steps (e.g. content alone while the layout forms, style joining later): each step samples "
+                        "W + Q(λc·c(t)·ΔR_c + λs·s(t)·ΔR_s + Σ λₑ ΔRₑ). Attach the HOOKS to both the positive and "
+                        "the negative conditioning (core 'Cond Pair Set Props' or 'Set Model Hooks on Cond') and "
+                        "sample the unpatched model; they combine with core hook nodes like any hook.",
+            inputs=[io.Model.Input("model", tooltip="The model you will sample with: the ΔR are checked against it.")]
+            # no allow_mixed_bases: each ΔR is its own hook, so ΔR of different bases never need adding
+            + [i for i in mix_inputs() if i.id != "allow_mixed_bases"] + schedule_inputs() + block_inputs()
+            + [io.Hooks.Input("prev_hooks", optional=True, tooltip="Hooks to combine these with.")],
+            outputs=[io.Hooks.Output(display_name="HOOKS", tooltip="One weight hook per ΔR, with its keyframes.")],
+        )
+
+    @classmethod
+    def execute(cls, model, schedule, custom_schedule="", prev_hooks=None, **kwargs) -> io.NodeOutput:
+        plan = resolve_schedule(schedule, custom_schedule)
+        deltas, weights = collect_blocks(kwargs)
+        hooks = scheduled_hooks(model, deltas, weights, plan, prev_hooks)
+        return io.NodeOutput(hooks, ui=ui.PreviewText(f"{_summary(deltas, weights)}; λc, λs × {plan.describe()}"))

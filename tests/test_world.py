@@ -102,6 +102,10 @@ def test_disentangle_benchmark_runs_at_a_tiny_setting(tmp_path):
     js = json.loads((tmp_path / "t.json").read_text())
     assert set(js["table"]) >= {"QR-LoRA ΔR merged", "LoRA merged", "base model (no adapter)"}
     assert res["params"]["QR-LoRA ΔR"] < res["params"]["LoRA"]
+    best = js["selection"]["best"]
+    assert set(best) == {"QR-LoRA ΔR", "LoRA"} and all(set(b) == {"schedule", "blocks"} for b in best.values())
+    assert {p[:2] for p in map(tuple, js["selection"]["pairs"])}.isdisjoint({p[:2] for p in map(tuple, js["pairs"])})
+    assert "λ over steps and λ per block vs plain addition" in md and len(js["plan_diffs"]) == 4
 
 
 def test_pretraining_resume_state_round_trips_without_pickles(tmp_path):
@@ -131,3 +135,32 @@ def test_pretraining_resume_state_round_trips_without_pickles(tmp_path):
     s1, s2 = opt.state_dict()["state"], opt2.state_dict()["state"]
     assert s1.keys() == s2.keys()
     assert all(torch.equal(torch.as_tensor(s1[i][n]), torch.as_tensor(s2[i][n])) for i in s1 for n in s1[i])
+
+
+def test_world_sampler_follows_the_schedule_rule():
+    """Each Euler step samples the model of the schedule point active at its t (Schedule.index_at, t = 1 − progress)."""
+    from qr_core.schedule import resolve_schedule
+    from qr_core.world.tasks import sample_images, scheduled_models
+
+    model, _ = load_world_model()
+    weights = model.state_dict()
+    targets = select_targets({k: v.shape for k, v in weights.items()}, "paper")
+    g = torch.Generator().manual_seed(0)
+    content = {t.name: 0.05 * torch.randn(targets.shape(t), generator=g) for t in targets}
+    style = {t.name: 0.05 * torch.randn(targets.shape(t), generator=g) for t in targets}
+    plan = resolve_schedule("custom", "0: 1, 0; 0.5: 0, 2")
+    model_at = scheduled_models(model, targets, content, style, 0.5, 1.0, plan)
+    calls = []
+    steps = 4
+    sample_images(model, "a heart", 1, seed=0, steps=steps, model_at=lambda t: calls.append(t) or model_at(t))
+    assert calls == [1.0, 0.75, 0.5, 0.25]
+    first, late = model_at(1.0), model_at(0.5)
+    assert model_at(0.75) is first and model_at(0.25) is late  # one copy per point
+    key, t0 = targets.targets[0].key, targets.targets[0]
+    rows = t0.rows(weights[key].shape[0])
+    assert torch.allclose(first.state_dict()[key][rows], weights[key][rows] + 0.5 * content[t0.name], atol=1e-6)
+    assert torch.allclose(late.state_dict()[key][rows], weights[key][rows] + 2.0 * style[t0.name], atol=1e-6)
+    constant = scheduled_models(model, targets, content, style, 1.0, 1.0, resolve_schedule("constant"))
+    plain = patched_model(model, targets, [(content, 1.0), (style, 1.0)])
+    assert torch.equal(sample_images(model, "a heart", 1, seed=0, steps=3, model_at=constant),
+                       sample_images(plain, "a heart", 1, seed=0, steps=3))

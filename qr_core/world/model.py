@@ -67,8 +67,11 @@ def flow_loss(model, x0: torch.Tensor, context: torch.Tensor, generator: torch.G
 
 @torch.no_grad()
 def generate(model, prompts, seed: int = 0, steps: int = 24, guidance: float = 3.0,
-             noise: torch.Tensor | None = None) -> torch.Tensor:
-    """Euler integration of the flow ODE from t = 1 (noise) to 0 with classifier-free guidance -> [B, 3, H, W]."""
+             noise: torch.Tensor | None = None, model_at=None) -> torch.Tensor:
+    """Euler integration of the flow ODE from t = 1 (noise) to 0 with classifier-free guidance -> [B, 3, H, W].
+
+    `model_at(t)`, if given, is the model of the step at noise level t (λ over steps); `model` gives the config.
+    """
     prompts = list(prompts)
     c = model.config
     n = len(prompts)
@@ -80,12 +83,13 @@ def generate(model, prompts, seed: int = 0, steps: int = 24, guidance: float = 3
     ts = torch.linspace(1, 0, steps + 1)
     for i in range(steps):
         t = ts[i].expand(n)
+        step_model = model_at(float(ts[i])) if model_at is not None else model
         if guidance != 1.0:
-            v = model(torch.cat([x, x]), torch.cat([t, t]), torch.cat([cond, uncond]))
+            v = step_model(torch.cat([x, x]), torch.cat([t, t]), torch.cat([cond, uncond]))
             vc, vu = v.chunk(2)
             v = vu + guidance * (vc - vu)
         else:
-            v = model(x, t, cond)
+            v = step_model(x, t, cond)
         x = x + (ts[i + 1] - ts[i]) * v
     return x.clamp(-1, 1)
 

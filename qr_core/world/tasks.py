@@ -26,6 +26,7 @@ from ..adapter import QRAdapter, frozen
 from ..basis import Basis
 from ..delta import QRDelta
 from ..merge import add_to_weights, merge
+from ..schedule import Schedule
 from .mini_flux import MiniFlux
 from ..targets import TargetSet
 from ..training import TrainSettings, train
@@ -170,8 +171,24 @@ def patched_model(model: MiniFlux, targets: TargetSet, parts: list[tuple[dict[st
     return m
 
 
-def sample_images(model: MiniFlux, prompt: str, n: int, seed: int, steps: int = 24, guidance: float = 3.0):
-    return generate(model, [prompt] * n, seed=seed, steps=steps, guidance=guidance)
+def sample_images(model: MiniFlux, prompt: str, n: int, seed: int, steps: int = 24, guidance: float = 3.0,
+                  model_at=None):
+    return generate(model, [prompt] * n, seed=seed, steps=steps, guidance=guidance, model_at=model_at)
+
+
+def scheduled_models(model: MiniFlux, targets: TargetSet, content: dict[str, torch.Tensor],
+                     style: dict[str, torch.Tensor], lc: float, ls: float, schedule: Schedule):
+    """model_at(t) for `generate`: W + λc·c(t)·ΔW_c + λs·s(t)·ΔW_s, the point active at t by the one rule
+    ComfyUI's keyframes follow (`Schedule.index_at`; the world's t = 1 − progress); one copy per point."""
+    copies: dict[int, MiniFlux] = {}
+
+    def model_at(t: float) -> MiniFlux:
+        i = schedule.index_at(t)
+        if i not in copies:
+            _, fc, fs = schedule.points[i]
+            copies[i] = patched_model(model, targets, [(content, lc * fc), (style, ls * fs)])
+        return copies[i]
+    return model_at
 
 
 def ziplora_merge(model: MiniFlux, targets: TargetSet, content: Trained, style: Trained, content_task_: Task,
