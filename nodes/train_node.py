@@ -143,10 +143,8 @@ class QRTrainDelta(io.ComfyNode):
                 lr_schedule="constant", warmup_steps=0, gradient_accumulation=1, keep_last=3,
                 save_training_state=True, preview_every=0, preview_steps=8, preview_positive=None,
                 vae=None) -> io.NodeOutput:
-        import torch
-
         values = {k: _single(k, v) for k, v in locals().items()
-                  if k not in ("cls", "torch", "latent", "positive", "preview_positive")}
+                  if k not in ("cls", "latent", "positive", "preview_positive")}
         check_options(cls, values)
         preview_conds = _as_list(preview_positive, conditioning=True)[0] if preview_positive is not None else None
         return cls._train(latent, positive, preview_conds=preview_conds, **values)
