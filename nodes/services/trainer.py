@@ -19,6 +19,7 @@ import torch.utils.checkpoint
 
 import comfy.model_management
 import comfy.model_sampling
+import comfy.sample
 import comfy.samplers
 import comfy_extras.nodes_custom_sampler
 
@@ -236,6 +237,8 @@ def run_training(model, adapter: QRAdapter, latents: torch.Tensor, positive: lis
         raise ValueError(f"{len(positive)} conditionings for {n} latents: give one conditioning, "
                          "or one per latent image.")
     patcher = model.clone()
+    # Models whose latents carry a time axis (Qwen-Image, Wan) get it on image latents, as ComfyUI's sampling adds it.
+    latents = comfy.sample.fix_empty_latent_channels(patcher, latents)
     if training_dtype != torch.float32:
         patcher.set_model_compute_dtype(training_dtype)
     if recompute_weights is None:
