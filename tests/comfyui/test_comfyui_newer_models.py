@@ -83,11 +83,11 @@ def comfy_env_version() -> str:
 DEAD = {"qwen_image": r"^transformer_blocks\.1\.(attn\.add_q_proj|attn\.to_add_out|txt_mlp\.)"}
 
 
-def tiny(name: str, seed: int = 0, dtype=torch.float32):
+def tiny(name: str, seed: int = 0, dtype=torch.float32, compute_dtype=None):
     """The tiny model, with RMSNorm `scale`s at 1 as trained models have them near (the shared builder sets
     only `weight`s to 1; a zero q/k-norm scale would make attention uniform and its q, k untrainable)."""
     needs_class(name)
-    model = comfy_models.random_model(comfy_models.model_config(name, "tiny", dtype), CPU, seed)
+    model = comfy_models.random_model(comfy_models.model_config(name, "tiny", dtype, compute_dtype), CPU, seed)
     with torch.inference_mode():
         for key, p in model.model.diffusion_model.named_parameters():
             if key.endswith(".scale") and p.ndim == 1:
@@ -202,3 +202,25 @@ def test_decompose_train_merge_export(pack, comfy_root, name, caplog):
     stock = patched_weights(loaded)
     for k in got:
         assert torch.allclose(stock[k], got[k], atol=1e-6, rtol=1e-5), k
+
+
+@pytest.mark.parametrize("name", ["flux2", "qwen_image", "wan21"])  # released as fp8 (Comfy-Org's repackaged files)
+def test_fp8_checkpoint_basis_is_the_stored_weights_in_fp32(pack, name):
+    """Load Diffusion Model with fp8 weights: Decompose reads the weights as stored (no cast to the compute
+    dtype) and finds the fp32 model's subspace up to fp8 rounding; training casts per layer and keeps them."""
+    fp8 = tiny(name, seed=5, dtype=torch.float8_e4m3fn, compute_dtype=torch.float32)
+    fp32 = tiny(name, seed=5)
+    basis = pack.node("QRLoRADecompose").execute(fp8, 4, "paper", "", "fast", False)[0]
+    reference = pack.node("QRLoRADecompose").execute(fp32, 4, "paper", "", "fast", False)[0]
+    get = pack.module("nodes.services.model_weights").base_weight_getter(fp8)
+    t = basis.targets.targets[0]
+    stored = fp8.model.diffusion_model.state_dict()[t.key]
+    assert stored.dtype == torch.float8_e4m3fn and torch.equal(get(t.key).float(), stored.float())
+    for t in basis.targets:  # the same subspace up to fp8 rounding: ‖QᵀQ_ref‖²/rank near 1
+        overlap = float((basis.q[t.name].T @ reference.q[t.name]).square().sum()) / basis.rank
+        assert overlap > 0.9, (t.name, overlap)
+    before = diffusion_weights(fp8)
+    out = train(pack, fp8, basis, name, steps=2)
+    assert all(torch.isfinite(torch.tensor(out[2]["loss"])))
+    after = diffusion_weights(fp8)
+    assert all(torch.equal(before[k].float(), after[k].float()) and before[k].dtype == after[k].dtype for k in before)
