@@ -165,7 +165,7 @@ def test_decompose_train_merge_export(pack, comfy_root, name, caplog):
     out = train(pack, model, basis, name, copies=4, batch_size=4, steps=8, learning_rate=2e-2)
     delta = out[0]
     end = probe_loss(pack, model, basis, name, delta)
-    assert end < start, (start, end)
+    assert end < 0.99 * start, (start, end)  # measured end/start 0.45 (Chroma) to 0.97 (Z-Image)
     unchanged = [n for n, d in delta.delta.items() if float(d.abs().max()) == 0]
     assert not [n for n in unchanged if not (name in DEAD and re.match(DEAD[name], n))], unchanged
     after = diffusion_weights(model)
