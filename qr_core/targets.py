@@ -274,8 +274,8 @@ def _lumina2_candidates(shapes: Mapping[str, tuple]) -> list[_Candidate]:
 
 
 def _lumina2_qkv_rows(shapes: Mapping[str, tuple], block: str) -> tuple[int, int]:
-    """Rows of q and of each of k, v in the fused qkv: q has as many rows as the output projection's inputs,
-    k and v share the rest (a per-head q/k norm scale gives the head size, not needed here)."""
+    """Rows of q and of each of k, v in the fused qkv: q has as many rows as the output projection has inputs
+    (heads × head size), k and v split the rest equally."""
     q_rows = shapes[block + "attention.out.weight"][1]
     return q_rows, (shapes[block + "attention.qkv.weight"][0] - q_rows) // 2
 
