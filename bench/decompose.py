@@ -1,7 +1,7 @@
 """Decomposition benchmark: the paper's exact SVD layer by layer against `fast`.
 
-Runs, in one process, on the real ComfyUI target sets of SDXL, SD3-medium and
-FLUX.1-dev (built by `qr_core.targets.select_targets(..., "paper")` from the
+Runs, in one process, on the real ComfyUI target sets of SDXL, SD3-medium,
+FLUX.1-dev, FLUX.2-dev and Qwen-Image (built by `qr_core.targets.select_targets(..., "paper")` from the
 models' state-dict key -> shape maps, so fused q/k/v row slices are cut by the
 library's own logic) filled with synthetic weights whose singular values
 follow a power law (σ_i ∝ i^-decay, random orthonormal singular vectors):
