@@ -224,3 +224,24 @@ def test_fp8_checkpoint_basis_is_the_stored_weights_in_fp32(pack, name):
     assert all(torch.isfinite(torch.tensor(out[2]["loss"])))
     after = diffusion_weights(fp8)
     assert all(torch.equal(before[k].float(), after[k].float()) and before[k].dtype == after[k].dtype for k in before)
+
+
+@pytest.mark.parametrize("name", ["qwen_image", "wan21", "flux2"])
+def test_kohya_names_load_in_the_stock_loader(pack, comfy_root, name, caplog):
+    """kohya's `lora_unet_<key with _>` names: ComfyUI maps them for every model from its own keys."""
+    model = tiny(name)
+    basis = pack.node("QRLoRADecompose").execute(model, 4, "paper", "", "fast", False)[0]
+    content = random_delta(pack, basis, 1, "content")
+    lora_name = f"newer_kohya_{name}"
+    pack.node("QRLoRAExportLoRA").execute(content=content, style=None, lambda_content=1.0, lambda_style=1.0,
+                                          lambda_extra_1=1.0, lambda_extra_2=1.0, allow_mixed_bases=False,
+                                          lora_name=lora_name, naming="kohya", dtype="fp32")
+    lora = comfy.utils.load_torch_file(str(comfy_root / "models" / "loras" / f"{lora_name}.safetensors"), safe_load=True)
+    assert all(k.startswith("lora_unet_") for k in lora)
+    with caplog.at_level(logging.WARNING):
+        patches = comfy.lora.load_lora(lora, comfy.lora.model_lora_keys_unet(model.model, {}))
+    assert "lora key not loaded" not in caplog.text
+    assert {str(k) for k in patches} == {f"diffusion_model.{k}" for k in basis.targets.shapes}
+    merged = patched_weights(merge_node(pack, model, content, None, 1.0, 1.0))
+    stock = patched_weights(nodes.LoraLoaderModelOnly().load_lora_model_only(model, f"{lora_name}.safetensors", 1.0)[0])
+    assert all(torch.allclose(stock[k], merged[k], atol=1e-6, rtol=1e-5) for k in merged)
