@@ -1,7 +1,7 @@
 """Decomposition benchmark: the paper's exact SVD layer by layer against `fast`.
 
-Runs, in one process, on the real ComfyUI target sets of SDXL, SD3-medium and
-FLUX.1-dev (built by `qr_core.targets.select_targets(..., "paper")` from the
+Runs, in one process, on the real ComfyUI target sets of SDXL, SD3-medium,
+FLUX.1-dev, FLUX.2-dev and Qwen-Image (built by `qr_core.targets.select_targets(..., "paper")` from the
 models' state-dict key -> shape maps, so fused q/k/v row slices are cut by the
 library's own logic) filled with synthetic weights whose singular values
 follow a power law (σ_i ∝ i^-decay, random orthonormal singular vectors):
@@ -60,7 +60,7 @@ from qr_core.fingerprint import fingerprint_weights
 from qr_core.machine import machine_info
 from qr_core.targets import TargetSet, select_targets
 
-SETS = ("sdxl", "sd3", "flux")
+SETS = ("sdxl", "sd3", "flux", "flux2", "qwen_image")
 
 # The issue's targets (issue 2, section Benchmark).
 TARGET_CPU_SDXL_SPEEDUP = 15.0
@@ -129,14 +129,44 @@ def flux_shapes(doubles=19, singles=38, hidden=3072, mlp=12288) -> dict:
     return shapes
 
 
-FULL = {"sdxl": sdxl_shapes, "sd3": sd3_shapes, "flux": flux_shapes}
+def flux2_shapes(doubles=8, singles=48, hidden=6144, mlp=18432) -> dict:
+    """FLUX.2-dev (ComfyUI's Flux2 with its detected config): FLUX.1's keys, no biases, gated SiLU MLPs
+    (the MLP input holds gate and value: 2·mlp rows, also in the single blocks' fused linear1)."""
+    shapes = flux_shapes(doubles, singles, hidden, mlp)
+    shapes["double_stream_modulation_img.lin.weight"] = (6 * hidden, hidden)  # FLUX.2's marker key
+    for key in shapes:
+        if key.endswith("mlp.0.weight"):
+            shapes[key] = (2 * mlp, hidden)
+        elif key.endswith("linear1.weight"):
+            shapes[key] = (3 * hidden + 2 * mlp, hidden)
+    return shapes
+
+
+def qwen_image_shapes(blocks=60, hidden=3072, mlp=12288) -> dict:
+    """Qwen-Image: 60 dual-stream blocks, separate q/k/v per stream, a GELU MLP per stream."""
+    shapes = {"txt_norm.weight": (3584,)}  # the key that tells Qwen-Image apart (detection's marker)
+    for n in range(blocks):
+        p = f"transformer_blocks.{n}."
+        for name in ("to_q", "to_k", "to_v", "to_out.0", "add_q_proj", "add_k_proj", "add_v_proj", "to_add_out"):
+            shapes[p + f"attn.{name}.weight"] = (hidden, hidden)
+        for stream in ("img", "txt"):
+            shapes[p + f"{stream}_mlp.net.0.proj.weight"] = (mlp, hidden)
+            shapes[p + f"{stream}_mlp.net.2.weight"] = (hidden, mlp)
+    return shapes
+
+
+FULL = {"sdxl": sdxl_shapes, "sd3": sd3_shapes, "flux": flux_shapes, "flux2": flux2_shapes,
+        "qwen_image": qwen_image_shapes}
 QUICK = {  # same structure, tiny widths: exercises every code path in seconds
     "sdxl": lambda: sdxl_shapes(chans=(16, 32, 64), depths=(0, 1, 1), ctx=96, adm=80),
     "sd3": lambda: sd3_shapes(depth=2, hidden=64),
     "flux": lambda: flux_shapes(doubles=1, singles=2, hidden=64, mlp=256),
+    "flux2": lambda: flux2_shapes(doubles=1, singles=2, hidden=64, mlp=192),
+    "qwen_image": lambda: qwen_image_shapes(blocks=2, hidden=64, mlp=256),
 }
 LABELS = {"sdxl": "SDXL UNet attn1+attn2 q,k,v,out", "sd3": "SD3-medium q,k,v,proj x2 streams",
-          "flux": "FLUX.1-dev paper targets (342)"}
+          "flux": "FLUX.1-dev paper targets (342)", "flux2": "FLUX.2-dev paper targets (240)",
+          "qwen_image": "Qwen-Image paper targets (720)"}
 
 
 # ---------------------------------------------------------------------------
@@ -645,7 +675,7 @@ def parse_args(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default cpu)")
-    ap.add_argument("--sets", default="all", help="comma list of sdxl, sd3, flux (default all)")
+    ap.add_argument("--sets", default="all", help="comma list of sdxl, sd3, flux, flux2, qwen_image (default all)")
     ap.add_argument("--samples-per-shape", type=int, default=None,
                     help="layers timed per distinct shape (default 2 on the CPU, 1 for FLUX there, 4 on a GPU, "
                          "1 with --quick)")
@@ -729,8 +759,8 @@ def main(argv=None) -> dict:
         opts.cache = name in cache_sets
         # FLUX's exact SVDs take ~45 s per sampled layer on 2 CPU cores: one layer per shape keeps the whole
         # CPU run under 10 minutes with 5 pairs.
-        opts.samples = 1 if (name == "flux" and device.type == "cpu" and a.samples_per_shape is None
-                             and not a.quick) else samples
+        opts.samples = 1 if (name in ("flux", "flux2", "qwen_image") and device.type == "cpu"
+                             and a.samples_per_shape is None and not a.quick) else samples
         results["sets"][name] = run_set(name, shape_fns[name](), opts)
     if not a.quick:
         log("trained weights (the shipped world model)")

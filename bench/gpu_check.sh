@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The GPU check: every figure only a GPU can give, in one run of about 8 minutes on one H200.
-#   decompose bench (SDXL and FLUX target sets: exact vs fast, warm cache), full-size train step of SDXL and
+#   decompose bench (SDXL, FLUX, FLUX.2 and Qwen-Image target sets: exact vs fast, warm cache), full-size train step of SDXL and
 #   FLUX against ComfyUI's built-in LoRA trainer, λ re-apply of SDXL and FLUX against two stock LoRA loaders.
 # Run from the repository root on the device machine, with .gpu/ carried (bench/prepare_gpu_check.sh makes it):
 #   run(command="bash bench/gpu_check.sh", carry=[".gpu"], timeout_s=600)
@@ -25,11 +25,14 @@ export COMFYUI_PATH="${COMFYUI_PATH:-$PWD/.gpu/ComfyUI}"
 [ "$DEVICE" != cuda ] || nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 
 if [ -n "$QUICK" ]; then
-  step python3 bench/decompose.py --device "$DEVICE" --sets sdxl,flux --quick --out-dir "$OUT_DIR"
+  step python3 bench/decompose.py --device "$DEVICE" --sets sdxl,flux,flux2,qwen_image --quick --out-dir "$OUT_DIR"
   step python3 bench/train_step.py --device "$DEVICE" --quick --out-dir "$OUT_DIR"
   step python3 bench/merge_reapply.py --device "$DEVICE" --quick --out-dir "$OUT_DIR"
 else
   step python3 bench/decompose.py --device "$DEVICE" --sets sdxl,flux --samples-per-shape 2 --out-dir "$OUT_DIR"
+  # FLUX.2-dev and Qwen-Image: their exact SVDs are the largest (36864×6144), so one layer per shape.
+  step python3 bench/decompose.py --device "$DEVICE" --sets flux2,qwen_image --samples-per-shape 1 --merge \
+    --out-dir "$OUT_DIR"
   step python3 bench/train_step.py --device "$DEVICE" --size full --arch sdxl flux --steps 3 --warmup 2 --pairs 5 \
     --out-dir "$OUT_DIR"
   step python3 bench/merge_reapply.py --device "$DEVICE" --arch sdxl flux --dtype bf16 --changes 3 \

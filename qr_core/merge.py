@@ -125,6 +125,12 @@ _LORA_ARCH = {  # kohya's ss_base_model_version and the model spec's architectur
     "sdxl": ("sdxl_base_v1-0", "stable-diffusion-xl-v1-base/lora"),
     "sd3": ("sd3", "stable-diffusion-3-medium/lora"),
     "flux": ("flux1", "flux-1-dev/lora"),
+    "flux2": ("flux2", "flux-2-dev/lora"),
+    "chroma": ("chroma", "chroma/lora"),
+    "qwen_image": ("qwen_image", "qwen-image/lora"),
+    "lumina2": ("lumina2", "lumina-2/lora"),  # Lumina Image 2.0 and Z-Image share the layout
+    "hidream": ("hidream", "hidream-i1/lora"),
+    "wan": ("wan", "wan-2/lora"),
 }
 # The model spec's implementation names the code whose module names the keys follow (ComfyUI's keys are
 # the reference implementations'), and its resolution the model's native one.

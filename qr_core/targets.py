@@ -15,7 +15,7 @@ from typing import Iterable, Mapping, Sequence
 
 from .errors import BasisMismatchError, TargetError
 
-ARCHITECTURES = ("sd15", "sdxl", "sd3", "flux")
+ARCHITECTURES = ("sd15", "sdxl", "sd3", "flux", "flux2", "chroma", "qwen_image", "lumina2", "hidream", "wan")
 PRESETS = ("paper", "paper-self-attention", "attention", "attention+mlp", "custom")
 _PREFIXES = ("model.diffusion_model.", "diffusion_model.")
 
@@ -133,6 +133,8 @@ def normalize_shapes(shapes: Mapping[str, Sequence[int]]) -> dict[str, tuple[int
 def detect_architecture(keys: Iterable[str]) -> str | None:
     """Name the architecture from its state-dict keys (prefix optional); None if unknown."""
     keys = {strip_prefix(k) for k in keys}
+    if newer := _detect_newer_architecture(keys):
+        return newer
     if "double_blocks.0.img_attn.qkv.weight" in keys:
         return "flux"
     if "joint_blocks.0.x_block.attn.qkv.weight" in keys:
@@ -208,7 +210,115 @@ def _unet_candidates(shapes: Mapping[str, tuple]) -> list[_Candidate]:
     return out
 
 
-_CANDIDATES = {"flux": _flux_candidates, "sd3": _sd3_candidates, "sdxl": _unet_candidates, "sd15": _unet_candidates}
+# The 2025 models (ComfyUI 0.8's Flux2, Chroma, QwenImage, Lumina2/ZImage, HiDream, WAN21/WAN22).
+# Each is detected from the keys ComfyUI's own model_detection reads, in the same order (FLUX.2 and
+# Chroma share FLUX's block layout, so they are told apart before FLUX).
+_NEWER_MARKERS = (
+    ("flux2", "double_stream_modulation_img.lin.weight"),
+    ("chroma", "distilled_guidance_layer.in_proj.weight"),  # Chroma and Chroma Radiance
+    ("wan", "head.modulation"),  # Wan 2.1 and 2.2, every model_type
+    ("lumina2", "cap_embedder.1.weight"),  # Lumina Image 2.0 and Z-Image
+    ("hidream", "caption_projection.0.linear.weight"),
+    ("qwen_image", "txt_norm.weight"),
+)
+
+
+def _detect_newer_architecture(keys: set) -> str | None:
+    for arch, marker in _NEWER_MARKERS:
+        if marker in keys:
+            return arch
+    return None
+
+
+def _block_numbers(shapes: Mapping[str, tuple], prefix: str) -> list[int]:
+    pattern = re.compile(re.escape(prefix) + r"(\d+)\.")
+    return sorted({int(m.group(1)) for k in shapes if (m := pattern.match(k))})
+
+
+def _wholes(shapes: Mapping[str, tuple], prefix: str, names: Sequence[str], tags: set) -> list[_Candidate]:
+    return [_whole(prefix + n + ".weight", tags) for n in names if prefix + n + ".weight" in shapes]
+
+
+def _qwen_image_candidates(shapes: Mapping[str, tuple]) -> list[_Candidate]:
+    """Qwen-Image: 60 dual-stream blocks with separate projections (image: to_q/k/v, to_out.0; text:
+    add_q/k/v_proj, to_add_out) and one MLP per stream. Every block is dual-stream, as FLUX's double
+    blocks are, so the paper's roles cover all of them: `paper` equals `attention+mlp`."""
+    out = []
+    for n in _block_numbers(shapes, "transformer_blocks."):
+        p = f"transformer_blocks.{n}."
+        out += _wholes(shapes, p + "attn.", ("to_q", "to_k", "to_v", "to_out.0", "add_q_proj", "add_k_proj",
+                                             "add_v_proj", "to_add_out"), {"attn", "paper"})
+        out += _wholes(shapes, p, ("img_mlp.net.0.proj", "img_mlp.net.2", "txt_mlp.net.0.proj", "txt_mlp.net.2"),
+                       {"mlp", "paper"})
+    return out
+
+
+def _lumina2_candidates(shapes: Mapping[str, tuple]) -> list[_Candidate]:
+    """Lumina 2 / Z-Image: a single-stream DiT (`layers`, fused qkv, SwiGLU w1/w2/w3) after one-stream
+    refiners (`noise_refiner`: image only, `context_refiner`: text only). The refiners hold one stream's
+    weights, as FLUX's double blocks do: `paper` takes their attention and MLP; in the joint layers it
+    takes q, k, v, as in FLUX's single blocks."""
+    out = []
+    for group, joint in (("noise_refiner", False), ("context_refiner", False), ("layers", True)):
+        for n in _block_numbers(shapes, group + "."):
+            p = f"{group}.{n}."
+            qkv = p + "attention.qkv.weight"
+            # Z-Image has as many key/value heads as query heads; Lumina 2 fewer (grouped-query attention).
+            q_rows, kv_rows = _lumina2_qkv_rows(shapes, p)
+            out += _slices(qkv, [("q", 0, q_rows), ("k", q_rows, kv_rows), ("v", q_rows + kv_rows, kv_rows)],
+                           {"attn", "paper"})
+            out += _wholes(shapes, p, ("attention.out",), {"attn"} if joint else {"attn", "paper"})
+            out += _wholes(shapes, p, ("feed_forward.w1", "feed_forward.w3", "feed_forward.w2"),
+                           {"mlp"} if joint else {"mlp", "paper"})
+    return out
+
+
+def _lumina2_qkv_rows(shapes: Mapping[str, tuple], block: str) -> tuple[int, int]:
+    """Rows of q and of each of k, v in the fused qkv: q has as many rows as the output projection has inputs
+    (heads × head size), k and v split the rest equally."""
+    q_rows = shapes[block + "attention.out.weight"][1]
+    return q_rows, (shapes[block + "attention.qkv.weight"][0] - q_rows) // 2
+
+
+def _hidream_candidates(shapes: Mapping[str, tuple]) -> list[_Candidate]:
+    """HiDream-I1: dual-stream blocks (image to_q/k/v/out, text to_q_t/…/out_t; image MLP a mixture of
+    experts, text MLP a SwiGLU) then single-stream blocks (to_q/k/v/out, MoE MLP). The MoE router
+    (`ff_i.gate`, one row per expert) is not a projection of the hidden state and is left alone."""
+    out = []
+    experts = ("w1", "w3", "w2")
+    for group, dual in (("double_stream_blocks", True), ("single_stream_blocks", False)):
+        for n in _block_numbers(shapes, group + "."):
+            p = f"{group}.{n}.block."
+            out += _wholes(shapes, p + "attn1.", ("to_q", "to_k", "to_v"), {"attn", "paper"})
+            out += _wholes(shapes, p + "attn1.", ("to_out",), {"attn", "paper"} if dual else {"attn"})
+            if dual:
+                out += _wholes(shapes, p + "attn1.", ("to_q_t", "to_k_t", "to_v_t", "to_out_t"), {"attn", "paper"})
+            mlp = {"mlp", "paper"} if dual else {"mlp"}
+            out += _wholes(shapes, p + "ff_i.shared_experts.", experts, mlp)
+            for e in _block_numbers(shapes, p + "ff_i.experts."):
+                out += _wholes(shapes, p + f"ff_i.experts.{e}.", experts, mlp)
+            out += _wholes(shapes, p + "ff_t.", experts, mlp)
+    return out
+
+
+def _wan_candidates(shapes: Mapping[str, tuple]) -> list[_Candidate]:
+    """Wan 2.1/2.2: video blocks with self-attention over the video tokens and cross-attention to the text
+    (q, k, v, o each), then an MLP (ffn.0, ffn.2): the SD UNet's attn1/attn2 design, so `paper` takes both
+    attentions, as the paper does on SDXL. Image-to-video's extra image keys (cross_attn.k_img/v_img) are
+    attention too."""
+    out = []
+    for n in _block_numbers(shapes, "blocks."):
+        p = f"blocks.{n}."
+        out += _wholes(shapes, p + "self_attn.", ("q", "k", "v", "o"), {"attn", "paper", "self-attn"})
+        out += _wholes(shapes, p + "cross_attn.", ("q", "k", "v", "o", "k_img", "v_img"), {"attn", "paper"})
+        out += _wholes(shapes, p, ("ffn.0", "ffn.2"), {"mlp"})
+    return out
+
+
+_CANDIDATES = {"flux": _flux_candidates, "sd3": _sd3_candidates, "sdxl": _unet_candidates, "sd15": _unet_candidates,
+               # FLUX.2 and Chroma keep FLUX.1's block keys (fused qkv; single blocks' linear1 = q, k, v, MLP in).
+               "flux2": _flux_candidates, "chroma": _flux_candidates, "qwen_image": _qwen_image_candidates,
+               "lumina2": _lumina2_candidates, "hidream": _hidream_candidates, "wan": _wan_candidates}
 
 _PRESET_TAGS = {
     "paper": lambda tags: "paper" in tags,
@@ -235,7 +345,8 @@ def select_targets(shapes: Mapping[str, Sequence[int]], preset: str = "paper", r
         raise TargetError(f"unknown architecture '{arch}'; choose one of {', '.join(ARCHITECTURES)} or leave it to detection.")
     if arch == "unknown" and preset != "custom":
         raise TargetError(
-            "could not recognise the architecture from the state-dict keys (known: SD1.5, SDXL, SD3, FLUX). "
+            "could not recognise the architecture from the state-dict keys (known: SD1.5, SDXL, SD3, FLUX, FLUX.2, "
+            "Chroma, Qwen-Image, Lumina 2/Z-Image, HiDream, Wan). "
             "Use preset 'custom' with a regular expression over weight keys, e.g. 'attn.*(q|k|v)_proj'."
         )
     candidates = _CANDIDATES[arch](shapes) if arch in _CANDIDATES else []
@@ -257,7 +368,7 @@ def select_targets(shapes: Mapping[str, Sequence[int]], preset: str = "paper", r
                 "QR-LoRA adapts Linear layers only: narrow the regex."
             )
     else:
-        if preset == "paper-self-attention" and arch not in ("sd15", "sdxl"):
+        if preset == "paper-self-attention" and arch not in ("sd15", "sdxl", "wan"):
             raise TargetError(f"preset 'paper-self-attention' is the SD1.5/SDXL UNet reading of the paper; for {arch} use 'paper'.")
         keep = _PRESET_TAGS[preset]
         chosen = [c.target for c in candidates if keep(c.tags)]

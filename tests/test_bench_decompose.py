@@ -22,7 +22,7 @@ def test_quick_run_writes_json_and_markdown(tmp_path):
         assert key in data
     for key in ("cpu", "cores", "torch", "gpu", "slug"):
         assert key in data["machine"]
-    assert set(data["sets"]) == {"sdxl", "sd3", "flux"}
+    assert set(data["sets"]) == {"sdxl", "sd3", "flux", "flux2", "qwen_image"}
     for name, s in data["sets"].items():
         for key in ("layers", "per_shape", "est_exact_per_layer_total_s", "est_fast_per_layer_total_s",
                     "fast_batched_total_s", "speedup_batched", "speedup_per_layer", "worst_energy_ratio",
@@ -35,5 +35,7 @@ def test_quick_run_writes_json_and_markdown(tmp_path):
             assert shp["sampled"] >= 1 and shp["count"] >= shp["sampled"]
     # The quick shapes keep the real structure: the same slicing of fused weights as the real models.
     assert data["sets"]["flux"]["row_slices"] > 0 and data["sets"]["sd3"]["row_slices"] > 0
+    assert data["sets"]["flux2"]["row_slices"] > 0 and data["sets"]["flux2"]["arch"] == "flux2"
+    assert data["sets"]["qwen_image"]["arch"] == "qwen_image"
     assert "cpu_sdxl_fast_speedup_ge_15x" in data["targets"]
     assert "| sdxl |" in md.read_text()

@@ -35,6 +35,14 @@ MODELS = {
     "t5xxl_fp16.safetensors": (f"{HF}/comfyanonymous/flux_text_encoders/resolve/main/t5xxl_fp16.safetensors", "text_encoders"),
     "t5xxl_fp8_e4m3fn_scaled.safetensors": (f"{HF}/comfyanonymous/flux_text_encoders/resolve/main/t5xxl_fp8_e4m3fn_scaled.safetensors", "text_encoders"),
     "ae.safetensors": (f"{HF}/Comfy-Org/Lumina_Image_2.0_Repackaged/resolve/main/split_files/vae/ae.safetensors", "vae"),
+    # FLUX.2-dev and Qwen-Image: the Comfy-Org repackaged files that ComfyUI's examples name
+    # (comfyanonymous/ComfyUI_examples: flux2/README.md, qwen_image/README.md).
+    "flux2_dev_fp8mixed.safetensors": (f"{HF}/Comfy-Org/flux2-dev/resolve/main/split_files/diffusion_models/flux2_dev_fp8mixed.safetensors", "diffusion_models"),
+    "mistral_3_small_flux2_fp8.safetensors": (f"{HF}/Comfy-Org/flux2-dev/resolve/main/split_files/text_encoders/mistral_3_small_flux2_fp8.safetensors", "text_encoders"),
+    "flux2-vae.safetensors": (f"{HF}/Comfy-Org/flux2-dev/resolve/main/split_files/vae/flux2-vae.safetensors", "vae"),
+    "qwen_image_fp8_e4m3fn.safetensors": (f"{HF}/Comfy-Org/Qwen-Image_ComfyUI/resolve/main/split_files/diffusion_models/qwen_image_fp8_e4m3fn.safetensors", "diffusion_models"),
+    "qwen_2.5_vl_7b_fp8_scaled.safetensors": (f"{HF}/Comfy-Org/Qwen-Image_ComfyUI/resolve/main/split_files/text_encoders/qwen_2.5_vl_7b_fp8_scaled.safetensors", "text_encoders"),
+    "qwen_image_vae.safetensors": (f"{HF}/Comfy-Org/Qwen-Image_ComfyUI/resolve/main/split_files/vae/qwen_image_vae.safetensors", "vae"),
 }
 
 # The paper's prompts and settings (QR-LoRA, ICCV 2025).
@@ -259,7 +267,7 @@ def train_branch(wf: Workflow, arch: str, kind: str, model, basis, clip, vae, x:
     wf.link(vae[0], vae[1], enc, "vae")
     cond, cnodes = prompt(wf, arch, clip, text, (x + 380, y), f"{kind.capitalize()} prompt", color, TRAIN_GUIDANCE)
     settings = dict(TRAIN, trigger_words=trigger, save_name=save)
-    if is_flux(arch):
+    if is_flux(arch) or arch in NEWER_ARCHS:
         settings["gradient_checkpointing"] = True
     if arch == "flux_fp8":
         settings["save_every"] = 100
@@ -431,6 +439,100 @@ def nway(info: dict) -> dict:
     return wf.to_json("nway")
 
 
+# --------------------------------------------------------------------------- the 2025 models (ComfyUI ≥ 0.8)
+
+# One diffusion model, one LLM text encoder (CLIPLoader with the model's type), one VAE; generation as in
+# ComfyUI's example workflows for these models (FLUX.2: guidance 4; Qwen-Image: AuraFlow shift 3.1, cfg 2.5).
+NEWER_ARCHS = {
+    "flux2": dict(label="FLUX.2-dev", unet="flux2_dev_fp8mixed.safetensors", text_encoder="mistral_3_small_flux2_fp8.safetensors",
+                  clip_type="flux2", vae="flux2-vae.safetensors", latent="EmptyFlux2LatentImage", size=1024, steps=20,
+                  cfg=1.0, sampler="euler", scheduler="simple", guidance=4.0, shift=None,
+                  vram="≈80 GB for training (fp8 base weights, gradient checkpointing; 32 B parameters)"),
+    "qwen_image": dict(label="Qwen-Image", unet="qwen_image_fp8_e4m3fn.safetensors",
+                       text_encoder="qwen_2.5_vl_7b_fp8_scaled.safetensors", clip_type="qwen_image",
+                       vae="qwen_image_vae.safetensors", latent="EmptySD3LatentImage", size=1328, steps=20, cfg=2.5,
+                       sampler="euler", scheduler="simple", guidance=None, shift=3.1,
+                       vram="≈48 GB for training (fp8 base weights, gradient checkpointing; 20 B parameters)"),
+}
+NEWER_REQUIRES = "0.8.0"  # ComfyUI version whose nodes (CLIPLoader types, EmptyFlux2LatentImage) these need
+# sampler_chain reads the generation settings from ARCHS.
+ARCHS.update({k: {f: a[f] for f in ("label", "latent", "size", "steps", "cfg", "sampler", "scheduler")}
+              for k, a in NEWER_ARCHS.items()})
+
+
+def newer_nodes_missing(info: dict) -> list[str]:
+    """Nodes the newer workflows need that this /object_info lacks (an older ComfyUI)."""
+    types = info.get("CLIPLoader", {}).get("input", {}).get("required", {}).get("type", [[]])[0]
+    missing = [n for n in ("EmptyFlux2LatentImage", "ModelSamplingAuraFlow", "CLIPLoader") if n not in info]
+    return missing + [f"CLIPLoader type {t}" for t in ("flux2", "qwen_image") if t not in types]
+
+
+def newer_loaders(wf: Workflow, arch: str, x: float, y: float):
+    """UNETLoader (fp8 file, weights as stored), CLIPLoader of the model's type and VAELoader."""
+    a = NEWER_ARCHS[arch]
+    unet = wf.node("UNETLoader", (x, y), {"unet_name": a["unet"], "weight_dtype": "default"}, title=f"Load {a['label']}")
+    clip = wf.node("CLIPLoader", (x, y + 150), {"clip_name": a["text_encoder"], "type": a["clip_type"],
+                                                 "device": "default"})
+    vae = wf.node("VAELoader", (x, y + 320), {"vae_name": a["vae"]})
+    return (unet, 0), (clip, 0), (vae, 0), [unet, clip, vae]
+
+
+def newer_note_models(arch: str) -> str:
+    a = NEWER_ARCHS[arch]
+    lines = "\n".join(f"- {f} → models/{MODELS[f][1]}/" for f in (a["unet"], a["text_encoder"], a["vae"]))
+    return (f"QR-LoRA on {a['label']} (ComfyUI ≥ 0.8): step 1 — models\n\n{lines}\n\n(ComfyUI offers the downloads "
+            f"when a file is missing.) Memory: {a['vram']}; not yet measured on a GPU.\n\nDecompose reads the fp8 "
+            f"weights as stored and splits each target weight into W = QR + W_comp once per model; the basis is "
+            f"cached in models/qr_lora/bases.")
+
+
+def train_merge_newer(info: dict, arch: str) -> dict:
+    """Train content and style ΔR, merge them and generate, on FLUX.2-dev or Qwen-Image."""
+    a = NEWER_ARCHS[arch]
+    wf = Workflow(info)
+    model, clip, vae, lnodes = newer_loaders(wf, arch, 0, 0)
+    d = decompose(wf, model, 0, 520)
+    note1 = wf.node("Note", (0, 880), text=newer_note_models(arch), size=[340, 320])
+    wf.group("Step 1 · Models and decomposition", lnodes + [d, note1], GROUP_COLORS["models"])
+    basis, base_model = (d, 0), (d, 1)
+    tc, cnodes = train_branch(wf, arch, "content", base_model, basis, clip, vae, 480, 0, "content_dog.png",
+                              CONTENT_PROMPT, "<c> dog", f"{arch}_content_dog")
+    wf.group("Step 2 · Content ΔR: 'a photo of a <c> dog'", cnodes, GROUP_COLORS["content"])
+    ts, snodes = train_branch(wf, arch, "style", base_model, basis, clip, vae, 480, 820, "style_reference.png",
+                              STYLE_PROMPT, "<s> style", f"{arch}_style")
+    wf.group("Step 3 · Style ΔR: 'a cat in <s> style'", snodes, GROUP_COLORS["style"])
+    wf.node("Note", (1680, 0), text=NOTE_TRAIN.format(px=TRAIN_PX, every=TRAIN["save_every"]), size=[340, 280])
+    merge = wf.node("QRLoRAMergeDeltas", (1680, 820), {"lambda_content": 1.0, "lambda_style": 1.0,
+                                                       "lambda_extra_1": 1.0, "lambda_extra_2": 1.0,
+                                                       "allow_mixed_bases": False}, title="Merge ΔR (λc, λs)")
+    wf.link(base_model[0], base_model[1], merge, "model")
+    wf.link(tc, 0, merge, "content")
+    wf.link(ts, 0, merge, "style")
+    note3 = wf.node("Note", (1680, 1240), text=NOTE_MERGE, size=[340, 260])
+    sampled, extra = (merge, 0), []
+    if a["shift"] is not None:  # Qwen-Image's example samples with AuraFlow's shift
+        shift = wf.node("ModelSamplingAuraFlow", (1680, 1540), {"shift": a["shift"]})
+        wf.link(merge, 0, shift, "model")
+        sampled, extra = (shift, 0), [shift]
+    gen = newer_sampler_chain(wf, arch, sampled, clip, vae, 2080, 820, MERGE_PROMPT, f"qr_lora/{arch}_merge")
+    wf.group("Step 4 · Merge (λc, λs) and generate: 'a <c> dog in <s> style'", [merge, note3] + extra + gen,
+             GROUP_COLORS["merge"])
+    out = wf.to_json(f"train_merge_{arch}")
+    out["extra"]["qr_lora"] = {"requires_comfyui": NEWER_REQUIRES}
+    return out
+
+
+def newer_sampler_chain(wf: Workflow, arch: str, model, clip, vae, x: float, y: float, text: str, prefix: str):
+    """sampler_chain with the model's latent, guidance and cfg (ARCHS holds the older models only)."""
+    a = NEWER_ARCHS[arch]
+    nodes_ = sampler_chain(wf, arch, model, clip, vae, x, y, text, prefix)
+    if a["guidance"] is not None:  # FLUX.2: the prompt's FluxGuidance carries the sampling guidance
+        for n in nodes_:
+            if n["type"] == "FluxGuidance":
+                n["widgets_values"][0] = a["guidance"]
+    return nodes_
+
+
 WORKFLOWS = {
     "qr_lora_sdxl_train_merge": lambda info: train_merge(info, "sdxl"),
     "qr_lora_sd35_train_merge": lambda info: train_merge(info, "sd35"),
@@ -438,6 +540,8 @@ WORKFLOWS = {
     "qr_lora_flux_dev_fp8_24gb_train_merge": lambda info: train_merge(info, "flux_fp8"),
     "qr_lora_sdxl_lambda_grid": lambda_grid,
     "qr_lora_sdxl_nway_composition": nway,
+    "qr_lora_flux2_dev_train_merge": lambda info: train_merge_newer(info, "flux2"),
+    "qr_lora_qwen_image_train_merge": lambda info: train_merge_newer(info, "qwen_image"),
 }
 
 
@@ -470,6 +574,7 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--object-info", help="URL of /object_info or a saved copy")
     p.add_argument("--out", default=str(OUT))
+    p.add_argument("--only", nargs="+", metavar="NAME", help="write only these workflows (names without .json)")
     p.add_argument("--thumbnails-only", action="store_true",
                    help="only (re)make <name>.jpg beside each workflow from docs/workflow_<name>.png "
                         "(the screenshots tests/live/test_live_browser.py takes)")
@@ -481,7 +586,13 @@ def main(argv=None) -> int:
     info = load_object_info(args.object_info)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    newer = {f"qr_lora_{k}_train_merge" for k in ("flux2_dev", "qwen_image")}
     for name, build in WORKFLOWS.items():
+        if args.only and name not in args.only:
+            continue
+        if name in newer and (missing := newer_nodes_missing(info)):
+            print(f"skipped {name}: needs ComfyUI ≥ {NEWER_REQUIRES} (this server lacks {', '.join(missing)})")
+            continue
         (out / f"{name}.json").write_text(json.dumps(build(info), indent=2, ensure_ascii=False) + "\n")
         print("wrote", out / f"{name}.json")
     return 0

@@ -64,6 +64,58 @@ CONFIGS = {
     },
 }
 CLASSES = {"sd15": "SD15", "sdxl": "SDXL", "sd3": "SD3", "flux": "Flux"}  # in comfy.supported_models
+
+# The 2025 models, tiny: every target kind of the released layout (dual- and single-stream blocks, refiners,
+# experts), widths of 64 and 1–2 blocks. A name here is a model; its pack architecture is NEWER_ARCH's.
+# Fields ComfyUI's detection fixes at the released model's values (heads, RoPE axes, text widths) come
+# from the sketch; the sizes detection reads are then confirmed from the built layout.
+NEWER_CONFIGS = {
+    "flux2": dict(image_model="flux2", in_channels=128, out_channels=128, vec_in_dim=None, context_in_dim=32,
+                  hidden_size=64, mlp_ratio=3.0, num_heads=2, depth=1, depth_single_blocks=1, axes_dim=[8, 8, 8, 8],
+                  theta=2000, patch_size=1, qkv_bias=False, guidance_embed=True, txt_ids_dims=[3],
+                  global_modulation=True, mlp_silu_act=True, ops_bias=False, default_ref_method="index",
+                  ref_index_scale=10.0),
+    "chroma": dict(image_model="chroma", in_channels=64, out_channels=64, context_in_dim=32, hidden_size=64,
+                   mlp_ratio=2.0, num_heads=2, depth=1, depth_single_blocks=1, axes_dim=[8, 12, 12], theta=10000,
+                   patch_size=2, qkv_bias=True, in_dim=64, out_dim=64, hidden_dim=64, n_layers=1),
+    "qwen_image": dict(image_model="qwen_image", in_channels=64, out_channels=16, num_layers=2, attention_head_dim=32,
+                       num_attention_heads=2, joint_attention_dim=32, axes_dims_rope=(8, 12, 12)),
+    # Z-Image's modulation reads a 256-wide time embedding that ComfyUI narrows to the width below 256.
+    "zimage": dict(image_model="lumina2", patch_size=2, in_channels=16, dim=256, cap_feat_dim=32, n_layers=1,
+                   n_refiner_layers=1, qk_norm=True, n_heads=4, n_kv_heads=4, axes_dims=[16, 24, 24],
+                   axes_lens=[64, 64, 64], rope_theta=256.0, ffn_dim_multiplier=8.0 / 3.0, multiple_of=32,
+                   z_image_modulation=True, time_scale=1000.0),
+    "lumina2": dict(image_model="lumina2", patch_size=2, in_channels=16, dim=64, cap_feat_dim=32, n_layers=1,
+                    n_refiner_layers=1, qk_norm=True, n_heads=2, n_kv_heads=1, axes_dims=[8, 12, 12],
+                    axes_lens=[64, 64, 64], ffn_dim_multiplier=4.0, multiple_of=32),
+    "hidream": dict(image_model="hidream", patch_size=2, in_channels=16, out_channels=None, num_layers=1,
+                    num_single_layers=1, attention_head_dim=32, num_attention_heads=2, caption_channels=[32, 32],
+                    text_emb_dim=32, num_routed_experts=2, num_activated_experts=1, axes_dims_rope=(16, 8, 8),
+                    max_resolution=(16, 16), llama_layers=[0, 1]),
+    "wan21": dict(image_model="wan2.1", model_type="t2v", patch_size=(1, 2, 2), in_dim=16, dim=64, ffn_dim=128,
+                  freq_dim=256, text_dim=32, out_dim=16, num_heads=2, num_layers=1, window_size=(-1, -1),
+                  qk_norm=True, cross_attn_norm=True, eps=1e-6),
+    "wan22": dict(image_model="wan2.1", model_type="t2v", patch_size=(1, 2, 2), in_dim=48, dim=64, ffn_dim=128,
+                  freq_dim=256, text_dim=32, out_dim=48, num_heads=2, num_layers=1, window_size=(-1, -1),
+                  qk_norm=True, cross_attn_norm=True, eps=1e-6),
+}
+NEWER_ARCH = {"flux2": "flux2", "chroma": "chroma", "qwen_image": "qwen_image", "zimage": "lumina2",
+              "lumina2": "lumina2", "hidream": "hidream", "wan21": "wan", "wan22": "wan"}
+NEWER_CLASSES = {"flux2": "Flux2", "chroma": "Chroma", "qwen_image": "QwenImage", "zimage": "ZImage",
+                 "lumina2": "Lumina2", "hidream": "HiDream", "wan21": "WAN21_T2V", "wan22": "WAN22_T2V"}
+for _name, _sketch in NEWER_CONFIGS.items():
+    CONFIGS[_name] = {"tiny": _sketch}
+CLASSES.update(NEWER_CLASSES)
+
+
+def missing_class(name: str) -> str | None:
+    """Why this ComfyUI cannot build the model `name` (its class is newer), or None when it can."""
+    import comfy.supported_models
+
+    cls = CLASSES[name]
+    if hasattr(comfy.supported_models, cls):
+        return None
+    return f"this ComfyUI has no {cls} in comfy.supported_models (added in a later version than it)"
 # Applied after the class's unet_extra_config, which would otherwise win: SDXL fixes 64 channels
 # per head, which would leave the 32-channel tiny UNet with none.
 HEAD_OVERRIDES = {("sdxl", "tiny"): {"num_head_channels": 16, "num_heads": -1}}
@@ -114,8 +166,13 @@ def _flux_seed_layout(sketch: dict) -> dict:
 
     h, d = sketch["hidden_size"], sketch["hidden_size"] // sketch["num_heads"]
     layout = {"img_in.weight": (h, sketch["in_channels"] * sketch["patch_size"] ** 2),
-              "txt_in.weight": (h, sketch["context_in_dim"]),
-              "vector_in.in_layer.weight": (h, sketch["vec_in_dim"])}
+              "txt_in.weight": (h, sketch["context_in_dim"])}
+    if sketch.get("vec_in_dim"):
+        layout["vector_in.in_layer.weight"] = (h, sketch["vec_in_dim"])
+    if sketch.get("image_model") == "chroma":  # its modulation network, which detection looks for
+        layout["distilled_guidance_layer.norms.0.scale"] = (sketch["hidden_dim"],)
+    if sketch.get("image_model") == "flux2":
+        layout["double_stream_modulation_img.lin.weight"] = (6 * h, h)
     if sketch.get("guidance_embed"):
         layout["guidance_in.in_layer.weight"] = (h, 256)
     for i in range(sketch["depth"]):
@@ -141,7 +198,8 @@ def detected_unet_config(arch: str, sketch: dict, overrides: dict | None = None)
     overrides = overrides or {}
     # FLUX's class cannot be built from the sketch alone where ComfyUI requires more fields: a seed
     # layout of the keys its detection reads gives them; then detection reads the whole layout.
-    seed = _flux_seed_layout(sketch) if arch == "flux" else _meta_layout(sketch, model_class, overrides)
+    flux_like = arch in ("flux", "flux2", "chroma")
+    seed = _flux_seed_layout(sketch) if flux_like else _meta_layout(sketch, model_class, overrides)
     seeded = {**comfy.model_detection.detect_unet_config(seed, ""), **sketch}
     layout = _meta_layout(seeded, model_class, overrides)
     return {**comfy.model_detection.detect_unet_config(layout, ""), **sketch}

@@ -65,6 +65,7 @@ class Server:
     def __init__(self, url: str, base: Path, proc: subprocess.Popen, log: Path):
         self.url, self.base, self.proc, self.log = url, base, proc, log
         self.object_info = _get(url + "/object_info", timeout=60)
+        self.version = _get(url + "/system_stats")["system"]["comfyui_version"]
 
     def get(self, path: str, timeout: float = 10):
         return _get(self.url + path, timeout)

@@ -24,6 +24,19 @@ def workflow_files() -> list[Path]:
     return sorted(WORKFLOW_DIR.glob("*.json"))
 
 
+def needs_newer_comfyui(workflow: dict, version: str) -> str | None:
+    """Why a workflow cannot run on this ComfyUI version (it declares `extra.qr_lora.requires_comfyui`), or None."""
+    needed = workflow.get("extra", {}).get("qr_lora", {}).get("requires_comfyui")
+    if not needed:
+        return None
+
+    def parts(v: str) -> tuple[int, ...]:
+        return tuple(int(x) for x in v.split(".")[:3] if x.isdigit())
+    if parts(version) >= parts(needed):
+        return None
+    return f"the workflow needs ComfyUI ≥ {needed} (its nodes for this model), the server is {version}"
+
+
 def spec_of(info: dict, name: str) -> tuple[str, dict, bool]:
     for section in ("required", "optional"):
         spec = info["input"].get(section, {}).get(name)
