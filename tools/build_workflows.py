@@ -5,6 +5,8 @@ files match the nodes exactly:
 
     python tools/build_workflows.py --object-info http://127.0.0.1:8188/object_info
     python tools/build_workflows.py --object-info object_info.json
+    python tools/build_workflows.py --object-info http://127.0.0.1:8188/object_info http://127.0.0.1:8189/object_info
+        # 0.3.64 first, then 0.8.0 for the dataset nodes (the dataset workflow needs ComfyUI ≥ 0.8)
     python tools/build_workflows.py --thumbnails-only   # after tests/live wrote docs/workflow_*.png
 
 tests/live validates the result against a running ComfyUI and in a browser.
@@ -430,6 +432,96 @@ def nway(info: dict) -> dict:
     return wf.to_json("nway")
 
 
+def use_trained(info: dict, arch: str) -> dict:
+    """Load the two ΔR a train-and-merge workflow saved → Merge (λc, λs) → sample: generating needs no retraining."""
+    wf = Workflow(info)
+    tag = {"sdxl": "sdxl", "sd35": "sd35", "flux": "flux"}[arch]
+    trainer_workflow = {"sdxl": "qr_lora_sdxl_train_merge", "sd35": "qr_lora_sd35_train_merge",
+                        "flux": "qr_lora_flux_dev_train_merge"}[arch]
+    model, clip, vae, lnodes = loaders(wf, arch, 0, 0)
+    y = 520
+    lc = wf.node("QRLoRALoadDelta", (0, y), {"delta_file": f"{tag}_content_dog.safetensors"},
+                 title="Content ΔR (<c> dog)")
+    ls = wf.node("QRLoRALoadDelta", (0, y + 200), {"delta_file": f"{tag}_style.safetensors"},
+                 title="Style ΔR (<s> style)")
+    for n in (lc, ls):
+        wf.link(model[0], model[1], n, "model")
+    note = wf.node("Note", (0, y + 420), size=[340, 330], text=(
+        f"Use two trained ΔR on {ARCHS[arch]['label']}: no training, no Decompose.\n\n"
+        f"1. Train them once with '{trainer_workflow}' (they land in "
+        "models/qr_lora/), or pick any ΔR pair trained on this model.\n"
+        "2. Load ΔR shows each file's architecture, rank and trigger words; it refuses a file made for another "
+        "model.\n3. Move λc and λs and queue again: only the merge and the sampling run (a few seconds on a GPU). "
+        "Each ΔR file carries its own Q, so the merge needs no basis."))
+    wf.group("Step 1 · Model and the two trained ΔR", lnodes + [lc, ls, note], GROUP_COLORS["models"])
+    merge = wf.node("QRLoRAMergeDeltas", (480, 0), {"lambda_content": 1.0, "lambda_style": 1.0,
+                                                    "lambda_extra_1": 1.0, "lambda_extra_2": 1.0,
+                                                    "allow_mixed_bases": False}, title="Merge ΔR (λc, λs)")
+    wf.link(model[0], model[1], merge, "model")
+    wf.link(lc, 0, merge, "content")
+    wf.link(ls, 0, merge, "style")
+    gen = sampler_chain(wf, arch, (merge, 0), clip, vae, 880, 0, MERGE_PROMPT, f"qr_lora/{tag}_use_trained")
+    wf.group("Step 2 · Merge (λc, λs) and generate: 'a <c> dog in <s> style'", [merge] + gen, GROUP_COLORS["merge"])
+    return wf.to_json(f"use_trained_{arch}")
+
+
+# The dataset workflow uses ComfyUI's dataset nodes (comfy_extras/nodes_dataset.py), which arrived after 0.3.64.
+DATASET_FOLDER = "qr_lora_dataset"
+DATASET_NODES_SINCE = "0.8.0"
+REQUIRES_KEY = "qr_lora_requires_comfyui"  # in a workflow's "extra": the oldest ComfyUI that has all its nodes
+
+
+def link_to_widget(wf: Workflow, src: dict, out: int | str, dst: dict, name: str) -> None:
+    """Link into a widget input (a STRING list into Make Training Dataset's texts), as the front end saves it:
+    an input slot that names its widget, the widget's value kept in widgets_values."""
+    if not any(s["name"] == name for s in dst["inputs"]):
+        kind, _ = input_spec(wf.info[dst["type"]], name)
+        dst["inputs"].append({"name": name, "type": kind, "widget": {"name": name}, "link": None})
+    wf.link(src, out, dst, name)
+
+
+def dataset_train(info: dict) -> dict:
+    """Several captioned images (a folder in ComfyUI/input) → ComfyUI's dataset nodes → one Train ΔR run → a sample."""
+    wf = Workflow(info)
+    model, clip, vae, lnodes = loaders(wf, "sdxl", 0, 0)
+    d = decompose(wf, model, 0, 200)
+    note1 = wf.node("Note", (0, 560), size=[340, 420], text=(
+        f"Train one ΔR on several images with captions (needs ComfyUI ≥ {DATASET_NODES_SINCE}: its dataset nodes).\n\n"
+        f"1. Put the images into ComfyUI/input/{DATASET_FOLDER}/ (any sizes), each with a caption file of the "
+        "same name (dog1.png + dog1.txt: 'a photo of a <c> dog on the grass'). The trigger word '<c>' ties the "
+        "captions together.\n"
+        "2. Resize keeps each image's aspect ratio (shorter edge 512 px, the paper's size); Make Training "
+        "Dataset encodes every image with the VAE and every caption with CLIP: one latent and one conditioning "
+        "per image.\n"
+        "3. Train ΔR trains once on the whole list; each image is trained with its own caption, images of the "
+        "same size are batched together.\n\n"
+        "Save Training Dataset / Load Training Dataset keep the encoded list for the next run."))
+    wf.group("Step 1 · Model and decomposition", lnodes + [d, note1], GROUP_COLORS["models"])
+    load = wf.node("LoadImageTextDataSetFromFolder", (480, 0), {"folder": DATASET_FOLDER},
+                   title=f"Images + captions (input/{DATASET_FOLDER})")
+    resize = wf.node("ResizeImagesByShorterEdge", (480, 160), {"shorter_edge": TRAIN_PX},
+                     title=f"Shorter edge {TRAIN_PX} px")
+    make = wf.node("MakeTrainingDataset", (480, 320))
+    wf.link(load, "images", resize, "images")
+    wf.link(resize, 0, make, "images")
+    link_to_widget(wf, load, "texts", make, "texts")
+    wf.link(vae[0], vae[1], make, "vae")
+    wf.link(clip[0], clip[1], make, "clip")
+    train = wf.node("QRLoRATrainDelta", (860, 0), dict(TRAIN, trigger_words="<c> dog", save_name="sdxl_dataset_dog"),
+                    title="Train ΔR on the dataset")
+    wf.link(d, 1, train, "model")
+    wf.link(d, 0, train, "basis")
+    wf.link(make, "latents", train, "latent")
+    wf.link(make, "conditioning", train, "positive")
+    wf.group("Step 2 · Dataset → one ΔR", [load, resize, make, train], GROUP_COLORS["content"])
+    gen = sampler_chain(wf, "sdxl", (train, 1), clip, vae, 1280, 0, "a photo of a <c> dog on the beach",
+                        "qr_lora/sdxl_dataset")
+    wf.group("Step 3 · Try it: the model with the trained ΔR", gen, GROUP_COLORS["merge"])
+    out = wf.to_json("dataset_train")
+    out["extra"][REQUIRES_KEY] = DATASET_NODES_SINCE
+    return out
+
+
 WORKFLOWS = {
     "qr_lora_sdxl_train_merge": lambda info: train_merge(info, "sdxl"),
     "qr_lora_sd35_train_merge": lambda info: train_merge(info, "sd35"),
@@ -437,6 +529,10 @@ WORKFLOWS = {
     "qr_lora_flux_dev_fp8_24gb_train_merge": lambda info: train_merge(info, "flux_fp8"),
     "qr_lora_sdxl_lambda_grid": lambda_grid,
     "qr_lora_sdxl_nway_composition": nway,
+    "qr_lora_sdxl_use_trained": lambda info: use_trained(info, "sdxl"),
+    "qr_lora_sd35_use_trained": lambda info: use_trained(info, "sd35"),
+    "qr_lora_flux_dev_use_trained": lambda info: use_trained(info, "flux"),
+    "qr_lora_sdxl_dataset_train": dataset_train,
 }
 
 
@@ -465,9 +561,24 @@ def load_object_info(source: str) -> dict:
     return json.loads(Path(source).read_text())
 
 
+def merged_object_info(sources: list[str]) -> dict:
+    """The first source's nodes, plus nodes only later sources have (e.g. 0.3.64's, then 0.8's dataset nodes).
+
+    The oldest ComfyUI goes first, so that every workflow whose nodes it has is written exactly as it
+    validates there; a workflow that needs a newer node says so in extra.qr_lora_requires_comfyui.
+    """
+    merged: dict = {}
+    for source in sources:
+        for name, spec in load_object_info(source).items():
+            merged.setdefault(name, spec)
+    return merged
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--object-info", help="URL of /object_info or a saved copy")
+    p.add_argument("--object-info", nargs="+",
+                   help="URL of /object_info or a saved copy; several (oldest ComfyUI first) to add the nodes "
+                        "only newer versions have")
     p.add_argument("--out", default=str(OUT))
     p.add_argument("--thumbnails-only", action="store_true",
                    help="only (re)make <name>.jpg beside each workflow from docs/workflow_<name>.png "
@@ -477,7 +588,7 @@ def main(argv=None) -> int:
         return thumbnails(Path(args.out))
     if not args.object_info:
         p.error("--object-info is required to build the workflows")
-    info = load_object_info(args.object_info)
+    info = merged_object_info(args.object_info)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     for name, build in WORKFLOWS.items():

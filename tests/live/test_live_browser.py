@@ -23,7 +23,7 @@ import time
 import pytest
 
 from comfyui_location import skip_or_fail, skip_or_fail_without_comfyui
-from workflow_check import FRONTEND_ONLY, WORKFLOW_DIR, workflow_files
+from workflow_check import FRONTEND_ONLY, WORKFLOW_DIR, unmet_requirement, workflow_files
 
 skip_or_fail_without_comfyui("the browser tests")
 try:
@@ -103,9 +103,12 @@ def same_value(a, b) -> bool:
 
 
 @pytest.mark.parametrize("path", workflow_files(), ids=lambda p: p.stem)
-def test_workflow_loads_in_the_real_front_end(browser_page, docs_dir, path):
-    page = browser_page
+def test_workflow_loads_in_the_real_front_end(comfy_server, browser_page, docs_dir, path):
     workflow = json.loads(path.read_text())
+    reason = unmet_requirement(workflow, comfy_server.object_info, comfy_server.version)
+    if reason:
+        pytest.skip(reason)
+    page = browser_page
     start = len(page.console_log)
     load(page, workflow, path.stem)
 

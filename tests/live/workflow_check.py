@@ -20,8 +20,29 @@ FILE_SUFFIXES = (".safetensors", ".ckpt", ".pt", ".pth", ".bin", ".sft", ".gguf"
 PACK_MODULE = "custom_nodes.qr-lora"
 
 
+REQUIRES_KEY = "qr_lora_requires_comfyui"  # a workflow's extra: the oldest ComfyUI with all its nodes
+
+
 def workflow_files() -> list[Path]:
     return sorted(WORKFLOW_DIR.glob("*.json"))
+
+
+def version_tuple(version: str) -> tuple[int, ...]:
+    return tuple(int(p) for p in version.split(".")[:3] if p.isdigit())
+
+
+def unmet_requirement(workflow: dict, object_info: dict, server_version: str) -> str | None:
+    """Why this ComfyUI cannot load the workflow (it declares a newer minimum version), or None.
+
+    Raises AssertionError when the declaration is stale: an older server that has every node the workflow uses.
+    """
+    need = (workflow.get("extra") or {}).get(REQUIRES_KEY)
+    if need is None or version_tuple(server_version) >= version_tuple(need):
+        return None
+    missing = sorted({n["type"] for n in workflow["nodes"]
+                      if n["type"] not in FRONTEND_ONLY and n["type"] not in object_info})
+    assert missing, f"the workflow declares ComfyUI ≥ {need}, but {server_version} has all its nodes"
+    return f"ComfyUI {server_version} has no {', '.join(missing)}: this workflow needs ComfyUI ≥ {need}"
 
 
 def spec_of(info: dict, name: str) -> tuple[str, dict, bool]:
