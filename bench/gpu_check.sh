@@ -30,8 +30,9 @@ if [ -n "$QUICK" ]; then
   step python3 bench/merge_reapply.py --device "$DEVICE" --quick --out-dir "$OUT_DIR"
 else
   step python3 bench/decompose.py --device "$DEVICE" --sets sdxl,flux --samples-per-shape 2 --out-dir "$OUT_DIR"
+  # Full size: the adapters alone (five full-size FLUX models, the built-in loop's two included, do not fit one GPU).
   step python3 bench/train_step.py --device "$DEVICE" --size full --arch sdxl flux --steps 3 --warmup 2 --pairs 5 \
-    --out-dir "$OUT_DIR"
+    --mechanisms floor qr_bypass comfy_lora_wrapper --out-dir "$OUT_DIR"
   step python3 bench/merge_reapply.py --device "$DEVICE" --arch sdxl flux --dtype bf16 --changes 3 \
     --out-dir "$OUT_DIR"
 fi

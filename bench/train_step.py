@@ -76,6 +76,10 @@ from qr_core.machine import machine_info  # noqa: E402
 MECHANISMS = ("floor", "qr_bypass", "comfy_lora_wrapper", "qr_train_sampler", "comfy_train_sampler")
 # A whole step of the built-in trainer's loop (TrainSampler), with the adapter of the mechanism named.
 LOOP_ADAPTER = {"qr_train_sampler": "qr_bypass", "comfy_train_sampler": "comfy_lora_wrapper"}
+# Step-time ratios reported (numerator / denominator), where both ran.
+RATIOS = (("qr_bypass", "comfy_lora_wrapper"), ("qr_bypass", "floor"), ("comfy_lora_wrapper", "floor"),
+          ("qr_train_sampler", "comfy_train_sampler"), ("comfy_train_sampler", "comfy_lora_wrapper"),
+          ("qr_train_sampler", "floor"), ("comfy_train_sampler", "floor"))
 
 LATENT = {"sd3": (16, 32), "sdxl": (4, 32), "flux": (16, 32)}  # channels, side
 CONTEXT = {"sd3": 256, "sdxl": 256, "flux": 256}
@@ -352,8 +356,8 @@ def paired_worker(opts) -> dict:
     device = torch.device(opts.device)
     torch.set_num_threads(opts.threads)
     pack = comfy_setup(opts.device)
-    setups = {m: setup(m, opts, pack, device) for m in MECHANISMS}
-    rounds = {m: [] for m in MECHANISMS}
+    setups = {m: setup(m, opts, pack, device) for m in opts.mechanisms}
+    rounds = {m: [] for m in opts.mechanisms}
     for s in setups.values():
         for c in s.contexts:
             c.__enter__()
@@ -379,7 +383,7 @@ def run_worker(opts, arch: str, mechanism: str) -> dict:
            "--device", opts.device, "--rank", str(opts.rank), "--steps", str(opts.steps),
            "--warmup", str(opts.warmup), "--threads", str(opts.threads), "--pairs", str(opts.pairs)] + (
                ["--side", str(opts.side)] if opts.side else []) + (
-               ["--checkpointing"] if opts.checkpointing else [])
+               ["--checkpointing"] if opts.checkpointing else []) + ["--mechanisms", *opts.mechanisms]
     proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode != 0:
         raise RuntimeError(f"{arch}/{mechanism} failed:\n{proc.stderr[-3000:]}")
@@ -394,19 +398,21 @@ def summarize(arch: str, alone: dict, paired: dict | None) -> dict:
     rows = {m: {**r, "step_wall": spread(times(m, "wall")), "step_cpu": spread(times(m, "cpu"))}
             for m, r in alone.items()}
     ratios = {f"{a} / {b}": spread([x / y for x, y in zip(times(a, "wall"), times(b, "wall"))])
-              for a, b in (("qr_bypass", "comfy_lora_wrapper"), ("qr_bypass", "floor"),
-                           ("comfy_lora_wrapper", "floor"), ("qr_train_sampler", "comfy_train_sampler"),
-                           ("comfy_train_sampler", "comfy_lora_wrapper"), ("qr_train_sampler", "floor"),
-                           ("comfy_train_sampler", "floor"))}
+              for a, b in RATIOS if a in rows and b in rows}
+    # Process CPU time per round too: on a machine shared with other work, wall time also counts the waits.
+    cpu_ratios = {f"{a} / {b}": spread([x / y for x, y in zip(times(a, "cpu"), times(b, "cpu"))])
+                  for a, b in RATIOS if a in rows and b in rows}
     memory = {f"{a} / {b}": (rows[a]["peak_extra_bytes"] / rows[b]["peak_extra_bytes"]
                              if rows[b]["peak_extra_bytes"] > 0 else None)
               for a, b in (("qr_bypass", "comfy_lora_wrapper"), ("qr_bypass", "floor"),
-                           ("qr_train_sampler", "comfy_train_sampler"))}
+                           ("qr_train_sampler", "comfy_train_sampler")) if a in rows and b in rows}
     return {"arch": arch, "rounds": rows["floor"]["step_wall"]["n"], "paired": paired is not None,
-            "mechanisms": rows, "time_ratios": ratios, "memory_ratios": memory}
+            "mechanisms": rows, "time_ratios": ratios, "cpu_time_ratios": cpu_ratios, "memory_ratios": memory}
 
 
-def fmt_spread(sp: dict, unit: str = "×", scale: float = 1.0, digits: int = 2) -> str:
+def fmt_spread(sp: dict | None, unit: str = "×", scale: float = 1.0, digits: int = 2) -> str:
+    if sp is None:
+        return "—"
     if sp["n"] == 1:
         return f"{sp['median'] * scale:.{digits}f}{unit}"
     return (f"{sp['median'] * scale:.{digits}f}{unit} ({sp['min'] * scale:.{digits}f}–"
@@ -418,7 +424,7 @@ def report(results: list[dict], opts, machine: str) -> str:
              f"ComfyUI model classes, size '{opts.size}', latent side {opts.side or ('128' if opts.size == 'full' else '32')}, "
              f"rank {opts.rank}, fp32 on the CPU / bf16 on CUDA, "
              f"gradient checkpointing {'on' if opts.checkpointing else 'off'}, {opts.threads} thread(s). "
-             + (f"Step times: the {len(MECHANISMS)} mechanisms on their own models in one process, timed in turn "
+             + (f"Step times: the {len(opts.mechanisms)} mechanisms on their own models in one process, timed in turn "
                 f"(A B C … A B C …), {opts.pairs} rounds of the median of {opts.steps} steps after {opts.warmup} warm-up steps; "
                 f"median (min–max) over the rounds, ratios per round. "
                 if not opts.separate else f"Step times: each mechanism alone ({opts.steps} steps). ")
@@ -443,20 +449,22 @@ def report(results: list[dict], opts, machine: str) -> str:
     for r in results:
         t, mem = r["time_ratios"], r["memory_ratios"]
         f = (lambda v: "—" if v is None else f"{v:.2f}×")
-        lines.append(f"| {r['arch']} | {fmt_spread(t['qr_bypass / comfy_lora_wrapper'])} | "
-                     f"{fmt_spread(t['qr_bypass / floor'])} | {fmt_spread(t['comfy_lora_wrapper / floor'])} | "
-                     f"{f(mem['qr_bypass / comfy_lora_wrapper'])} | {f(mem['qr_bypass / floor'])} |")
+        lines.append(f"| {r['arch']} | {fmt_spread(t.get('qr_bypass / comfy_lora_wrapper'))} | "
+                     f"{fmt_spread(t.get('qr_bypass / floor'))} | {fmt_spread(t.get('comfy_lora_wrapper / floor'))} | "
+                     f"{f(mem.get('qr_bypass / comfy_lora_wrapper'))} | {f(mem.get('qr_bypass / floor'))} |")
     lines += ["", "A whole step of the built-in trainer's loop (TrainSampler through ComfyUI's guider, as "
               "TrainLoraNode runs it), with each adapter:", "",
-              "| arch | QR ÷ built-in, in the loop | built-in loop ÷ its wrappers alone | QR in the loop ÷ floor | "
-              "built-in loop ÷ floor | memory QR ÷ built-in, in the loop |", "|---|---|---|---|---|---|"]
+              "| arch | QR ÷ built-in, in the loop | the same in process CPU time | built-in loop ÷ its wrappers alone | "
+              "QR in the loop ÷ floor | built-in loop ÷ floor | memory QR ÷ built-in, in the loop |",
+              "|---|---|---|---|---|---|---|"]
     for r in results:
-        t, mem = r["time_ratios"], r["memory_ratios"]
+        t, c, mem = r["time_ratios"], r["cpu_time_ratios"], r["memory_ratios"]
         f = (lambda v: "—" if v is None else f"{v:.2f}×")
-        lines.append(f"| {r['arch']} | {fmt_spread(t['qr_train_sampler / comfy_train_sampler'])} | "
-                     f"{fmt_spread(t['comfy_train_sampler / comfy_lora_wrapper'])} | "
-                     f"{fmt_spread(t['qr_train_sampler / floor'])} | {fmt_spread(t['comfy_train_sampler / floor'])} | "
-                     f"{f(mem['qr_train_sampler / comfy_train_sampler'])} |")
+        lines.append(f"| {r['arch']} | {fmt_spread(t.get('qr_train_sampler / comfy_train_sampler'))} | "
+                     f"{fmt_spread(c.get('qr_train_sampler / comfy_train_sampler'))} | "
+                     f"{fmt_spread(t.get('comfy_train_sampler / comfy_lora_wrapper'))} | "
+                     f"{fmt_spread(t.get('qr_train_sampler / floor'))} | {fmt_spread(t.get('comfy_train_sampler / floor'))} | "
+                     f"{f(mem.get('qr_train_sampler / comfy_train_sampler'))} |")
     lines += ["", "Peak extra memory on the CPU is the growth of the process's peak RSS during the timed steps "
               "(from before the first step; coarse: memory freed while building the model is reused without "
               "growing the RSS); on CUDA, max_memory_allocated above the memory held before the first step."]
@@ -479,10 +487,14 @@ def main(argv=None):
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--checkpointing", action="store_true",
                     help="gradient checkpointing in both mechanisms (the built-in trainer's default)")
+    ap.add_argument("--mechanisms", nargs="+", choices=MECHANISMS, default=list(MECHANISMS),
+                    help="which to run (floor always runs: every ratio has it); e.g. leave out the loop "
+                         "mechanisms at full size, where five full-size models do not fit one GPU")
     ap.add_argument("--quick", action="store_true", help="tiny SD3, 2 rounds: a smoke test")
     ap.add_argument("--out-dir", default=str(PACK_DIR / "bench" / "results"))
     ap.add_argument("--worker", choices=MECHANISMS + ("paired",), help=argparse.SUPPRESS)
     opts = ap.parse_args(argv)
+    opts.mechanisms = ["floor"] + [m for m in MECHANISMS if m in opts.mechanisms and m != "floor"]
     if opts.worker:
         opts.mechanism = opts.worker
         opts.arch = opts.arch[0]
@@ -495,7 +507,7 @@ def main(argv=None):
     opts.load_start = loadavg()
     results = []
     for arch in archs:
-        alone = {m: run_worker(opts, arch, m) for m in MECHANISMS}
+        alone = {m: run_worker(opts, arch, m) for m in opts.mechanisms}
         paired = None if opts.separate else run_worker(opts, arch, "paired")
         opts.comfyui_version = alone["floor"]["comfyui_version"]
         results.append(summarize(arch, alone, paired))

@@ -1,4 +1,5 @@
-"""Writes the pack's example workflows (workflows/*.json, UI format as ComfyUI's front end saves it).
+"""Writes the pack's example workflows (workflows/*.json, UI format as ComfyUI's front end saves it) and its
+subgraph blueprints (subgraphs/*.json, which ComfyUI ≥ 0.8 offers under "Subgraph Blueprints").
 
 Widget order and input sockets come from a live server's /object_info, so the
 files match the nodes exactly:
@@ -536,6 +537,118 @@ WORKFLOWS = {
 }
 
 
+# --------------------------------------------------------------------------- subgraph blueprints (ComfyUI ≥ 0.8)
+# ComfyUI ≥ 0.8 lists custom_nodes/<pack>/subgraphs/*.json at GET /global_subgraphs (app/subgraph_manager.py);
+# the front end offers each under "Subgraph Blueprints", named after its file. A blueprint is a workflow whose
+# root graph is one node of a subgraph type, defined in definitions.subgraphs (what the front end's "Publish
+# subgraph" saves).
+SUBGRAPHS_OUT = ROOT / "subgraphs"
+SUBGRAPH_INPUT_ID, SUBGRAPH_OUTPUT_ID = -10, -20
+
+
+def blueprint(name: str, description: str, wf: Workflow, inputs: list, outputs: list, promoted: list) -> dict:
+    """A subgraph blueprint of `wf`'s nodes.
+
+    inputs: (name, type, [(node, input name), …]) fed from the subgraph's input node;
+    outputs: (name, type, node, output slot) to its output node;
+    promoted: (node, widget name) shown on the blueprint node itself (properties.proxyWidgets).
+    """
+    def uid(what: str) -> str:
+        return str(uuid.uuid5(uuid.NAMESPACE_URL, f"qr-lora/subgraphs/{name}/{what}"))
+
+    links = [{"id": l[0], "origin_id": l[1], "origin_slot": l[2], "target_id": l[3], "target_slot": l[4],
+              "type": l[5]} for l in wf.links]
+    next_link = len(links) + 1
+    sg_inputs, sg_outputs = [], []
+    for i, (iname, kind, targets) in enumerate(inputs):
+        ids = []
+        for node, inp in targets:
+            slot = next(k for k, sl in enumerate(node["inputs"]) if sl["name"] == inp)
+            links.append({"id": next_link, "origin_id": SUBGRAPH_INPUT_ID, "origin_slot": i, "target_id": node["id"],
+                          "target_slot": slot, "type": kind})
+            node["inputs"][slot]["link"] = next_link
+            ids.append(next_link)
+            next_link += 1
+        sg_inputs.append({"id": uid(f"in/{iname}"), "name": iname, "type": kind, "linkIds": ids,
+                          "localized_name": iname})
+    for j, (oname, kind, node, slot) in enumerate(outputs):
+        links.append({"id": next_link, "origin_id": node["id"], "origin_slot": slot, "target_id": SUBGRAPH_OUTPUT_ID,
+                      "target_slot": j, "type": kind})
+        node["outputs"][slot]["links"].append(next_link)
+        sg_outputs.append({"id": uid(f"out/{oname}"), "name": oname, "type": kind, "linkIds": [next_link],
+                           "localized_name": oname})
+        next_link += 1
+    for order, n in enumerate(wf.nodes):
+        n["order"] = order
+    x0 = min(n["pos"][0] for n in wf.nodes)
+    y0 = min(n["pos"][1] for n in wf.nodes)
+    x1 = max(n["pos"][0] + n["size"][0] for n in wf.nodes)
+    sg_id = uid("definition")
+    definition = {
+        "id": sg_id, "version": 1, "name": name, "revision": 0, "config": {},
+        "state": {"lastGroupId": 0, "lastNodeId": len(wf.nodes), "lastLinkId": next_link - 1, "lastRerouteId": 0},
+        "inputNode": {"id": SUBGRAPH_INPUT_ID, "bounding": [x0 - 220, y0, 120, 40 + 20 * len(inputs)]},
+        "outputNode": {"id": SUBGRAPH_OUTPUT_ID, "bounding": [x1 + 100, y0, 120, 40 + 20 * len(outputs)]},
+        "inputs": sg_inputs, "outputs": sg_outputs, "widgets": [], "nodes": wf.nodes, "groups": [], "links": links,
+        "extra": {}}
+    root_id = len(wf.nodes) + 1
+    root = {"id": root_id, "type": sg_id, "pos": [0.0, 0.0], "size": [340, 60 + 26 * (len(inputs) + len(promoted))],
+            "flags": {}, "order": 0, "mode": 0, "title": name,
+            "inputs": [{"name": i["name"], "type": i["type"], "link": None} for i in sg_inputs],
+            "outputs": [{"name": o["name"], "type": o["type"], "links": []} for o in sg_outputs],
+            "properties": {"proxyWidgets": [[str(n["id"]), w] for n, w in promoted], "cnr_id": PACK_ID},
+            "widgets_values": []}
+    return {"id": uid("blueprint"), "revision": 0, "last_node_id": root_id, "last_link_id": 0, "nodes": [root],
+            "links": [], "groups": [], "config": {}, "definitions": {"subgraphs": [definition]},
+            "extra": {"BlueprintDescription": description}, "version": 0.4}
+
+
+def train_blueprint(info: dict) -> dict:
+    """Image → resize → VAE Encode → Train ΔR with a given prompt: one ΔR from one image, as one node."""
+    wf = Workflow(info)
+    scale = wf.node("ImageScale", (0, 0), {"upscale_method": "lanczos", "width": TRAIN_PX, "height": TRAIN_PX,
+                                          "crop": "center"}, title=f"Resize to {TRAIN_PX} px")
+    enc = wf.node("VAEEncode", (0, 200))
+    train = wf.node("QRLoRATrainDelta", (380, 0), dict(TRAIN, trigger_words="<c> dog", save_name="qr_lora_delta"),
+                    title="Train ΔR")
+    wf.link(scale, 0, enc, "pixels")
+    wf.link(enc, 0, train, "latent")
+    return blueprint(
+        "QR-LoRA Train ΔR from an image",
+        "QR-LoRA: train one ΔR (content or style) from one image and its prompt: the image is resized to "
+        f"{TRAIN_PX} px and VAE-encoded, Train ΔR runs with the paper's settings (rank from Decompose, lr 1e-4, "
+        "500 steps). FLUX: pass the prompt through FluxGuidance 1.",
+        wf,
+        inputs=[("model", "MODEL", [(train, "model")]), ("basis", "QR_BASIS", [(train, "basis")]),
+                ("image", "IMAGE", [(scale, "image")]), ("vae", "VAE", [(enc, "vae")]),
+                ("positive", "CONDITIONING", [(train, "positive")])],
+        outputs=[("QR_DELTA", "QR_DELTA", train, 0), ("MODEL", "MODEL", train, 1), ("loss", "LOSS_MAP", train, 2)],
+        promoted=[(train, "steps"), (train, "learning_rate"), (train, "trigger_words"), (train, "save_name")])
+
+
+def merge_blueprint(info: dict) -> dict:
+    """Two ΔR files → Merge (λc, λs) → the model to sample: generating from trained ΔR, as one node."""
+    wf = Workflow(info)
+    lc = wf.node("QRLoRALoadDelta", (0, 0), {"delta_file": "sdxl_content_dog.safetensors"}, title="Content ΔR")
+    ls = wf.node("QRLoRALoadDelta", (0, 200), {"delta_file": "sdxl_style.safetensors"}, title="Style ΔR")
+    merge = wf.node("QRLoRAMergeDeltas", (380, 0), {"lambda_content": 1.0, "lambda_style": 1.0,
+                                                    "lambda_extra_1": 1.0, "lambda_extra_2": 1.0,
+                                                    "allow_mixed_bases": False}, title="Merge ΔR (λc, λs)")
+    wf.link(lc, 0, merge, "content")
+    wf.link(ls, 0, merge, "style")
+    return blueprint(
+        "QR-LoRA Merge two ΔR files",
+        "QR-LoRA: load a content and a style ΔR from models/qr_lora and merge them onto the model with λc and "
+        "λs (W + Q(λc ΔRc + λs ΔRs)); connect the MODEL to a sampler. No training, no Decompose.",
+        wf,
+        inputs=[("model", "MODEL", [(merge, "model"), (lc, "model"), (ls, "model")])],
+        outputs=[("MODEL", "MODEL", merge, 0)],
+        promoted=[(lc, "delta_file"), (ls, "delta_file"), (merge, "lambda_content"), (merge, "lambda_style")])
+
+
+BLUEPRINTS = {"QR-LoRA Train ΔR from an image": train_blueprint, "QR-LoRA Merge two ΔR files": merge_blueprint}
+
+
 def thumbnails(out: Path, docs: Path = ROOT / "docs", width: int = 640) -> int:
     """<name>.jpg beside each workflow (the template browser's thumbnail for custom-node workflows)."""
     from PIL import Image
@@ -594,6 +707,11 @@ def main(argv=None) -> int:
     for name, build in WORKFLOWS.items():
         (out / f"{name}.json").write_text(json.dumps(build(info), indent=2, ensure_ascii=False) + "\n")
         print("wrote", out / f"{name}.json")
+    SUBGRAPHS_OUT.mkdir(exist_ok=True)
+    for name, build in BLUEPRINTS.items():
+        path = SUBGRAPHS_OUT / f"{name}.json"
+        path.write_text(json.dumps(build(info), indent=2, ensure_ascii=False) + "\n")
+        print("wrote", path)
     return 0
 
 
