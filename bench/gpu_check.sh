@@ -33,8 +33,9 @@ else
   # FLUX.2-dev and Qwen-Image: their exact SVDs are the largest (36864×6144), so one layer per shape.
   step python3 bench/decompose.py --device "$DEVICE" --sets flux2,qwen_image --samples-per-shape 1 --merge \
     --out-dir "$OUT_DIR"
+  # Full size: the adapters alone (five full-size FLUX models, the built-in loop's two included, do not fit one GPU).
   step python3 bench/train_step.py --device "$DEVICE" --size full --arch sdxl flux --steps 3 --warmup 2 --pairs 5 \
-    --out-dir "$OUT_DIR"
+    --mechanisms floor qr_bypass comfy_lora_wrapper --out-dir "$OUT_DIR"
   step python3 bench/merge_reapply.py --device "$DEVICE" --arch sdxl flux --dtype bf16 --changes 3 \
     --out-dir "$OUT_DIR"
 fi

@@ -18,6 +18,23 @@ classes, with the same fixed inputs, MSE loss, AdamW and fp32:
 * floor: the frozen model's forward and the backward to its input, with no
   adapter and no parameter gradient: what any adapter training pays at least.
 
+The three above call the diffusion model directly. Two more run a whole step of
+the built-in trainer's loop, `TrainSampler` from comfy_extras/nodes_train.py
+(in 0.3.64 and 0.8 alike; `TrainLoraNode` runs it through a guider):
+noise and a noise level drawn (`percent_to_sigma`), `noise_scaling`, the
+forward through ComfyUI's guider (conds, `c_in` scaling, `apply_model`), MSE
+on the denoised x0, backward and the optimizer step. ComfyUI's own sampling
+path is prepared once, as the node's `guider.sample` prepares it before its loop:
+
+* comfy_train_sampler: the built-in trainer as `TrainLoraNode` runs it: its
+  `LoRAAdapter` weight wrappers on the same targets at the same rank, one
+  `TrainSampler` step per step (its console progress bar off);
+* qr_train_sampler: the same `TrainSampler` step with Train ΔR's bypass
+  instead of the weight wrappers: the comparison of the two adapters inside
+  one and the same training loop. (Train ΔR's own loop adds gradient
+  clipping over the ΔR and draws its noise levels its own way; the node has
+  no preview cost here: previews are not part of a training step.)
+
 `--checkpointing` turns on gradient checkpointing in both: the node's for
 qr_bypass, the built-in trainer's (its default) for the baseline.
 
@@ -29,7 +46,7 @@ growing the RSS). Time: the three run on their own models in one process,
 in turn (A B C A B C …, `--pairs` rounds of the median of `--steps` steps
 after a warm-up), so that a slow moment hits a whole round; ratios are taken
 per round and reported as median (min–max). Results go to
-`<out-dir>/train_step-<machine>[-<size>].json` and `.md`.
+`<out-dir>/train_step-<machine>[-<size>]-comfyui-<version>.json` and `.md`.
 
     COMFYUI_PATH=/path/to/ComfyUI python bench/train_step.py            # small SD3, SDXL and FLUX on the CPU
     COMFYUI_PATH=... python bench/train_step.py --device cuda --size full   # full-size SDXL and FLUX
@@ -56,7 +73,13 @@ from comfy_models import PACK_DIR, build, comfy_setup, pack_module  # noqa: E402
 from paired import loadavg, spread  # noqa: E402  (this folder)
 from qr_core.machine import machine_info  # noqa: E402
 
-MECHANISMS = ("floor", "qr_bypass", "comfy_lora_wrapper")
+MECHANISMS = ("floor", "qr_bypass", "comfy_lora_wrapper", "qr_train_sampler", "comfy_train_sampler")
+# A whole step of the built-in trainer's loop (TrainSampler), with the adapter of the mechanism named.
+LOOP_ADAPTER = {"qr_train_sampler": "qr_bypass", "comfy_train_sampler": "comfy_lora_wrapper"}
+# Step-time ratios reported (numerator / denominator), where both ran.
+RATIOS = (("qr_bypass", "comfy_lora_wrapper"), ("qr_bypass", "floor"), ("comfy_lora_wrapper", "floor"),
+          ("qr_train_sampler", "comfy_train_sampler"), ("comfy_train_sampler", "comfy_lora_wrapper"),
+          ("qr_train_sampler", "floor"), ("comfy_train_sampler", "floor"))
 
 LATENT = {"sd3": (16, 32), "sdxl": (4, 32), "flux": (16, 32)}  # channels, side
 CONTEXT = {"sd3": 256, "sdxl": 256, "flux": 256}
@@ -88,6 +111,95 @@ def inputs(arch: str, patcher, device, size: str, side_override: int | None = No
     return x, t, kw, target
 
 
+def conditioning(arch: str, patcher, kw: dict) -> list:
+    """The inputs' context and pooled vector as a CONDITIONING (what CLIP Text Encode gives the trainer)."""
+    cfg = patcher.model.model_config.unet_config
+    pooled_width = {"sd3": cfg.get("adm_in_channels"), "sdxl": (cfg.get("adm_in_channels") or 0) - 1536,
+                    "flux": cfg.get("vec_in_dim")}[arch]
+    import torch
+
+    g = torch.Generator().manual_seed(2)
+    extra = {"pooled_output": torch.randn(1, pooled_width, generator=g).to(kw["context"])}
+    if arch == "flux":
+        extra["guidance"] = 3.5
+    return [[kw["context"], extra]]
+
+
+def prepared_guider(patcher, latent, positive: list):
+    """ComfyUI's guider with its sampling path prepared, as TrainLoraNode's guider.sample() prepares it before
+    it runs the TrainSampler loop: the model loaded, conds processed, the latent through process_latent_in.
+
+    guider.sample() runs once with a sampler that only records what the loop would get; the guider's model
+    and conds are then put back (sample() releases them on return) and the patcher marked as running again,
+    so that TrainSampler steps can run one at a time. Returns (guider, extra_args, latent).
+    """
+    import torch
+    import comfy.samplers
+    import comfy_extras.nodes_custom_sampler as custom_sampler
+
+    guider = custom_sampler.Guider_Basic(patcher)
+    guider.set_conds(positive)
+    seen = {}
+
+    class Record(comfy.samplers.Sampler):
+        def sample(self, model_wrap, sigmas, extra_args, callback, noise, latent_image=None, denoise_mask=None,
+                   disable_pbar=False):
+            seen.update(inner_model=model_wrap.inner_model, conds=model_wrap.conds, extra_args=extra_args,
+                        latent=latent_image)
+            return torch.zeros_like(latent_image)
+
+    guider.sample(torch.zeros_like(latent), latent, Record(), torch.ones(1), seed=0)
+    guider.inner_model, guider.conds = seen["inner_model"], seen["conds"]
+    patcher.pre_run()
+    return guider, seen["extra_args"], seen["latent"]
+
+
+def train_sampler_step(guider, extra_args: dict, latent, params: list, dtype):
+    """One step of the built-in trainer's loop: TrainSampler.sample() with total_steps 1 (grad_acc 1, batch 1)."""
+    import torch
+    import comfy.utils
+    import comfy_extras.nodes_train as nodes_train
+
+    comfy.utils.PROGRESS_BAR_ENABLED = False  # the loop's console progress bar, not part of a step's work
+    opt = torch.optim.AdamW(params, lr=1e-4)
+    sampler = nodes_train.TrainSampler(torch.nn.MSELoss(), opt, batch_size=1, grad_acc=1, total_steps=1, seed=0,
+                                       training_dtype=dtype)
+    sigmas = torch.zeros(latent.shape[0])  # TrainSampler reads the dataset size from its length
+
+    def step():
+        losses = []
+        sampler.loss_callback = losses.append
+        sampler.sample(guider, sigmas, extra_args, None, torch.zeros_like(latent), latent)
+        if latent.device.type == "cuda":
+            torch.cuda.synchronize()
+        return losses[-1]
+
+    return step
+
+
+def adapter_live(patcher, params: list) -> Callable[[], None]:
+    """A check that the mechanism's adapter still acts: ComfyUI drops a model's weight wrappers when it unloads
+    the model (e.g. to load another), which would time a step without its adapter."""
+    def check():
+        if not params:
+            return
+        wrapped = [m for m in patcher.model.diffusion_model.modules() if getattr(m, "weight_function", None)]
+        if not wrapped:
+            raise RuntimeError("ComfyUI unloaded a model of the benchmark: its LoRA weight wrappers are gone")
+    return check
+
+
+def trained_in_loop(params: list, also: Callable[[], None]) -> Callable[[], None]:
+    """A check that the loop's steps reached the adapter: gradients flowed and the optimizer moved it."""
+    before = [p.detach().clone() for p in params]
+
+    def check():
+        also()
+        if not any(not b.equal(p.detach()) for b, p in zip(before, params)):
+            raise RuntimeError("the training loop's steps left the adapter unchanged: no gradient reached it")
+    return check
+
+
 @dataclass
 class Setup:
     """One mechanism ready to train on its own model: `step()` runs one training step."""
@@ -95,6 +207,7 @@ class Setup:
     contexts: list
     trainable_params: int
     targets: int
+    check: Callable[[], None] = lambda: None
 
 
 def setup(mechanism: str, opts, pack, device) -> Setup:
@@ -117,6 +230,7 @@ def setup(mechanism: str, opts, pack, device) -> Setup:
     x, t, kw, target = inputs(opts.arch, patcher, device, opts.size, opts.side)
     params: list = []
     contexts = []
+    in_loop, mechanism = mechanism in LOOP_ADAPTER, LOOP_ADAPTER.get(mechanism, mechanism)
     # FLUX's blocks update their inputs in place, which stops the built-in trainer in fp32 or without its
     # checkpointing (ComfyUI 0.3.64), so the baseline and the floor get the node's own block handling too.
     flux_blocks = [trainer.trainable_blocks(trainer.transformer_blocks(dm), opts.checkpointing)] \
@@ -151,8 +265,18 @@ def setup(mechanism: str, opts, pack, device) -> Setup:
             patcher.add_weight_wrapper("diffusion_model." + k, lora)
         patcher.model.requires_grad_(False)
         params = [p for p in params if p.requires_grad]
-        comfy.model_management.load_models_gpu([patcher], memory_required=1e20, force_full_load=True)
+        if not in_loop:  # in the loop the guider loads the model
+            comfy.model_management.load_models_gpu([patcher], memory_required=1e20, force_full_load=True)
         model_fn = patcher.model.diffusion_model
+    # ComfyUI's differentiable code paths (FLUX's RoPE without comfy-kitchen's kernel on 0.8), as Train ΔR
+    # runs with; every mechanism gets them, so that all time the same model code.
+    contexts.append(runtime.differentiable_model_code())
+    if in_loop:
+        guider, extra_args, latent = prepared_guider(patcher, x.detach(), conditioning(opts.arch, patcher, kw))
+        step = train_sampler_step(guider, extra_args, latent, params, dtype=x.dtype)
+        return Setup(step, contexts, sum(p.numel() for p in params), len(keys),
+                     trained_in_loop(params, adapter_live(patcher, params) if mechanism == "comfy_lora_wrapper"
+                                     else lambda: None))
     opt = torch.optim.AdamW(params, lr=1e-4) if params else None
 
     def step():
@@ -168,10 +292,8 @@ def setup(mechanism: str, opts, pack, device) -> Setup:
             torch.cuda.synchronize()
         return float(loss)
 
-    # ComfyUI's differentiable code paths (FLUX's RoPE without comfy-kitchen's kernel on 0.8), as Train ΔR
-    # runs with; every mechanism gets them, so that all three time the same model code.
-    contexts.append(runtime.differentiable_model_code())
-    return Setup(step, contexts, sum(p.numel() for p in params), len(keys))
+    return Setup(step, contexts, sum(p.numel() for p in params), len(keys),
+                 adapter_live(patcher, params) if mechanism == "comfy_lora_wrapper" else lambda: None)
 
 
 def timed_steps(step, n: int) -> tuple[float, float]:
@@ -205,7 +327,9 @@ def worker(opts) -> dict:
         rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
         for _ in range(opts.warmup):
             s.step()
+        s.check()
         wall, cpu = timed_steps(s.step, opts.steps)
+        s.check()
         if device.type == "cuda":
             peak = torch.cuda.max_memory_allocated() - base_mem
         else:
@@ -213,7 +337,10 @@ def worker(opts) -> dict:
     finally:
         for c in reversed(s.contexts):
             c.__exit__(None, None, None)
+    import comfyui_version
+
     return {"mechanism": opts.mechanism, "arch": opts.arch, "size": opts.size, "rank": opts.rank,
+            "comfyui_version": comfyui_version.__version__,
             "targets": s.targets, "trainable_params": s.trainable_params,
             "alone_step_wall_s": wall, "alone_step_cpu_s": cpu,
             "peak_extra_bytes": int(peak), "memory_measure": "cuda_max_allocated" if device.type == "cuda"
@@ -229,8 +356,8 @@ def paired_worker(opts) -> dict:
     device = torch.device(opts.device)
     torch.set_num_threads(opts.threads)
     pack = comfy_setup(opts.device)
-    setups = {m: setup(m, opts, pack, device) for m in MECHANISMS}
-    rounds = {m: [] for m in MECHANISMS}
+    setups = {m: setup(m, opts, pack, device) for m in opts.mechanisms}
+    rounds = {m: [] for m in opts.mechanisms}
     for s in setups.values():
         for c in s.contexts:
             c.__enter__()
@@ -241,6 +368,8 @@ def paired_worker(opts) -> dict:
         for _ in range(opts.pairs):
             for m, s in setups.items():
                 rounds[m].append(timed_steps(s.step, opts.steps))
+        for s in setups.values():  # every adapter acted in every round (none was dropped by an unload)
+            s.check()
     finally:
         for s in reversed(list(setups.values())):
             for c in reversed(s.contexts):
@@ -254,7 +383,7 @@ def run_worker(opts, arch: str, mechanism: str) -> dict:
            "--device", opts.device, "--rank", str(opts.rank), "--steps", str(opts.steps),
            "--warmup", str(opts.warmup), "--threads", str(opts.threads), "--pairs", str(opts.pairs)] + (
                ["--side", str(opts.side)] if opts.side else []) + (
-               ["--checkpointing"] if opts.checkpointing else [])
+               ["--checkpointing"] if opts.checkpointing else []) + ["--mechanisms", *opts.mechanisms]
     proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode != 0:
         raise RuntimeError(f"{arch}/{mechanism} failed:\n{proc.stderr[-3000:]}")
@@ -269,16 +398,21 @@ def summarize(arch: str, alone: dict, paired: dict | None) -> dict:
     rows = {m: {**r, "step_wall": spread(times(m, "wall")), "step_cpu": spread(times(m, "cpu"))}
             for m, r in alone.items()}
     ratios = {f"{a} / {b}": spread([x / y for x, y in zip(times(a, "wall"), times(b, "wall"))])
-              for a, b in (("qr_bypass", "comfy_lora_wrapper"), ("qr_bypass", "floor"),
-                           ("comfy_lora_wrapper", "floor"))}
+              for a, b in RATIOS if a in rows and b in rows}
+    # Process CPU time per round too: on a machine shared with other work, wall time also counts the waits.
+    cpu_ratios = {f"{a} / {b}": spread([x / y for x, y in zip(times(a, "cpu"), times(b, "cpu"))])
+                  for a, b in RATIOS if a in rows and b in rows}
     memory = {f"{a} / {b}": (rows[a]["peak_extra_bytes"] / rows[b]["peak_extra_bytes"]
                              if rows[b]["peak_extra_bytes"] > 0 else None)
-              for a, b in (("qr_bypass", "comfy_lora_wrapper"), ("qr_bypass", "floor"))}
+              for a, b in (("qr_bypass", "comfy_lora_wrapper"), ("qr_bypass", "floor"),
+                           ("qr_train_sampler", "comfy_train_sampler")) if a in rows and b in rows}
     return {"arch": arch, "rounds": rows["floor"]["step_wall"]["n"], "paired": paired is not None,
-            "mechanisms": rows, "time_ratios": ratios, "memory_ratios": memory}
+            "mechanisms": rows, "time_ratios": ratios, "cpu_time_ratios": cpu_ratios, "memory_ratios": memory}
 
 
-def fmt_spread(sp: dict, unit: str = "×", scale: float = 1.0, digits: int = 2) -> str:
+def fmt_spread(sp: dict | None, unit: str = "×", scale: float = 1.0, digits: int = 2) -> str:
+    if sp is None:
+        return "—"
     if sp["n"] == 1:
         return f"{sp['median'] * scale:.{digits}f}{unit}"
     return (f"{sp['median'] * scale:.{digits}f}{unit} ({sp['min'] * scale:.{digits}f}–"
@@ -286,18 +420,21 @@ def fmt_spread(sp: dict, unit: str = "×", scale: float = 1.0, digits: int = 2) 
 
 
 def report(results: list[dict], opts, machine: str) -> str:
-    lines = [f"# Train-step benchmark: {machine}", "",
+    lines = [f"# Train-step benchmark: {machine}, ComfyUI {opts.comfyui_version}", "",
              f"ComfyUI model classes, size '{opts.size}', latent side {opts.side or ('128' if opts.size == 'full' else '32')}, "
              f"rank {opts.rank}, fp32 on the CPU / bf16 on CUDA, "
              f"gradient checkpointing {'on' if opts.checkpointing else 'off'}, {opts.threads} thread(s). "
-             + (f"Step times: the three mechanisms on their own models in one process, timed in turn (A B C A B C "
-                f"…), {opts.pairs} rounds of the median of {opts.steps} steps after {opts.warmup} warm-up steps; "
+             + (f"Step times: the {len(opts.mechanisms)} mechanisms on their own models in one process, timed in turn "
+                f"(A B C … A B C …), {opts.pairs} rounds of the median of {opts.steps} steps after {opts.warmup} warm-up steps; "
                 f"median (min–max) over the rounds, ratios per round. "
                 if not opts.separate else f"Step times: each mechanism alone ({opts.steps} steps). ")
              + f"Memory: each mechanism alone in a fresh process. Load average {opts.load_start} at the start, "
                f"{opts.load_end} at the end.", "",
              "floor: the frozen model's forward and backward to its input, no adapter and no parameter gradient "
-             "(what any adapter training pays at least).", "",
+             "(what any adapter training pays at least). qr_bypass, comfy_lora_wrapper: the adapter's step on the "
+             "diffusion model alone. comfy_train_sampler: a whole step of the built-in trainer (TrainLoraNode's "
+             "TrainSampler loop through ComfyUI's guider, its LoRA weight wrappers); qr_train_sampler: the same "
+             "loop step with Train ΔR's bypass.", "",
              "| arch | mechanism | targets | trainable | step wall | step CPU | peak extra memory |",
              "|---|---|---|---|---|---|---|"]
     for r in results:
@@ -312,9 +449,22 @@ def report(results: list[dict], opts, machine: str) -> str:
     for r in results:
         t, mem = r["time_ratios"], r["memory_ratios"]
         f = (lambda v: "—" if v is None else f"{v:.2f}×")
-        lines.append(f"| {r['arch']} | {fmt_spread(t['qr_bypass / comfy_lora_wrapper'])} | "
-                     f"{fmt_spread(t['qr_bypass / floor'])} | {fmt_spread(t['comfy_lora_wrapper / floor'])} | "
-                     f"{f(mem['qr_bypass / comfy_lora_wrapper'])} | {f(mem['qr_bypass / floor'])} |")
+        lines.append(f"| {r['arch']} | {fmt_spread(t.get('qr_bypass / comfy_lora_wrapper'))} | "
+                     f"{fmt_spread(t.get('qr_bypass / floor'))} | {fmt_spread(t.get('comfy_lora_wrapper / floor'))} | "
+                     f"{f(mem.get('qr_bypass / comfy_lora_wrapper'))} | {f(mem.get('qr_bypass / floor'))} |")
+    lines += ["", "A whole step of the built-in trainer's loop (TrainSampler through ComfyUI's guider, as "
+              "TrainLoraNode runs it), with each adapter:", "",
+              "| arch | QR ÷ built-in, in the loop | the same in process CPU time | built-in loop ÷ its wrappers alone | "
+              "QR in the loop ÷ floor | built-in loop ÷ floor | memory QR ÷ built-in, in the loop |",
+              "|---|---|---|---|---|---|---|"]
+    for r in results:
+        t, c, mem = r["time_ratios"], r["cpu_time_ratios"], r["memory_ratios"]
+        f = (lambda v: "—" if v is None else f"{v:.2f}×")
+        lines.append(f"| {r['arch']} | {fmt_spread(t.get('qr_train_sampler / comfy_train_sampler'))} | "
+                     f"{fmt_spread(c.get('qr_train_sampler / comfy_train_sampler'))} | "
+                     f"{fmt_spread(t.get('comfy_train_sampler / comfy_lora_wrapper'))} | "
+                     f"{fmt_spread(t.get('qr_train_sampler / floor'))} | {fmt_spread(t.get('comfy_train_sampler / floor'))} | "
+                     f"{f(mem.get('qr_train_sampler / comfy_train_sampler'))} |")
     lines += ["", "Peak extra memory on the CPU is the growth of the process's peak RSS during the timed steps "
               "(from before the first step; coarse: memory freed while building the model is reused without "
               "growing the RSS); on CUDA, max_memory_allocated above the memory held before the first step."]
@@ -337,10 +487,14 @@ def main(argv=None):
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--checkpointing", action="store_true",
                     help="gradient checkpointing in both mechanisms (the built-in trainer's default)")
+    ap.add_argument("--mechanisms", nargs="+", choices=MECHANISMS, default=list(MECHANISMS),
+                    help="which to run (floor always runs: every ratio has it); e.g. leave out the loop "
+                         "mechanisms at full size, where five full-size models do not fit one GPU")
     ap.add_argument("--quick", action="store_true", help="tiny SD3, 2 rounds: a smoke test")
     ap.add_argument("--out-dir", default=str(PACK_DIR / "bench" / "results"))
     ap.add_argument("--worker", choices=MECHANISMS + ("paired",), help=argparse.SUPPRESS)
     opts = ap.parse_args(argv)
+    opts.mechanisms = ["floor"] + [m for m in MECHANISMS if m in opts.mechanisms and m != "floor"]
     if opts.worker:
         opts.mechanism = opts.worker
         opts.arch = opts.arch[0]
@@ -353,8 +507,9 @@ def main(argv=None):
     opts.load_start = loadavg()
     results = []
     for arch in archs:
-        alone = {m: run_worker(opts, arch, m) for m in MECHANISMS}
+        alone = {m: run_worker(opts, arch, m) for m in opts.mechanisms}
         paired = None if opts.separate else run_worker(opts, arch, "paired")
+        opts.comfyui_version = alone["floor"]["comfyui_version"]
         results.append(summarize(arch, alone, paired))
         print(json.dumps(results[-1]["time_ratios"]), flush=True)
     opts.load_end = loadavg()
@@ -363,7 +518,8 @@ def main(argv=None):
     out.mkdir(parents=True, exist_ok=True)
     meta = {"machine": machine, "platform": platform.platform(), "python": platform.python_version(),
             "settings": {k: v for k, v in vars(opts).items() if k not in ("worker", "out_dir")}, "results": results}
-    stem = f"train_step-{machine}" + ("" if opts.size == "small" else f"-{opts.size}")
+    stem = f"train_step-{machine}" + ("" if opts.size == "small" else f"-{opts.size}") + \
+        f"-comfyui-{opts.comfyui_version}"
     (out / f"{stem}.json").write_text(json.dumps(meta, indent=2) + "\n")
     (out / f"{stem}.md").write_text(report(results, opts, machine))
     print(report(results, opts, machine))

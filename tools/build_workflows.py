@@ -1,10 +1,13 @@
-"""Writes the pack's example workflows (workflows/*.json, UI format as ComfyUI's front end saves it).
+"""Writes the pack's example workflows (workflows/*.json, UI format as ComfyUI's front end saves it) and its
+subgraph blueprints (subgraphs/*.json, which ComfyUI ≥ 0.8 offers under "Subgraph Blueprints").
 
 Widget order and input sockets come from a live server's /object_info, so the
 files match the nodes exactly:
 
     python tools/build_workflows.py --object-info http://127.0.0.1:8188/object_info
     python tools/build_workflows.py --object-info object_info.json
+    python tools/build_workflows.py --object-info http://127.0.0.1:8188/object_info http://127.0.0.1:8189/object_info
+        # 0.3.64 first, then 0.8.0 for the dataset nodes (the dataset workflow needs ComfyUI ≥ 0.8)
     python tools/build_workflows.py --thumbnails-only   # after tests/live wrote docs/workflow_*.png
 
 tests/live validates the result against a running ComfyUI and in a browser.
@@ -498,7 +501,7 @@ def train_merge_newer(info: dict, arch: str) -> dict:
     tc, cnodes = train_branch(wf, arch, "content", base_model, basis, clip, vae, 480, 0, "content_dog.png",
                               CONTENT_PROMPT, "<c> dog", f"{arch}_content_dog")
     wf.group("Step 2 · Content ΔR: 'a photo of a <c> dog'", cnodes, GROUP_COLORS["content"])
-    ts, snodes = train_branch(wf, arch, "style", base_model, basis, clip, vae, 480, 820, "style_reference.png",
+    ts, snodes = train_branch(wf, arch, "style", base_model, basis, clip, vae, 480, 1060, "style_reference.png",
                               STYLE_PROMPT, "<s> style", f"{arch}_style")
     wf.group("Step 3 · Style ΔR: 'a cat in <s> style'", snodes, GROUP_COLORS["style"])
     wf.node("Note", (1680, 0), text=NOTE_TRAIN.format(px=TRAIN_PX, every=TRAIN["save_every"]), size=[340, 280])
@@ -518,7 +521,7 @@ def train_merge_newer(info: dict, arch: str) -> dict:
     wf.group("Step 4 · Merge (λc, λs) and generate: 'a <c> dog in <s> style'", [merge, note3] + extra + gen,
              GROUP_COLORS["merge"])
     out = wf.to_json(f"train_merge_{arch}")
-    out["extra"]["qr_lora"] = {"requires_comfyui": NEWER_REQUIRES}
+    out["extra"][REQUIRES_KEY] = NEWER_REQUIRES
     return out
 
 
@@ -533,6 +536,96 @@ def newer_sampler_chain(wf: Workflow, arch: str, model, clip, vae, x: float, y: 
     return nodes_
 
 
+def use_trained(info: dict, arch: str) -> dict:
+    """Load the two ΔR a train-and-merge workflow saved → Merge (λc, λs) → sample: generating needs no retraining."""
+    wf = Workflow(info)
+    tag = {"sdxl": "sdxl", "sd35": "sd35", "flux": "flux"}[arch]
+    trainer_workflow = {"sdxl": "qr_lora_sdxl_train_merge", "sd35": "qr_lora_sd35_train_merge",
+                        "flux": "qr_lora_flux_dev_train_merge"}[arch]
+    model, clip, vae, lnodes = loaders(wf, arch, 0, 0)
+    y = 520
+    lc = wf.node("QRLoRALoadDelta", (0, y), {"delta_file": f"{tag}_content_dog.safetensors"},
+                 title="Content ΔR (<c> dog)")
+    ls = wf.node("QRLoRALoadDelta", (0, y + 200), {"delta_file": f"{tag}_style.safetensors"},
+                 title="Style ΔR (<s> style)")
+    for n in (lc, ls):
+        wf.link(model[0], model[1], n, "model")
+    note = wf.node("Note", (0, y + 420), size=[340, 330], text=(
+        f"Use two trained ΔR on {ARCHS[arch]['label']}: no training, no Decompose.\n\n"
+        f"1. Train them once with '{trainer_workflow}' (they land in "
+        "models/qr_lora/), or pick any ΔR pair trained on this model.\n"
+        "2. Load ΔR shows each file's architecture, rank and trigger words; it refuses a file made for another "
+        "model.\n3. Move λc and λs and queue again: only the merge and the sampling run (a few seconds on a GPU). "
+        "Each ΔR file carries its own Q, so the merge needs no basis."))
+    wf.group("Step 1 · Model and the two trained ΔR", lnodes + [lc, ls, note], GROUP_COLORS["models"])
+    merge = wf.node("QRLoRAMergeDeltas", (480, 0), {"lambda_content": 1.0, "lambda_style": 1.0,
+                                                    "lambda_extra_1": 1.0, "lambda_extra_2": 1.0,
+                                                    "allow_mixed_bases": False}, title="Merge ΔR (λc, λs)")
+    wf.link(model[0], model[1], merge, "model")
+    wf.link(lc, 0, merge, "content")
+    wf.link(ls, 0, merge, "style")
+    gen = sampler_chain(wf, arch, (merge, 0), clip, vae, 880, 0, MERGE_PROMPT, f"qr_lora/{tag}_use_trained")
+    wf.group("Step 2 · Merge (λc, λs) and generate: 'a <c> dog in <s> style'", [merge] + gen, GROUP_COLORS["merge"])
+    return wf.to_json(f"use_trained_{arch}")
+
+
+# The dataset workflow uses ComfyUI's dataset nodes (comfy_extras/nodes_dataset.py), which arrived after 0.3.64.
+DATASET_FOLDER = "qr_lora_dataset"
+DATASET_NODES_SINCE = "0.8.0"
+REQUIRES_KEY = "qr_lora_requires_comfyui"  # in a workflow's "extra": the oldest ComfyUI that has all its nodes
+
+
+def link_to_widget(wf: Workflow, src: dict, out: int | str, dst: dict, name: str) -> None:
+    """Link into a widget input (a STRING list into Make Training Dataset's texts), as the front end saves it:
+    an input slot that names its widget, the widget's value kept in widgets_values."""
+    if not any(s["name"] == name for s in dst["inputs"]):
+        kind, _ = input_spec(wf.info[dst["type"]], name)
+        dst["inputs"].append({"name": name, "type": kind, "widget": {"name": name}, "link": None})
+    wf.link(src, out, dst, name)
+
+
+def dataset_train(info: dict) -> dict:
+    """Several captioned images (a folder in ComfyUI/input) → ComfyUI's dataset nodes → one Train ΔR run → a sample."""
+    wf = Workflow(info)
+    model, clip, vae, lnodes = loaders(wf, "sdxl", 0, 0)
+    d = decompose(wf, model, 0, 200)
+    note1 = wf.node("Note", (0, 560), size=[340, 420], text=(
+        f"Train one ΔR on several images with captions (needs ComfyUI ≥ {DATASET_NODES_SINCE}: its dataset nodes).\n\n"
+        f"1. Put the images into ComfyUI/input/{DATASET_FOLDER}/ (any sizes), each with a caption file of the "
+        "same name (dog1.png + dog1.txt: 'a photo of a <c> dog on the grass'). The trigger word '<c>' ties the "
+        "captions together.\n"
+        "2. Resize keeps each image's aspect ratio (shorter edge 512 px, the paper's size); Make Training "
+        "Dataset encodes every image with the VAE and every caption with CLIP: one latent and one conditioning "
+        "per image.\n"
+        "3. Train ΔR trains once on the whole list; each image is trained with its own caption, images of the "
+        "same size are batched together.\n\n"
+        "Save Training Dataset / Load Training Dataset keep the encoded list for the next run."))
+    wf.group("Step 1 · Model and decomposition", lnodes + [d, note1], GROUP_COLORS["models"])
+    load = wf.node("LoadImageTextDataSetFromFolder", (480, 0), {"folder": DATASET_FOLDER},
+                   title=f"Images + captions (input/{DATASET_FOLDER})")
+    resize = wf.node("ResizeImagesByShorterEdge", (480, 160), {"shorter_edge": TRAIN_PX},
+                     title=f"Shorter edge {TRAIN_PX} px")
+    make = wf.node("MakeTrainingDataset", (480, 320))
+    wf.link(load, "images", resize, "images")
+    wf.link(resize, 0, make, "images")
+    link_to_widget(wf, load, "texts", make, "texts")
+    wf.link(vae[0], vae[1], make, "vae")
+    wf.link(clip[0], clip[1], make, "clip")
+    train = wf.node("QRLoRATrainDelta", (860, 0), dict(TRAIN, trigger_words="<c> dog", save_name="sdxl_dataset_dog"),
+                    title="Train ΔR on the dataset")
+    wf.link(d, 1, train, "model")
+    wf.link(d, 0, train, "basis")
+    wf.link(make, "latents", train, "latent")
+    wf.link(make, "conditioning", train, "positive")
+    wf.group("Step 2 · Dataset → one ΔR", [load, resize, make, train], GROUP_COLORS["content"])
+    gen = sampler_chain(wf, "sdxl", (train, 1), clip, vae, 1280, 0, "a photo of a <c> dog on the beach",
+                        "qr_lora/sdxl_dataset")
+    wf.group("Step 3 · Try it: the model with the trained ΔR", gen, GROUP_COLORS["merge"])
+    out = wf.to_json("dataset_train")
+    out["extra"][REQUIRES_KEY] = DATASET_NODES_SINCE
+    return out
+
+
 WORKFLOWS = {
     "qr_lora_sdxl_train_merge": lambda info: train_merge(info, "sdxl"),
     "qr_lora_sd35_train_merge": lambda info: train_merge(info, "sd35"),
@@ -542,7 +635,123 @@ WORKFLOWS = {
     "qr_lora_sdxl_nway_composition": nway,
     "qr_lora_flux2_dev_train_merge": lambda info: train_merge_newer(info, "flux2"),
     "qr_lora_qwen_image_train_merge": lambda info: train_merge_newer(info, "qwen_image"),
+    "qr_lora_sdxl_use_trained": lambda info: use_trained(info, "sdxl"),
+    "qr_lora_sd35_use_trained": lambda info: use_trained(info, "sd35"),
+    "qr_lora_flux_dev_use_trained": lambda info: use_trained(info, "flux"),
+    "qr_lora_sdxl_dataset_train": dataset_train,
 }
+
+
+# --------------------------------------------------------------------------- subgraph blueprints (ComfyUI ≥ 0.8)
+# ComfyUI ≥ 0.8 lists custom_nodes/<pack>/subgraphs/*.json at GET /global_subgraphs (app/subgraph_manager.py);
+# the front end offers each under "Subgraph Blueprints", named after its file. A blueprint is a workflow whose
+# root graph is one node of a subgraph type, defined in definitions.subgraphs (what the front end's "Publish
+# subgraph" saves).
+SUBGRAPHS_OUT = ROOT / "subgraphs"
+SUBGRAPH_INPUT_ID, SUBGRAPH_OUTPUT_ID = -10, -20
+
+
+def blueprint(name: str, description: str, wf: Workflow, inputs: list, outputs: list, promoted: list) -> dict:
+    """A subgraph blueprint of `wf`'s nodes.
+
+    inputs: (name, type, [(node, input name), …]) fed from the subgraph's input node;
+    outputs: (name, type, node, output slot) to its output node;
+    promoted: (node, widget name) shown on the blueprint node itself (properties.proxyWidgets).
+    """
+    def uid(what: str) -> str:
+        return str(uuid.uuid5(uuid.NAMESPACE_URL, f"qr-lora/subgraphs/{name}/{what}"))
+
+    links = [{"id": l[0], "origin_id": l[1], "origin_slot": l[2], "target_id": l[3], "target_slot": l[4],
+              "type": l[5]} for l in wf.links]
+    next_link = len(links) + 1
+    sg_inputs, sg_outputs = [], []
+    for i, (iname, kind, targets) in enumerate(inputs):
+        ids = []
+        for node, inp in targets:
+            slot = next(k for k, sl in enumerate(node["inputs"]) if sl["name"] == inp)
+            links.append({"id": next_link, "origin_id": SUBGRAPH_INPUT_ID, "origin_slot": i, "target_id": node["id"],
+                          "target_slot": slot, "type": kind})
+            node["inputs"][slot]["link"] = next_link
+            ids.append(next_link)
+            next_link += 1
+        sg_inputs.append({"id": uid(f"in/{iname}"), "name": iname, "type": kind, "linkIds": ids,
+                          "localized_name": iname})
+    for j, (oname, kind, node, slot) in enumerate(outputs):
+        links.append({"id": next_link, "origin_id": node["id"], "origin_slot": slot, "target_id": SUBGRAPH_OUTPUT_ID,
+                      "target_slot": j, "type": kind})
+        node["outputs"][slot]["links"].append(next_link)
+        sg_outputs.append({"id": uid(f"out/{oname}"), "name": oname, "type": kind, "linkIds": [next_link],
+                           "localized_name": oname})
+        next_link += 1
+    for order, n in enumerate(wf.nodes):
+        n["order"] = order
+    x0 = min(n["pos"][0] for n in wf.nodes)
+    y0 = min(n["pos"][1] for n in wf.nodes)
+    x1 = max(n["pos"][0] + n["size"][0] for n in wf.nodes)
+    sg_id = uid("definition")
+    definition = {
+        "id": sg_id, "version": 1, "name": name, "revision": 0, "config": {},
+        "state": {"lastGroupId": 0, "lastNodeId": len(wf.nodes), "lastLinkId": next_link - 1, "lastRerouteId": 0},
+        "inputNode": {"id": SUBGRAPH_INPUT_ID, "bounding": [x0 - 220, y0, 120, 40 + 20 * len(inputs)]},
+        "outputNode": {"id": SUBGRAPH_OUTPUT_ID, "bounding": [x1 + 100, y0, 120, 40 + 20 * len(outputs)]},
+        "inputs": sg_inputs, "outputs": sg_outputs, "widgets": [], "nodes": wf.nodes, "groups": [], "links": links,
+        "extra": {}}
+    root_id = len(wf.nodes) + 1
+    root = {"id": root_id, "type": sg_id, "pos": [0.0, 0.0], "size": [340, 60 + 26 * (len(inputs) + len(promoted))],
+            "flags": {}, "order": 0, "mode": 0, "title": name,
+            "inputs": [{"name": i["name"], "type": i["type"], "link": None} for i in sg_inputs],
+            "outputs": [{"name": o["name"], "type": o["type"], "links": []} for o in sg_outputs],
+            "properties": {"proxyWidgets": [[str(n["id"]), w] for n, w in promoted], "cnr_id": PACK_ID},
+            "widgets_values": []}
+    return {"id": uid("blueprint"), "revision": 0, "last_node_id": root_id, "last_link_id": 0, "nodes": [root],
+            "links": [], "groups": [], "config": {}, "definitions": {"subgraphs": [definition]},
+            "extra": {"BlueprintDescription": description}, "version": 0.4}
+
+
+def train_blueprint(info: dict) -> dict:
+    """Image → resize → VAE Encode → Train ΔR with a given prompt: one ΔR from one image, as one node."""
+    wf = Workflow(info)
+    scale = wf.node("ImageScale", (0, 0), {"upscale_method": "lanczos", "width": TRAIN_PX, "height": TRAIN_PX,
+                                          "crop": "center"}, title=f"Resize to {TRAIN_PX} px")
+    enc = wf.node("VAEEncode", (0, 200))
+    train = wf.node("QRLoRATrainDelta", (380, 0), dict(TRAIN, trigger_words="<c> dog", save_name="qr_lora_delta"),
+                    title="Train ΔR")
+    wf.link(scale, 0, enc, "pixels")
+    wf.link(enc, 0, train, "latent")
+    return blueprint(
+        "QR-LoRA Train ΔR from an image",
+        "QR-LoRA: train one ΔR (content or style) from one image and its prompt: the image is resized to "
+        f"{TRAIN_PX} px and VAE-encoded, Train ΔR runs with the paper's settings (rank from Decompose, lr 1e-4, "
+        "500 steps). FLUX: pass the prompt through FluxGuidance 1.",
+        wf,
+        inputs=[("model", "MODEL", [(train, "model")]), ("basis", "QR_BASIS", [(train, "basis")]),
+                ("image", "IMAGE", [(scale, "image")]), ("vae", "VAE", [(enc, "vae")]),
+                ("positive", "CONDITIONING", [(train, "positive")])],
+        outputs=[("QR_DELTA", "QR_DELTA", train, 0), ("MODEL", "MODEL", train, 1), ("loss", "LOSS_MAP", train, 2)],
+        promoted=[(train, "steps"), (train, "learning_rate"), (train, "trigger_words"), (train, "save_name")])
+
+
+def merge_blueprint(info: dict) -> dict:
+    """Two ΔR files → Merge (λc, λs) → the model to sample: generating from trained ΔR, as one node."""
+    wf = Workflow(info)
+    lc = wf.node("QRLoRALoadDelta", (0, 0), {"delta_file": "sdxl_content_dog.safetensors"}, title="Content ΔR")
+    ls = wf.node("QRLoRALoadDelta", (0, 200), {"delta_file": "sdxl_style.safetensors"}, title="Style ΔR")
+    merge = wf.node("QRLoRAMergeDeltas", (380, 0), {"lambda_content": 1.0, "lambda_style": 1.0,
+                                                    "lambda_extra_1": 1.0, "lambda_extra_2": 1.0,
+                                                    "allow_mixed_bases": False}, title="Merge ΔR (λc, λs)")
+    wf.link(lc, 0, merge, "content")
+    wf.link(ls, 0, merge, "style")
+    return blueprint(
+        "QR-LoRA Merge two ΔR files",
+        "QR-LoRA: load a content and a style ΔR from models/qr_lora and merge them onto the model with λc and "
+        "λs (W + Q(λc ΔRc + λs ΔRs)); connect the MODEL to a sampler. No training, no Decompose.",
+        wf,
+        inputs=[("model", "MODEL", [(merge, "model"), (lc, "model"), (ls, "model")])],
+        outputs=[("MODEL", "MODEL", merge, 0)],
+        promoted=[(lc, "delta_file"), (ls, "delta_file"), (merge, "lambda_content"), (merge, "lambda_style")])
+
+
+BLUEPRINTS = {"QR-LoRA Train ΔR from an image": train_blueprint, "QR-LoRA Merge two ΔR files": merge_blueprint}
 
 
 def thumbnails(out: Path, docs: Path = ROOT / "docs", width: int = 640) -> int:
@@ -570,9 +779,24 @@ def load_object_info(source: str) -> dict:
     return json.loads(Path(source).read_text())
 
 
+def merged_object_info(sources: list[str]) -> dict:
+    """The first source's nodes, plus nodes only later sources have (e.g. 0.3.64's, then 0.8's dataset nodes).
+
+    The oldest ComfyUI goes first, so that every workflow whose nodes it has is written exactly as it
+    validates there; a workflow that needs a newer node says so in extra.qr_lora_requires_comfyui.
+    """
+    merged: dict = {}
+    for source in sources:
+        for name, spec in load_object_info(source).items():
+            merged.setdefault(name, spec)
+    return merged
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--object-info", help="URL of /object_info or a saved copy")
+    p.add_argument("--object-info", nargs="+",
+                   help="URL of /object_info or a saved copy; several (oldest ComfyUI first) to add the nodes "
+                        "only newer versions have")
     p.add_argument("--out", default=str(OUT))
     p.add_argument("--only", nargs="+", metavar="NAME", help="write only these workflows (names without .json)")
     p.add_argument("--thumbnails-only", action="store_true",
@@ -583,7 +807,7 @@ def main(argv=None) -> int:
         return thumbnails(Path(args.out))
     if not args.object_info:
         p.error("--object-info is required to build the workflows")
-    info = load_object_info(args.object_info)
+    info = merged_object_info(args.object_info)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     newer = {f"qr_lora_{k}_train_merge" for k in ("flux2_dev", "qwen_image")}
@@ -595,6 +819,11 @@ def main(argv=None) -> int:
             continue
         (out / f"{name}.json").write_text(json.dumps(build(info), indent=2, ensure_ascii=False) + "\n")
         print("wrote", out / f"{name}.json")
+    SUBGRAPHS_OUT.mkdir(exist_ok=True)
+    for name, build in BLUEPRINTS.items():
+        path = SUBGRAPHS_OUT / f"{name}.json"
+        path.write_text(json.dumps(build(info), indent=2, ensure_ascii=False) + "\n")
+        print("wrote", path)
     return 0
 
 

@@ -24,15 +24,23 @@ def run_bench(script: str, out_dir) -> None:
 
 def test_train_step_quick(tmp_path):
     run_bench("train_step.py", tmp_path)
-    (js,) = tmp_path.glob("train_step-*-tiny.json")
+    (js,) = tmp_path.glob("train_step-*-tiny-comfyui-*.json")
     (r,) = json.loads(js.read_text())["results"]
-    assert set(r["mechanisms"]) == {"floor", "qr_bypass", "comfy_lora_wrapper"}
+    assert set(r["mechanisms"]) == {"floor", "qr_bypass", "comfy_lora_wrapper", "qr_train_sampler",
+                                    "comfy_train_sampler"}
     assert all(m["step_wall"]["median"] > 0 and m["step_wall"]["n"] == 2 and m["targets"] > 0
                for m in r["mechanisms"].values())
     assert r["mechanisms"]["floor"]["trainable_params"] == 0 < r["mechanisms"]["qr_bypass"]["trainable_params"]
     ratio = r["time_ratios"]["qr_bypass / floor"]  # paired: one ratio per round
     assert ratio["n"] == 2 and ratio["min"] <= ratio["median"] <= ratio["max"]
     assert (tmp_path / js.name.replace(".json", ".md")).is_file()
+    # The built-in trainer's loop step (TrainSampler through the guider) trains the same targets at the same rank
+    # as the adapters alone; the bench itself stops if a loop step left its adapter unchanged.
+    m = r["mechanisms"]
+    assert (m["comfy_train_sampler"]["targets"], m["comfy_train_sampler"]["trainable_params"]) == \
+        (m["comfy_lora_wrapper"]["targets"], m["comfy_lora_wrapper"]["trainable_params"])
+    assert m["qr_train_sampler"]["trainable_params"] == m["qr_bypass"]["trainable_params"]
+    assert r["time_ratios"]["qr_train_sampler / comfy_train_sampler"]["n"] == 2
 
 
 def test_merge_reapply_quick(tmp_path):

@@ -61,6 +61,21 @@ def _write_images(folder: Path) -> None:
         im.save(folder / name)
 
 
+# The dataset workflow's folder (ComfyUI/input/<folder>): three captioned images of two sizes, as a user's.
+DATASET_FOLDER = "qr_lora_dataset"
+DATASET = {"dog1": ((96, 96), "a photo of a <c> dog"), "dog2": ((96, 96), "a photo of a <c> dog on grass"),
+           "dog3": ((128, 96), "a photo of a <c> dog in the snow")}
+
+
+def _write_dataset(folder: Path) -> None:
+    from PIL import Image
+
+    folder.mkdir(parents=True, exist_ok=True)
+    for i, (name, (size, caption)) in enumerate(DATASET.items()):
+        Image.new("RGB", size, (40 * i, 120, 200 - 40 * i)).save(folder / f"{name}.png")
+        (folder / f"{name}.txt").write_text(caption)
+
+
 class Server:
     def __init__(self, url: str, base: Path, proc: subprocess.Popen, log: Path):
         self.url, self.base, self.proc, self.log = url, base, proc, log
@@ -93,6 +108,7 @@ def comfy_server():
     (base / "custom_nodes" / "qr_lora_test_nodes").symlink_to(LIVE_DIR / "qr_lora_test_nodes", target_is_directory=True)
     (base / "user" / "default" / "comfy.settings.json").write_text(json.dumps(SETTINGS))
     _write_images(base / "input")
+    _write_dataset(base / "input" / DATASET_FOLDER)
     port = _free_port()
     log = base / "server.log"
     cmd = [sys.executable, "main.py", "--cpu", "--listen", "127.0.0.1", "--port", str(port),

@@ -23,7 +23,7 @@ import time
 import pytest
 
 from comfyui_location import skip_or_fail, skip_or_fail_without_comfyui
-from workflow_check import FRONTEND_ONLY, WORKFLOW_DIR, needs_newer_comfyui, workflow_files
+from workflow_check import FRONTEND_ONLY, WORKFLOW_DIR, unmet_requirement, workflow_files
 
 skip_or_fail_without_comfyui("the browser tests")
 try:
@@ -104,11 +104,12 @@ def same_value(a, b) -> bool:
 
 
 @pytest.mark.parametrize("path", workflow_files(), ids=lambda p: p.stem)
-def test_workflow_loads_in_the_real_front_end(browser_page, comfy_server, docs_dir, path):
-    page = browser_page
+def test_workflow_loads_in_the_real_front_end(comfy_server, browser_page, docs_dir, path):
     workflow = json.loads(path.read_text())
-    if why := needs_newer_comfyui(workflow, comfy_server.version):
-        pytest.skip(why)
+    reason = unmet_requirement(workflow, comfy_server.object_info, comfy_server.version)
+    if reason:
+        pytest.skip(reason)
+    page = browser_page
     start = len(page.console_log)
     load(page, workflow, path.stem)
 
@@ -232,3 +233,53 @@ def test_extension_panels_after_a_real_run(browser_page, comfy_server, docs_dir)
     zoomed_shot(page, ["QRLoRALoadDelta"], docs_dir / "ui_load_delta_metadata.png")
     errors = our_errors(page.console_log[start:])
     assert not errors, errors
+
+
+def test_subgraph_blueprints_insert_in_the_real_front_end(browser_page, comfy_server, docs_dir):
+    """ComfyUI ≥ 0.8 offers the pack's blueprints ("Subgraph Blueprints"); each inserts as one subgraph node whose
+    inner nodes are all known and whose promoted widgets show on it."""
+    import urllib.error
+
+    try:
+        listed = comfy_server.get("/global_subgraphs")
+    except urllib.error.HTTPError:
+        pytest.skip(f"ComfyUI {comfy_server.version} has no subgraph blueprints (no /global_subgraphs route)")
+    names = sorted(e["name"] for e in listed.values() if e["info"]["node_pack"] == "custom_nodes.qr-lora")
+    assert names
+    page = browser_page
+    start = len(page.console_log)
+    page.evaluate("async () => { await window.app.loadGraphData({nodes: [], links: [], groups: [], version: 0.4}); }")
+    store = """(() => {
+        const host = [...document.querySelectorAll('body *')].find(e => e.__vue_app__);
+        return host.__vue_app__.config.globalProperties.$pinia._s.get('subgraph');
+    })()"""
+    page.wait_for_function(f"(names) => {{ const s = {store}; const have = s.subgraphBlueprints.map(d => d.display_name);"
+                           " return names.every(n => have.includes(n)); }", arg=names, timeout=30_000)
+    inserted = page.evaluate(f"""(names) => {{
+        const s = {store}, canvas = window.app.canvas, out = [];
+        names.forEach((name, i) => {{
+            const def = s.subgraphBlueprints.find(d => d.display_name === name);  // keyed by the server's id
+            const bp = s.getBlueprint(def.name);
+            const made = canvas._deserializeItems({{nodes: bp.nodes, subgraphs: bp.definitions?.subgraphs}},
+                                                  {{position: [60 + 520 * i, 80]}});
+            const node = made.nodes.values().next().value;
+            out.push({{name, title: node.title, isSubgraph: !!node.subgraph,
+                       inner: node.subgraph ? node.subgraph.nodes.map(n => ({{type: n.type,
+                           known: n.type in window.LiteGraph.registered_node_types}})) : [],
+                       widgets: (node.widgets || []).map(w => w.name)}});
+        }});
+        canvas.ds.scale = 1.1; canvas.ds.offset = [20, 20]; canvas.setDirty(true, true);
+        return out;
+    }}""", names)
+    for node in inserted:
+        assert node["isSubgraph"] and node["title"] == node["name"], node
+        assert node["inner"] and all(n["known"] for n in node["inner"]), node
+        assert any(n["type"].startswith("QRLoRA") for n in node["inner"]), node
+        assert len(node["widgets"]) >= 2, node  # the promoted widgets (properties.proxyWidgets)
+    errors = [e for e in page.console_log[start:] if e["type"] in ("error", "pageerror")
+              and ("blueprint" in e["text"].lower() or "subgraph" in e["text"].lower())]
+    assert not errors, errors
+    page.wait_for_timeout(500)
+    page.keyboard.press("Escape")
+    page.screenshot(path=str(docs_dir / "ui_subgraph_blueprints.png"), clip={"x": 0, "y": 0, "width": 1300,
+                                                                               "height": 520})

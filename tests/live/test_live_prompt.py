@@ -174,3 +174,31 @@ def test_composition_workflows_run_on_the_sdxl_deltas(comfy_server, name):
         assert grid.width > 2 * 8 and grid.height > 2 * 8, grid.size  # 2×2 cells (the identity VAE keeps 8 px) plus margins
     else:
         assert (folder / "sdxl_attribute_hat.safetensors").is_file()
+
+
+USE_TRAINED = {"qr_lora_sdxl_use_trained": "qr_lora_sdxl_train_merge", "qr_lora_sd35_use_trained":
+               "qr_lora_sd35_train_merge", "qr_lora_flux_dev_use_trained": "qr_lora_flux_dev_train_merge"}
+
+
+@pytest.mark.parametrize("name", list(USE_TRAINED))
+def test_use_trained_workflow_generates_from_the_saved_deltas(comfy_server, name):
+    """'Use two trained ΔR': Load ΔR ×2 → Merge → sample, on the files its train-and-merge workflow wrote."""
+    train_name = USE_TRAINED[name]
+    arch = CASES[train_name]
+    workflow = json.loads((WORKFLOW_DIR / f"{name}.json").read_text())
+    prompt = small_prompt(workflow, comfy_server.object_info, arch)
+    kinds = [n["class_type"] for n in prompt.values()]
+    assert "QRLoRATrainDelta" not in kinds and kinds.count("QRLoRALoadDelta") == 2
+    folder = comfy_server.base / "models" / "qr_lora"
+    needed = [n["inputs"]["delta_file"] for n in prompt.values() if n["class_type"] == "QRLoRALoadDelta"]
+    if not all((folder / n).is_file() for n in needed):
+        test_train_and_merge_workflow_runs_via_post_prompt(comfy_server, train_name)
+    try:
+        prompt_id, _ = asyncio.run(run_prompt(comfy_server.url, prompt))
+    except (AssertionError, asyncio.TimeoutError) as e:
+        pytest.fail(f"{e}\n--- server log ---\n{comfy_server.log_tail()}")
+    history = finished_history(comfy_server, prompt_id)
+    assert history["status"]["status_str"] == "success", history["status"]
+    saves = [nid for nid, n in prompt.items() if n["class_type"] == "SaveImage"]
+    image = history["outputs"][saves[0]]["images"][0]
+    assert (comfy_server.base / "output" / image["subfolder"] / image["filename"]).is_file()

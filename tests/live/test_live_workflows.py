@@ -6,12 +6,13 @@ import json
 
 import pytest
 
-from workflow_check import needs_newer_comfyui, validate, workflow_files
+from workflow_check import REQUIRES_KEY, unmet_requirement, validate, workflow_files
 
 EXPECTED = {"qr_lora_sdxl_train_merge", "qr_lora_sd35_train_merge", "qr_lora_flux_dev_train_merge",
             "qr_lora_flux_dev_fp8_24gb_train_merge", "qr_lora_sdxl_lambda_grid", "qr_lora_sdxl_nway_composition",
-            "qr_lora_flux2_dev_train_merge", "qr_lora_qwen_image_train_merge"}
-NEWER = ("flux2_dev", "qwen_image")  # ComfyUI ≥ 0.8 (extra.qr_lora.requires_comfyui)
+            "qr_lora_sdxl_use_trained", "qr_lora_sd35_use_trained", "qr_lora_flux_dev_use_trained",
+            "qr_lora_sdxl_dataset_train", "qr_lora_flux2_dev_train_merge", "qr_lora_qwen_image_train_merge"}
+NEWER = ("flux2_dev", "qwen_image")  # ComfyUI ≥ 0.8 (extra.qr_lora_requires_comfyui)
 
 
 def test_the_promised_workflows_exist_with_thumbnails(workflow_paths):
@@ -29,8 +30,9 @@ def test_template_browser_lists_the_workflows(comfy_server):
 @pytest.mark.parametrize("path", workflow_files(), ids=lambda p: p.stem)
 def test_workflow_fits_the_live_nodes(comfy_server, path):
     workflow = json.loads(path.read_text())
-    if why := needs_newer_comfyui(workflow, comfy_server.version):
-        pytest.skip(why)
+    reason = unmet_requirement(workflow, comfy_server.object_info, comfy_server.version)
+    if reason:
+        pytest.skip(reason)
     report = validate(workflow, comfy_server.object_info)
     assert not report.problems, "\n".join(report.problems)
     assert not any(t.startswith("QRTest") for t in report.node_types), "a test-only node in a shipped workflow"
@@ -65,8 +67,50 @@ def test_paper_settings_in_the_train_merge_workflows(comfy_server):
         prompts |= {n["widgets_values"][0] for n in wf["nodes"] if n["type"] == "CLIPTextEncode"}
         if arch in NEWER:  # the fp8 files Comfy-Org ships, read as stored; 20–32 B parameters: checkpointing
             assert all(t["gradient_checkpointing"] for t in trains)
-            assert wf["extra"]["qr_lora"]["requires_comfyui"] == "0.8.0"
+            assert wf["extra"][REQUIRES_KEY] == "0.8.0"
         if "fp8" in arch:
             unet = next(n for n in wf["nodes"] if n["type"] == "UNETLoader")
             assert unet["widgets_values"][1] == "fp8_e4m3fn"
     assert {"a photo of a <c> dog", "a cat in <s> style", "a <c> dog in <s> style"} <= prompts
+
+
+def _widgets(comfy_server, node: dict) -> dict:
+    from workflow_check import widget_slots
+
+    names = [s[0] for s in widget_slots(comfy_server.object_info[node["type"]])]
+    return dict(zip(names, node["widgets_values"]))
+
+
+@pytest.mark.parametrize("arch", ["sdxl", "sd35", "flux_dev"])
+def test_use_trained_loads_what_train_merge_saves(comfy_server, arch):
+    """'Use two trained ΔR' picks the files its train-and-merge workflow writes, and merges them without training."""
+    folder = workflow_files()[0].parent
+    use = json.loads((folder / f"qr_lora_{arch}_use_trained.json").read_text())
+    train = json.loads((folder / f"qr_lora_{arch}_train_merge.json").read_text())
+    saved = [_widgets(comfy_server, n)["save_name"] + ".safetensors" for n in train["nodes"]
+             if n["type"] == "QRLoRATrainDelta"]
+    loaded = [_widgets(comfy_server, n)["delta_file"] for n in use["nodes"] if n["type"] == "QRLoRALoadDelta"]
+    assert loaded == saved and len(loaded) == 2
+    types = [n["type"] for n in use["nodes"]]
+    assert "QRLoRATrainDelta" not in types and "QRLoRADecompose" not in types
+    assert types.count("QRLoRAMergeDeltas") == 1 and "KSampler" in types
+
+
+def test_dataset_workflow_feeds_the_dataset_lists_to_train(comfy_server):
+    """Folder of captioned images → Make Training Dataset → Train ΔR's latent and positive (ComfyUI ≥ 0.8)."""
+    workflow = json.loads((workflow_files()[0].parent / "qr_lora_sdxl_dataset_train.json").read_text())
+    reason = unmet_requirement(workflow, comfy_server.object_info, comfy_server.version)
+    if reason:
+        pytest.skip(reason)
+    nodes = {n["id"]: n for n in workflow["nodes"]}
+    into = {(nodes[l[3]]["type"], nodes[l[3]]["inputs"][l[4]]["name"]): (nodes[l[1]]["type"], l[2])
+            for l in workflow["links"]}
+    assert into[("QRLoRATrainDelta", "latent")] == ("MakeTrainingDataset", 0)
+    assert into[("QRLoRATrainDelta", "positive")] == ("MakeTrainingDataset", 1)
+    assert into[("MakeTrainingDataset", "texts")] == ("LoadImageTextDataSetFromFolder", 1)
+    # The server lists the folder the workflow names (conftest made it, as a user would).
+    load = next(n for n in workflow["nodes"] if n["type"] == "LoadImageTextDataSetFromFolder")
+    assert _widgets(comfy_server, load)["folder"] in comfy_server.object_info[load["type"]]["input"]["required"][
+        "folder"][1]["options"]
+    info = comfy_server.object_info["MakeTrainingDataset"]
+    assert info["output_is_list"] == [True, True]

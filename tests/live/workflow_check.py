@@ -20,21 +20,33 @@ FILE_SUFFIXES = (".safetensors", ".ckpt", ".pt", ".pth", ".bin", ".sft", ".gguf"
 PACK_MODULE = "custom_nodes.qr-lora"
 
 
+REQUIRES_KEY = "qr_lora_requires_comfyui"  # a workflow's extra: the oldest ComfyUI with all its nodes
+
+
 def workflow_files() -> list[Path]:
     return sorted(WORKFLOW_DIR.glob("*.json"))
 
 
-def needs_newer_comfyui(workflow: dict, version: str) -> str | None:
-    """Why a workflow cannot run on this ComfyUI version (it declares `extra.qr_lora.requires_comfyui`), or None."""
-    needed = workflow.get("extra", {}).get("qr_lora", {}).get("requires_comfyui")
-    if not needed:
-        return None
+def version_tuple(version: str) -> tuple[int, ...]:
+    return tuple(int(p) for p in version.split(".")[:3] if p.isdigit())
 
-    def parts(v: str) -> tuple[int, ...]:
-        return tuple(int(x) for x in v.split(".")[:3] if x.isdigit())
-    if parts(version) >= parts(needed):
+
+def unmet_requirement(workflow: dict, object_info: dict, server_version: str) -> str | None:
+    """Why this ComfyUI cannot load the workflow (it declares a newer minimum version), or None.
+
+    Raises AssertionError when the declaration is stale: an older server that validates the workflow as it is.
+    """
+    need = (workflow.get("extra") or {}).get(REQUIRES_KEY)
+    if need is None or version_tuple(server_version) >= version_tuple(need):
         return None
-    return f"the workflow needs ComfyUI ≥ {needed} (its nodes for this model), the server is {version}"
+    missing = sorted({n["type"] for n in workflow["nodes"]
+                      if n["type"] not in FRONTEND_ONLY and n["type"] not in object_info})
+    if missing:
+        return f"ComfyUI {server_version} has no {', '.join(missing)}: this workflow needs ComfyUI ≥ {need}"
+    # Every node is there, yet an option may not be (CLIPLoader's type 'flux2' arrived with the model).
+    problems = validate(workflow, object_info).problems
+    assert problems, f"the workflow declares ComfyUI ≥ {need}, but {server_version} runs it as it is"
+    return f"ComfyUI {server_version} cannot run it ({problems[0]}): this workflow needs ComfyUI ≥ {need}"
 
 
 def spec_of(info: dict, name: str) -> tuple[str, dict, bool]:
