@@ -808,16 +808,19 @@ def main(argv=None) -> int:
     if not args.object_info:
         p.error("--object-info is required to build the workflows")
     info = merged_object_info(args.object_info)
+    # The newer models' workflows need the newest server's options too (CLIPLoader's types), not only its nodes.
+    newest = load_object_info(args.object_info[-1]) if len(args.object_info) > 1 else info
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     newer = {f"qr_lora_{k}_train_merge" for k in ("flux2_dev", "qwen_image")}
     for name, build in WORKFLOWS.items():
         if args.only and name not in args.only:
             continue
-        if name in newer and (missing := newer_nodes_missing(info)):
+        if name in newer and (missing := newer_nodes_missing(newest)):
             print(f"skipped {name}: needs ComfyUI ≥ {NEWER_REQUIRES} (this server lacks {', '.join(missing)})")
             continue
-        (out / f"{name}.json").write_text(json.dumps(build(info), indent=2, ensure_ascii=False) + "\n")
+        source = newest if name in newer else info
+        (out / f"{name}.json").write_text(json.dumps(build(source), indent=2, ensure_ascii=False) + "\n")
         print("wrote", out / f"{name}.json")
     SUBGRAPHS_OUT.mkdir(exist_ok=True)
     for name, build in BLUEPRINTS.items():

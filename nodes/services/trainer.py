@@ -333,11 +333,12 @@ def run_training(model, adapter: QRAdapter, latents: torch.Tensor | Dataset, pos
         dataset = pair_dataset([latents], [positive])
     else:
         dataset = latents
-    # The guider loads the model for (and processes) one latent: the largest bucket, so memory is planned for it.
-    guider_bucket = max(range(len(dataset.buckets)), key=lambda i: dataset.buckets[i].latents.numel())
     patcher = model.clone()
     # Models whose latents carry a time axis (Qwen-Image, Wan) get it on image latents, as ComfyUI's sampling adds it.
-    latents = comfy.sample.fix_empty_latent_channels(patcher, latents)
+    for bucket in dataset.buckets:
+        bucket.latents = comfy.sample.fix_empty_latent_channels(patcher, bucket.latents)
+    # The guider loads the model for (and processes) one latent: the largest bucket, so memory is planned for it.
+    guider_bucket = max(range(len(dataset.buckets)), key=lambda i: dataset.buckets[i].latents.numel())
     if training_dtype != torch.float32:
         patcher.set_model_compute_dtype(training_dtype)
     if recompute_weights is None:

@@ -238,7 +238,7 @@ def random_model(config, device, seed: int = 0, inference_mode: bool = True):
         for name, p in model.diffusion_model.named_parameters():
             if p.ndim >= 2:
                 value = torch.randn(p.shape, generator=g, device=device) / p[0].numel() ** 0.5
-            elif name.endswith("weight") or p.ndim == 0:
+            elif name.endswith(("weight", "scale")) or p.ndim == 0:  # RMSNorm gains (FLUX: .scale) too
                 value = torch.ones(p.shape, device=device)
             else:
                 value = torch.zeros(p.shape, device=device)

@@ -84,15 +84,9 @@ DEAD = {"qwen_image": r"^transformer_blocks\.1\.(attn\.add_q_proj|attn\.to_add_o
 
 
 def tiny(name: str, seed: int = 0, dtype=torch.float32, compute_dtype=None):
-    """The tiny model, with RMSNorm `scale`s at 1 as trained models have them near (the shared builder sets
-    only `weight`s to 1; a zero q/k-norm scale would make attention uniform and its q, k untrainable)."""
+    """The tiny model (RMSNorm scales at 1, as trained models have them near: see comfy_models.random_model)."""
     needs_class(name)
-    model = comfy_models.random_model(comfy_models.model_config(name, "tiny", dtype, compute_dtype), CPU, seed)
-    with torch.inference_mode():
-        for key, p in model.model.diffusion_model.named_parameters():
-            if key.endswith(".scale") and p.ndim == 1:
-                p.fill_(1.0)
-    return model
+    return comfy_models.random_model(comfy_models.model_config(name, "tiny", dtype, compute_dtype), CPU, seed)
 
 
 def latent_and_cond(name: str, copies: int = 1, seed: int = 0):
