@@ -38,15 +38,32 @@ _UNET = (BlockGroup("input", r"^input_blocks\.(\d+)\.", help="the UNet's down pa
          BlockGroup("middle", r"^middle_block\.(\d+)\.", help="the UNet's bottleneck"),
          BlockGroup("output", r"^output_blocks\.(\d+)\.", help="the UNet's up path"))
 _JOINT = r"^joint_blocks\.(\d+)\."
+
+
+def _thirds(pattern: str, what: str) -> tuple[BlockGroup, ...]:
+    """early / middle / late thirds of one stack of blocks without named stages."""
+    return (BlockGroup("early", pattern, (0.0, 1 / 3), f"the first third of {what}"),
+            BlockGroup("middle", pattern, (1 / 3, 2 / 3), f"the middle third of {what}"),
+            BlockGroup("late", pattern, (2 / 3, 1.0), f"the last third of {what}"))
+
+
+_FLUX = (BlockGroup("double", r"^double_blocks\.(\d+)\.", help="the double-stream (image + text) blocks"),
+         BlockGroup("single", r"^single_blocks\.(\d+)\.", help="the single-stream blocks"))
 # The architectures of targets.ARCHITECTURES (the world model is FLUX-layout: 2 double + 2 single blocks).
 BLOCK_GROUPS: dict[str, tuple[BlockGroup, ...]] = {
     "sd15": _UNET,
     "sdxl": _UNET,
-    "sd3": (BlockGroup("early", _JOINT, (0.0, 1 / 3), "the first third of the joint blocks"),
-            BlockGroup("middle", _JOINT, (1 / 3, 2 / 3), "the middle third of the joint blocks"),
-            BlockGroup("late", _JOINT, (2 / 3, 1.0), "the last third of the joint blocks")),
-    "flux": (BlockGroup("double", r"^double_blocks\.(\d+)\.", help="the double-stream (image + text) blocks"),
-             BlockGroup("single", r"^single_blocks\.(\d+)\.", help="the single-stream blocks")),
+    "sd3": _thirds(_JOINT, "the joint blocks"),
+    "flux": _FLUX,
+    "flux2": _FLUX,
+    "chroma": _FLUX,
+    "qwen_image": _thirds(r"^transformer_blocks\.(\d+)\.", "the dual-stream blocks"),
+    "lumina2": (BlockGroup("refiners", r"^(?:noise|context)_refiner\.(\d+)\.",
+                           help="the one-stream refiners before the joint layers (image and text)"),
+                *_thirds(r"^layers\.(\d+)\.", "the joint layers")),
+    "hidream": (BlockGroup("double", r"^double_stream_blocks\.(\d+)\.", help="the dual-stream blocks"),
+                BlockGroup("single", r"^single_stream_blocks\.(\d+)\.", help="the single-stream blocks")),
+    "wan": _thirds(r"^blocks\.(\d+)\.", "the video blocks"),
 }
 
 

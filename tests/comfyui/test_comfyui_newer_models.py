@@ -142,6 +142,21 @@ def test_released_layout_is_detected_and_its_target_set_counted(pack, name):
 
 
 @pytest.mark.parametrize("name", MODELS)
+def test_every_target_of_the_released_layout_has_a_block_group(pack, name):
+    """λ per block covers the whole model: each target lies in one of the architecture's groups, none empty."""
+    needs_class(name)
+    qr_core, blocks = pack.module("qr_core"), pack.module("qr_core.blocks")
+    model_class = getattr(comfy.supported_models, comfy_models.CLASSES[name])
+    layout = comfy_models._meta_layout(comfy_models.detected_unet_config(name, FULL_SKETCHES[name]), model_class, {})
+    targets = qr_core.select_targets({k: tuple(v.shape) for k, v in layout.items()}, "attention+mlp")
+    groups = blocks.groups_for(targets.arch)
+    counts = blocks._block_counts(targets, groups)
+    where = {t.key: blocks.target_block(t.key, targets.arch, counts) for t in targets}
+    assert None not in where.values(), [k for k, w in where.items() if w is None][:5]
+    assert {w[0] for w in where.values()} == {g.name for g in groups}
+
+
+@pytest.mark.parametrize("name", MODELS)
 def test_decompose_train_merge_export(pack, comfy_root, name, caplog):
     arch = comfy_models.NEWER_ARCH[name]
     model = tiny(name)
