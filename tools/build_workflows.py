@@ -442,32 +442,35 @@ def nway(info: dict) -> dict:
     return wf.to_json("nway")
 
 
-# --------------------------------------------------------------------------- the 2025 models (ComfyUI ≥ 0.8)
+# --------------------------------------------------------------------------- the 2025 models
 
 # One diffusion model, one LLM text encoder (CLIPLoader with the model's type), one VAE; generation as in
 # ComfyUI's example workflows for these models (FLUX.2: guidance 4; Qwen-Image: AuraFlow shift 3.1, cfg 2.5).
 NEWER_ARCHS = {
     "flux2": dict(label="FLUX.2-dev", unet="flux2_dev_fp8mixed.safetensors", text_encoder="mistral_3_small_flux2_fp8.safetensors",
                   clip_type="flux2", vae="flux2-vae.safetensors", latent="EmptyFlux2LatentImage", size=1024, steps=20,
-                  cfg=1.0, sampler="euler", scheduler="simple", guidance=4.0, shift=None,
+                  cfg=1.0, sampler="euler", scheduler="simple", guidance=4.0, shift=None, requires="0.8.0",
                   vram="≈80 GB for training (fp8 base weights, gradient checkpointing; 32 B parameters)"),
     "qwen_image": dict(label="Qwen-Image", unet="qwen_image_fp8_e4m3fn.safetensors",
                        text_encoder="qwen_2.5_vl_7b_fp8_scaled.safetensors", clip_type="qwen_image",
                        vae="qwen_image_vae.safetensors", latent="EmptySD3LatentImage", size=1328, steps=20, cfg=2.5,
-                       sampler="euler", scheduler="simple", guidance=None, shift=3.1,
+                       sampler="euler", scheduler="simple", guidance=None, shift=3.1, requires=None,
                        vram="≈48 GB for training (fp8 base weights, gradient checkpointing; 20 B parameters)"),
 }
-NEWER_REQUIRES = "0.8.0"  # ComfyUI version whose nodes (CLIPLoader types, EmptyFlux2LatentImage) these need
+# requires: the oldest ComfyUI with the workflow's nodes and options (FLUX.2: CLIPLoader type flux2 and
+# EmptyFlux2LatentImage came with 0.8; Qwen-Image's are in 0.3.64 already, where its workflow validates).
 # sampler_chain reads the generation settings from ARCHS.
 ARCHS.update({k: {f: a[f] for f in ("label", "latent", "size", "steps", "cfg", "sampler", "scheduler")}
               for k, a in NEWER_ARCHS.items()})
 
 
-def newer_nodes_missing(info: dict) -> list[str]:
-    """Nodes the newer workflows need that this /object_info lacks (an older ComfyUI)."""
+def newer_nodes_missing(info: dict, arch: str) -> list[str]:
+    """Nodes and options the newer model's workflow needs that this /object_info lacks (an older ComfyUI)."""
+    a = NEWER_ARCHS[arch]
     types = info.get("CLIPLoader", {}).get("input", {}).get("required", {}).get("type", [[]])[0]
-    missing = [n for n in ("EmptyFlux2LatentImage", "ModelSamplingAuraFlow", "CLIPLoader") if n not in info]
-    return missing + [f"CLIPLoader type {t}" for t in ("flux2", "qwen_image") if t not in types]
+    needed = ["CLIPLoader", a["latent"]] + (["ModelSamplingAuraFlow"] if a["shift"] is not None else [])
+    missing = [n for n in needed if n not in info]
+    return missing + ([f"CLIPLoader type {a['clip_type']}"] if a["clip_type"] not in types else [])
 
 
 def newer_loaders(wf: Workflow, arch: str, x: float, y: float):
@@ -521,7 +524,8 @@ def train_merge_newer(info: dict, arch: str) -> dict:
     wf.group("Step 4 · Merge (λc, λs) and generate: 'a <c> dog in <s> style'", [merge, note3] + extra + gen,
              GROUP_COLORS["merge"])
     out = wf.to_json(f"train_merge_{arch}")
-    out["extra"][REQUIRES_KEY] = NEWER_REQUIRES
+    if a["requires"]:
+        out["extra"][REQUIRES_KEY] = a["requires"]
     return out
 
 
@@ -812,14 +816,15 @@ def main(argv=None) -> int:
     newest = load_object_info(args.object_info[-1]) if len(args.object_info) > 1 else info
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    newer = {f"qr_lora_{k}_train_merge" for k in ("flux2_dev", "qwen_image")}
+    newer = {"qr_lora_flux2_dev_train_merge": "flux2", "qr_lora_qwen_image_train_merge": "qwen_image"}
     for name, build in WORKFLOWS.items():
         if args.only and name not in args.only:
             continue
-        if name in newer and (missing := newer_nodes_missing(newest)):
-            print(f"skipped {name}: needs ComfyUI ≥ {NEWER_REQUIRES} (this server lacks {', '.join(missing)})")
+        arch = newer.get(name)
+        if arch and (missing := newer_nodes_missing(newest, arch)):
+            print(f"skipped {name}: needs a newer ComfyUI (this server lacks {', '.join(missing)})")
             continue
-        source = newest if name in newer else info
+        source = newest if arch and NEWER_ARCHS[arch]["requires"] else info
         (out / f"{name}.json").write_text(json.dumps(build(source), indent=2, ensure_ascii=False) + "\n")
         print("wrote", out / f"{name}.json")
     SUBGRAPHS_OUT.mkdir(exist_ok=True)
