@@ -340,20 +340,22 @@ NOTE_MERGE = ("Step 4 — merge and generate: W' = W + Q(λc·ΔR_content + λs�
 
 
 def train_merge(info: dict, arch: str) -> dict:
+    """Train content and style ΔR, merge them and generate (the newer models: their loaders and sampling)."""
+    newer = NEWER_ARCHS.get(arch)
     wf = Workflow(info)
-    tag = {"sdxl": "sdxl", "sd35": "sd35", "flux": "flux", "flux_fp8": "flux_fp8"}[arch]
-    model, clip, vae, lnodes = loaders(wf, arch, 0, 0)
+    model, clip, vae, lnodes = (newer_loaders if newer else loaders)(wf, arch, 0, 0)
     d = decompose(wf, model, 0, 520)
-    note1 = wf.node("Note", (0, 880), text=note_models(arch), size=[340, 300])
+    note1 = wf.node("Note", (0, 880), text=(newer_note_models if newer else note_models)(arch),
+                    size=[340, 320 if newer else 300])
     wf.group("Step 1 · Models and decomposition", lnodes + [d, note1], GROUP_COLORS["models"])
     basis = (d, 0)
     base_model = (d, 1)
     tc, cnodes = train_branch(wf, arch, "content", base_model, basis, clip, vae, 480, 0, "content_dog.png",
-                              CONTENT_PROMPT, "<c> dog", f"{tag}_content_dog")
+                              CONTENT_PROMPT, "<c> dog", f"{arch}_content_dog")
     wf.group("Step 2 · Content ΔR: 'a photo of a <c> dog'", cnodes, GROUP_COLORS["content"])
     # Below the content branch, whose Train ΔR node is the tallest (938 px with its panel).
     ts, snodes = train_branch(wf, arch, "style", base_model, basis, clip, vae, 480, 1060, "style_reference.png",
-                              STYLE_PROMPT, "<s> style", f"{tag}_style")
+                              STYLE_PROMPT, "<s> style", f"{arch}_style")
     wf.group("Step 3 · Style ΔR: 'a cat in <s> style'", snodes, GROUP_COLORS["style"])
     wf.node("Note", (1680, 0), text=NOTE_TRAIN.format(px=TRAIN_PX, every=TRAIN["save_every"]), size=[340, 280])
     merge = wf.node("QRLoRAMergeDeltas", (1680, 820), {"lambda_content": 1.0, "lambda_style": 1.0,
@@ -363,10 +365,19 @@ def train_merge(info: dict, arch: str) -> dict:
     wf.link(tc, 0, merge, "content")
     wf.link(ts, 0, merge, "style")
     note3 = wf.node("Note", (1680, 1240), text=NOTE_MERGE, size=[340, 260])
-    gen = sampler_chain(wf, arch, (merge, 0), clip, vae, 2080, 820, MERGE_PROMPT, f"qr_lora/{tag}_merge")
-    wf.group("Step 4 · Merge (λc, λs) and generate: 'a <c> dog in <s> style'", [merge, note3] + gen,
+    sampled, extra = (merge, 0), []
+    if newer and newer["shift"] is not None:  # Qwen-Image's example samples with AuraFlow's shift
+        shift = wf.node("ModelSamplingAuraFlow", (1680, 1540), {"shift": newer["shift"]})
+        wf.link(merge, 0, shift, "model")
+        sampled, extra = (shift, 0), [shift]
+    chain = newer_sampler_chain if newer else sampler_chain
+    gen = chain(wf, arch, sampled, clip, vae, 2080, 820, MERGE_PROMPT, f"qr_lora/{arch}_merge")
+    wf.group("Step 4 · Merge (λc, λs) and generate: 'a <c> dog in <s> style'", [merge, note3] + extra + gen,
              GROUP_COLORS["merge"])
-    return wf.to_json(f"train_merge_{arch}")
+    out = wf.to_json(f"train_merge_{arch}")
+    if newer and newer["requires"]:
+        out["extra"][REQUIRES_KEY] = newer["requires"]
+    return out
 
 
 def load_trained_pair(wf, model, y: int, content_title: str, style_title: str):
@@ -492,43 +503,6 @@ def newer_note_models(arch: str) -> str:
             f"cached in models/qr_lora/bases.")
 
 
-def train_merge_newer(info: dict, arch: str) -> dict:
-    """Train content and style ΔR, merge them and generate, on FLUX.2-dev or Qwen-Image."""
-    a = NEWER_ARCHS[arch]
-    wf = Workflow(info)
-    model, clip, vae, lnodes = newer_loaders(wf, arch, 0, 0)
-    d = decompose(wf, model, 0, 520)
-    note1 = wf.node("Note", (0, 880), text=newer_note_models(arch), size=[340, 320])
-    wf.group("Step 1 · Models and decomposition", lnodes + [d, note1], GROUP_COLORS["models"])
-    basis, base_model = (d, 0), (d, 1)
-    tc, cnodes = train_branch(wf, arch, "content", base_model, basis, clip, vae, 480, 0, "content_dog.png",
-                              CONTENT_PROMPT, "<c> dog", f"{arch}_content_dog")
-    wf.group("Step 2 · Content ΔR: 'a photo of a <c> dog'", cnodes, GROUP_COLORS["content"])
-    ts, snodes = train_branch(wf, arch, "style", base_model, basis, clip, vae, 480, 1060, "style_reference.png",
-                              STYLE_PROMPT, "<s> style", f"{arch}_style")
-    wf.group("Step 3 · Style ΔR: 'a cat in <s> style'", snodes, GROUP_COLORS["style"])
-    wf.node("Note", (1680, 0), text=NOTE_TRAIN.format(px=TRAIN_PX, every=TRAIN["save_every"]), size=[340, 280])
-    merge = wf.node("QRLoRAMergeDeltas", (1680, 820), {"lambda_content": 1.0, "lambda_style": 1.0,
-                                                       "lambda_extra_1": 1.0, "lambda_extra_2": 1.0,
-                                                       "allow_mixed_bases": False}, title="Merge ΔR (λc, λs)")
-    wf.link(base_model[0], base_model[1], merge, "model")
-    wf.link(tc, 0, merge, "content")
-    wf.link(ts, 0, merge, "style")
-    note3 = wf.node("Note", (1680, 1240), text=NOTE_MERGE, size=[340, 260])
-    sampled, extra = (merge, 0), []
-    if a["shift"] is not None:  # Qwen-Image's example samples with AuraFlow's shift
-        shift = wf.node("ModelSamplingAuraFlow", (1680, 1540), {"shift": a["shift"]})
-        wf.link(merge, 0, shift, "model")
-        sampled, extra = (shift, 0), [shift]
-    gen = newer_sampler_chain(wf, arch, sampled, clip, vae, 2080, 820, MERGE_PROMPT, f"qr_lora/{arch}_merge")
-    wf.group("Step 4 · Merge (λc, λs) and generate: 'a <c> dog in <s> style'", [merge, note3] + extra + gen,
-             GROUP_COLORS["merge"])
-    out = wf.to_json(f"train_merge_{arch}")
-    if a["requires"]:
-        out["extra"][REQUIRES_KEY] = a["requires"]
-    return out
-
-
 def newer_sampler_chain(wf: Workflow, arch: str, model, clip, vae, x: float, y: float, text: str, prefix: str):
     """sampler_chain with the model's latent, guidance and cfg (ARCHS holds the older models only)."""
     a = NEWER_ARCHS[arch]
@@ -637,8 +611,8 @@ WORKFLOWS = {
     "qr_lora_flux_dev_fp8_24gb_train_merge": lambda info: train_merge(info, "flux_fp8"),
     "qr_lora_sdxl_lambda_grid": lambda_grid,
     "qr_lora_sdxl_nway_composition": nway,
-    "qr_lora_flux2_dev_train_merge": lambda info: train_merge_newer(info, "flux2"),
-    "qr_lora_qwen_image_train_merge": lambda info: train_merge_newer(info, "qwen_image"),
+    "qr_lora_flux2_dev_train_merge": lambda info: train_merge(info, "flux2"),
+    "qr_lora_qwen_image_train_merge": lambda info: train_merge(info, "qwen_image"),
     "qr_lora_sdxl_use_trained": lambda info: use_trained(info, "sdxl"),
     "qr_lora_sd35_use_trained": lambda info: use_trained(info, "sd35"),
     "qr_lora_flux_dev_use_trained": lambda info: use_trained(info, "flux"),

@@ -266,7 +266,7 @@ class QRTrainSampler(comfy.samplers.Sampler):
             if self.previews is not None and self.previews.every > 0:
                 shape = (1, *buckets[self.guider_bucket].shape[1:])
 
-                def on_step(step: int, loss: float) -> None:
+                def on_step_with_previews(step: int, loss: float) -> None:
                     self.on_step(step, loss)
                     if self.previews.due(step, self.settings.steps):
                         t0 = time.perf_counter()
@@ -274,6 +274,7 @@ class QRTrainSampler(comfy.samplers.Sampler):
                         self.previews.seconds += time.perf_counter() - t0
                         self.previews.taken_at.append(step)
                         self.previews.on_preview(step, latent)
+                on_step = on_step_with_previews
             self.result = train(self.adapter.trainable(), loss_fn, self.settings, on_step, self.check_cancel,
                                 resume=self.resume, on_state=self.on_state)
 
