@@ -282,8 +282,11 @@ def train_branch(wf: Workflow, arch: str, kind: str, model, basis, clip, vae, x:
     return train, [img, scale, enc, train] + cnodes
 
 
-def sampler_chain(wf: Workflow, arch: str, model, clip, vae, x: float, y: float, text: str, prefix: str):
-    """Prompt → KSampler (on `model`) → VAEDecode → SaveImage; returns the nodes."""
+def sampler_chain(wf: Workflow, arch: str, model, clip, vae, x: float, y: float, text: str, prefix: str,
+                  hooks=None):
+    """Prompt → KSampler (on `model`) → VAEDecode → SaveImage; returns the nodes.
+
+    `hooks`: a HOOKS output set on both conditionings (core Cond Pair Set Props) before the sampler."""
     a = ARCHS[arch]
     pos, pnodes = prompt(wf, arch, clip, text, (x, y), "Merged prompt", "#232")
     nodes_ = list(pnodes)
@@ -297,6 +300,14 @@ def sampler_chain(wf: Workflow, arch: str, model, clip, vae, x: float, y: float,
         wf.link(clip[0], clip[1], n, "clip")
         neg, negative = n, (n, 0)
     nodes_.append(neg)
+    if hooks is not None:
+        props = wf.node("PairConditioningSetProperties", (x, y + 560), {"strength": 1.0, "set_cond_area": "default"},
+                        title="Cond Pair Set Props (hooks on both)")
+        wf.link(pos[0], pos[1], props, "positive_NEW")
+        wf.link(negative[0], negative[1], props, "negative_NEW")
+        wf.link(hooks[0], hooks[1], props, "hooks")
+        pos, negative = (props, 0), (props, 1)
+        nodes_.append(props)
     lat = wf.node(a["latent"], (x, y + 400), {"width": a["size"], "height": a["size"], "batch_size": 1})
     ks = wf.node("KSampler", (x + 380, y), {"seed": 42, "seed:control": "fixed", "steps": a["steps"], "cfg": a["cfg"],
                                             "sampler_name": a["sampler"], "scheduler": a["scheduler"], "denoise": 1.0})
@@ -421,6 +432,33 @@ def lambda_grid(info: dict) -> dict:
     wf.link(grid, 0, save, "images")
     wf.group("Step 2 · λc × λs grid", [pos, neg, lat, grid, save], GROUP_COLORS["merge"])
     return wf.to_json("lambda_grid")
+
+
+def lambda_schedule(info: dict) -> dict:
+    """Two trained ΔR as weight hooks whose λ follows a schedule over the sampling steps (content early, style late)."""
+    wf = Workflow(info)
+    model, clip, vae, lnodes = loaders(wf, "sdxl", 0, 0)
+    lc, ls = load_trained_pair(wf, model, 200, "Content ΔR", "Style ΔR")
+    note = wf.node("Note", (0, 620), size=[340, 360], text=(
+        "λ over sampling steps: content and style ΔR become two ComfyUI weight hooks, each with its own "
+        "keyframes, so λc and λs follow a schedule over the sampling progress.\n\n"
+        "1. Train the two ΔR with 'qr_lora_sdxl_train_merge' and pick them in the Load ΔR nodes.\n"
+        "2. Choose a preset, or 'custom' with points 'progress: content, style' (factors of λc and λs), "
+        "e.g. '0: 1, 0; 0.3: 1, 1' = content alone for the first 30 % of the steps.\n"
+        "3. The hooks go on both conditionings (Cond Pair Set Props); the sampler gets the plain model.\n\n"
+        "Whether a schedule beats the plain merge is measured on the pack's world only (README, Figures)."))
+    wf.group("Step 1 · Model and the two ΔR", lnodes + [lc, ls, note], GROUP_COLORS["models"])
+    hooks = wf.node("QRLoRAScheduleHooks", (420, 0), {"lambda_content": 1.0, "lambda_style": 1.0,
+                                                      "lambda_extra_1": 1.0, "lambda_extra_2": 1.0,
+                                                      "schedule": "content-early-style-late"},
+                    title="QR-LoRA λ over Steps (Hooks)")
+    wf.link(model[0], model[1], hooks, "model")
+    wf.link(lc, 0, hooks, "content")
+    wf.link(ls, 0, hooks, "style")
+    gen = sampler_chain(wf, "sdxl", model, clip, vae, 820, 0, MERGE_PROMPT, "qr_lora/sdxl_lambda_schedule",
+                        hooks=(hooks, 0))
+    wf.group("Step 2 · λ(t) hooks and generate: 'a <c> dog in <s> style'", [hooks] + gen, GROUP_COLORS["merge"])
+    return wf.to_json("lambda_schedule")
 
 
 def nway(info: dict) -> dict:
@@ -611,6 +649,7 @@ WORKFLOWS = {
     "qr_lora_flux_dev_fp8_24gb_train_merge": lambda info: train_merge(info, "flux_fp8"),
     "qr_lora_sdxl_lambda_grid": lambda_grid,
     "qr_lora_sdxl_nway_composition": nway,
+    "qr_lora_sdxl_lambda_schedule": lambda_schedule,
     "qr_lora_flux2_dev_train_merge": lambda info: train_merge(info, "flux2"),
     "qr_lora_qwen_image_train_merge": lambda info: train_merge(info, "qwen_image"),
     "qr_lora_sdxl_use_trained": lambda info: use_trained(info, "sdxl"),

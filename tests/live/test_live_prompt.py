@@ -177,12 +177,15 @@ def test_composition_workflows_run_on_the_sdxl_deltas(comfy_server, name):
 
 
 USE_TRAINED = {"qr_lora_sdxl_use_trained": "qr_lora_sdxl_train_merge", "qr_lora_sd35_use_trained":
-               "qr_lora_sd35_train_merge", "qr_lora_flux_dev_use_trained": "qr_lora_flux_dev_train_merge"}
+               "qr_lora_sd35_train_merge", "qr_lora_flux_dev_use_trained": "qr_lora_flux_dev_train_merge",
+               # the same two ΔR as weight hooks with λ over the steps, on both conditionings (core hook nodes)
+               "qr_lora_sdxl_lambda_schedule": "qr_lora_sdxl_train_merge"}
 
 
 @pytest.mark.parametrize("name", list(USE_TRAINED))
 def test_use_trained_workflow_generates_from_the_saved_deltas(comfy_server, name):
-    """'Use two trained ΔR': Load ΔR ×2 → Merge → sample, on the files its train-and-merge workflow wrote."""
+    """'Use two trained ΔR': Load ΔR ×2 → Merge (or λ over Steps hooks) → sample, on the files its
+    train-and-merge workflow wrote."""
     train_name = USE_TRAINED[name]
     arch = CASES[train_name]
     workflow = json.loads((WORKFLOW_DIR / f"{name}.json").read_text())

@@ -11,7 +11,8 @@ from workflow_check import REQUIRES_KEY, unmet_requirement, validate, workflow_f
 EXPECTED = {"qr_lora_sdxl_train_merge", "qr_lora_sd35_train_merge", "qr_lora_flux_dev_train_merge",
             "qr_lora_flux_dev_fp8_24gb_train_merge", "qr_lora_sdxl_lambda_grid", "qr_lora_sdxl_nway_composition",
             "qr_lora_sdxl_use_trained", "qr_lora_sd35_use_trained", "qr_lora_flux_dev_use_trained",
-            "qr_lora_sdxl_dataset_train", "qr_lora_flux2_dev_train_merge", "qr_lora_qwen_image_train_merge"}
+            "qr_lora_sdxl_dataset_train", "qr_lora_flux2_dev_train_merge", "qr_lora_qwen_image_train_merge",
+            "qr_lora_sdxl_lambda_schedule"}
 NEWER = ("flux2_dev", "qwen_image")  # fp8 files as shipped; FLUX.2 needs ComfyUI ≥ 0.8
 
 
