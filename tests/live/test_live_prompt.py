@@ -29,6 +29,17 @@ TRAIN_STEPS = 3
 TIMEOUT_S = 240
 
 
+def run_to_history(comfy_server, prompt: dict) -> tuple[dict, list[dict]]:
+    """POST the prompt, wait for it, and return its /history entry (asserted successful) and the events seen."""
+    try:
+        prompt_id, events = asyncio.run(run_prompt(comfy_server.url, prompt))
+    except (AssertionError, asyncio.TimeoutError) as e:
+        pytest.fail(f"{e}\n--- server log ---\n{comfy_server.log_tail()}")
+    history = finished_history(comfy_server, prompt_id)
+    assert history["status"]["status_str"] == "success", history["status"]
+    return history, events
+
+
 def small_prompt(workflow: dict, object_info: dict, arch: str = "sdxl") -> dict:
     prompt = to_api(workflow, object_info)
     for node in prompt.values():
@@ -102,13 +113,8 @@ def test_train_and_merge_workflow_runs_via_post_prompt(comfy_server, name):
     assert {"QRLoRADecompose", "QRLoRATrainDelta", "QRLoRAMergeDeltas", "KSampler", "SaveImage"} <= kept
     trains = {nid: n["inputs"]["save_name"] for nid, n in prompt.items() if n["class_type"] == "QRLoRATrainDelta"}
     assert len(trains) == 2
-    try:
-        prompt_id, events = asyncio.run(run_prompt(comfy_server.url, prompt))
-    except (AssertionError, asyncio.TimeoutError) as e:
-        pytest.fail(f"{e}\n--- server log ---\n{comfy_server.log_tail()}")
-
-    history = finished_history(comfy_server, prompt_id)
-    assert history["status"]["completed"] and history["status"]["status_str"] == "success", history["status"]
+    history, events = run_to_history(comfy_server, prompt)
+    assert history["status"]["completed"], history["status"]
     outputs = history["outputs"]
     saves = [nid for nid, n in prompt.items() if n["class_type"] == "SaveImage"]
     assert saves and outputs[saves[0]]["images"], outputs
@@ -158,12 +164,7 @@ def test_composition_workflows_run_on_the_sdxl_deltas(comfy_server, name):
     for node in prompt.values():
         if node["class_type"] == "QRLoRALoadDelta":
             assert node["inputs"]["delta_file"] in needed
-    try:
-        prompt_id, _ = asyncio.run(run_prompt(comfy_server.url, prompt))
-    except (AssertionError, asyncio.TimeoutError) as e:
-        pytest.fail(f"{e}\n--- server log ---\n{comfy_server.log_tail()}")
-    history = finished_history(comfy_server, prompt_id)
-    assert history["status"]["status_str"] == "success", history["status"]
+    history, _ = run_to_history(comfy_server, prompt)
     saves = [nid for nid, n in prompt.items() if n["class_type"] == "SaveImage"]
     images = history["outputs"][saves[0]]["images"]
     assert images
@@ -196,12 +197,7 @@ def test_use_trained_workflow_generates_from_the_saved_deltas(comfy_server, name
     needed = [n["inputs"]["delta_file"] for n in prompt.values() if n["class_type"] == "QRLoRALoadDelta"]
     if not all((folder / n).is_file() for n in needed):
         test_train_and_merge_workflow_runs_via_post_prompt(comfy_server, train_name)
-    try:
-        prompt_id, _ = asyncio.run(run_prompt(comfy_server.url, prompt))
-    except (AssertionError, asyncio.TimeoutError) as e:
-        pytest.fail(f"{e}\n--- server log ---\n{comfy_server.log_tail()}")
-    history = finished_history(comfy_server, prompt_id)
-    assert history["status"]["status_str"] == "success", history["status"]
+    history, _ = run_to_history(comfy_server, prompt)
     saves = [nid for nid, n in prompt.items() if n["class_type"] == "SaveImage"]
     image = history["outputs"][saves[0]]["images"][0]
     assert (comfy_server.base / "output" / image["subfolder"] / image["filename"]).is_file()
