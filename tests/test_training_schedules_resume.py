@@ -95,8 +95,12 @@ def test_accumulating_k_micro_batches_equals_one_step_of_the_k_times_batch(tiny_
     accumulated, a_acc, calls = run(k)
     assert calls == [0, 1, 2] * 4  # loss_fn ran k times per optimizer step
     assert accumulated.losses == pytest.approx(batch.losses, rel=1e-5)
+    # Adam divides each gradient entry by its own running scale, so an entry whose gradient is near zero
+    # turns a float-rounding difference of the summation order (thread split under load) into up to
+    # ~1e-6 of ΔR (seen 1.4e-6 with ΔR entries of 0.04); a missing or repeated micro-batch moves ΔR by
+    # orders of magnitude more.
     for p, q in zip(a_batch.down, a_acc.down):
-        assert torch.allclose(p, q, atol=1e-6, rtol=1e-4)
+        assert torch.allclose(p, q, atol=1e-5, rtol=1e-4)
 
 
 def noisy_loss(tiny_flux, seed=0):
