@@ -195,12 +195,10 @@ const panels = {
     if (!st) {
       lines = [["basis: not computed in this session", "#888"]];
     } else {
-      const m = st.text.join(" ").match(/cache ([^,]+), ([0-9.]+) s/);
-      const status = m ? m[1] : "?";
-      const hit = status.startsWith("hit");
+      const { cache, seconds, rank, method, targets } = st;
       lines = [
-        [`cache ${status} · ${m ? Number(m[2]).toFixed(2) : "?"} s`, hit ? "#7d7" : "#fc6", "bold 13px sans-serif"],
-        ...st.text.filter((l) => !/cache /.test(l)).map((l) => [l, "#aaa", "11px sans-serif"]),
+        [`cache ${cache} · ${seconds.toFixed(2)} s`, cache.startsWith("hit") ? "#7d7" : "#fc6", "bold 13px sans-serif"],
+        ...`${targets}\nrank ${rank}, method ${method}`.split("\n").map((l) => [l, "#aaa", "11px sans-serif"]),
       ];
     }
     return { height: lines.length * LINE, draw(ctx, x, y, w) { drawLines(ctx, lines, x, y, w); } };
@@ -294,7 +292,7 @@ app.registerExtension({
         st.summary = text;
         this.qrTrain = st;
       } else if (nodeData.name === DECOMPOSE) {
-        this.qrDecompose = { text };
+        this.qrDecompose = message?.qr_lora_basis?.[0] ?? null;  // sent as data by nodes/decompose_node.py
       } else {
         this.qrText = text;
       }

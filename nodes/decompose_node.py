@@ -11,6 +11,8 @@ from .services import folders, model_weights
 from .options import check_options
 from .sockets import CATEGORY, QRBasis
 
+BASIS_STATE = "qr_lora_basis"  # the ui key js/qr_lora.js reads the Decompose panel from
+
 
 def decompose_model(model, rank: int, preset: str, regex: str, method: str, use_cache: bool):
     """The basis of a ComfyUI model's base weights: from the cache when it holds a valid one."""
@@ -67,4 +69,7 @@ class QRDecompose(io.ComfyNode):
         basis = decompose_model(model, rank, preset, custom_regex, method, use_cache)
         text = (f"{basis.targets.describe()}\nrank {basis.rank}, method {method}: "
                 f"cache {basis.cache_status}, {basis.seconds:.2f} s")
-        return io.NodeOutput(basis, model, ui=ui.PreviewText(text))
+        # The panel in js/qr_lora.js draws the cache state from these values, never from the text.
+        state = {"cache": basis.cache_status, "seconds": round(basis.seconds, 3), "rank": basis.rank,
+                 "method": method, "targets": basis.targets.describe()}
+        return io.NodeOutput(basis, model, ui={**ui.PreviewText(text).as_dict(), BASIS_STATE: [state]})

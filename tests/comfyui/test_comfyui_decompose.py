@@ -12,7 +12,7 @@ from comfy_env import random_delta, tiny_model
 
 def run(pack, model, rank=4, preset="paper", regex="", method="fast", cache=True):
     out = pack.node("QRLoRADecompose").execute(model, rank, preset, regex, method, cache)
-    return out[0], out[1], out.ui.as_dict()["text"][0]
+    return out[0], out[1], out.ui["text"][0]
 
 
 @pytest.mark.parametrize("arch", ["sd15", "sdxl", "sd3", "flux"])
@@ -32,6 +32,17 @@ def test_decompose_covers_the_preset_and_second_run_hits_the_cache(pack, arch):
     again, _, text2 = run(pack, model)
     assert again.cache_status == "hit" and "cache hit" in text2
     assert again.fingerprint == basis.fingerprint
+
+
+def test_decompose_sends_its_cache_state_as_data(pack):
+    """The front-end panel reads these values (js/qr_lora.js), not the display text."""
+    model = tiny_model("sd15", seed=12)
+    node = pack.node("QRLoRADecompose")
+    first = node.execute(model, 4, "paper", "", "fast", True).ui["qr_lora_basis"][0]
+    second = node.execute(model, 4, "paper", "", "fast", True).ui["qr_lora_basis"][0]
+    assert (first["cache"], second["cache"]) == ("miss", "hit")
+    assert first["rank"] == 4 and first["method"] == "fast" and first["seconds"] >= 0
+    assert first["targets"].startswith("sd15") and "targets" in first["targets"]
 
 
 def test_fused_weights_are_split_into_q_k_v_slices(pack):
