@@ -2,24 +2,15 @@
 
 from __future__ import annotations
 
-import comfy.model_management
-import comfy.utils
 from comfy_api.latest import io, ui
 
-from ..qr_core import NonFiniteLossError, QRAdapter, TrainSettings, merge
-from ..qr_core.dataset import pair_dataset
 from ..qr_core.schedules import LR_SCHEDULES
-from .services import folders, model_weights, server
-from .services.previews import PreviewStrip
-from .services.train_files import RunFiles, find_state
-from .services.patches import apply_terms
 from .options import check_options
+from .services.trainer import LOSS_SPACES, TIMESTEP_SAMPLING
+from .services.training_run import COMPUTE_DTYPES, STORAGE_DTYPES, RunSettings, train_delta
 from .sockets import CATEGORY, QRBasis, QRDeltaType
-from .services.trainer import LOSS_SPACES, TIMESTEP_SAMPLING, Objective, Previews, run_training
 
 MODE_CHOICES = {"ΔR only": "delta_r", "Q and R": "qr"}  # what the widget shows → qr_core's mode id
-COMPUTE_DTYPES = {"bf16": "bfloat16", "fp32": "float32"}
-STORAGE_DTYPES = ("bf16", "fp32")
 
 
 class QRTrainDelta(io.ComfyNode):
@@ -147,104 +138,15 @@ class QRTrainDelta(io.ComfyNode):
                   if k not in ("cls", "latent", "positive", "preview_positive")}
         check_options(cls, values)
         preview_conds = _as_list(preview_positive, conditioning=True)[0] if preview_positive is not None else None
-        return cls._train(latent, positive, preview_conds=preview_conds, **values)
-
-    @classmethod
-    def _train(cls, latent, positive, model, basis, steps, learning_rate, optimizer, batch_size, seed,
-               timestep_sampling, loss_space, training_dtype, gradient_checkpointing, mode, triangular,
-               trigger_words, save_name, save_every, resume, noise_draws, storage_dtype, lr_schedule,
-               warmup_steps, gradient_accumulation, keep_last, save_training_state, preview_every, preview_steps,
-               preview_conds, vae) -> io.NodeOutput:
-        import torch
-
-        mode_id = MODE_CHOICES[mode]
-        model_weights.check_fits([basis], model)
-        if resume is not None and mode_id != "delta_r":
-            raise ValueError("resuming is possible in 'ΔR only' mode; set mode to 'ΔR only' or disconnect resume.")
-        dataset = pair_dataset([item["samples"] for item in _as_list(latent)], _as_list(positive, conditioning=True))
-        save_path = folders.output_path(folders.FOLDER, save_name) if save_name.strip() else None
-        settings = TrainSettings(steps=steps, lr=learning_rate, optimizer=optimizer.lower(), seed=seed,
-                                 lr_schedule=lr_schedule, warmup_steps=warmup_steps,
-                                 accumulation=gradient_accumulation)
-        objective = Objective(timestep_sampling, loss_space, batch_size, noise_draws)
-        identity = {"basis_fingerprint": basis.fingerprint, "rank": basis.rank, "targets": len(basis.targets),
-                    "mode": mode_id, "triangular": triangular, "optimizer": settings.optimizer}
-        state, resume_note = find_state(resume) if resume is not None else (None, "")
-        if state is not None:
-            state.check_identity(identity, f"the training state of {resume.name}")
-            if state.step >= steps:
-                raise ValueError(f"{resume.name} has already trained {state.step} steps: set steps above {state.step} "
-                                 "to continue its run (steps counts the whole run).")
-        record = {**settings.to_json(), "batch_size": batch_size, "noise_draws": noise_draws,
-                  "timestep_sampling": timestep_sampling,
-                  "loss_space": loss_space, "training_dtype": training_dtype,
-                  "gradient_checkpointing": gradient_checkpointing, "mode": mode_id, "triangular": triangular,
-                  "decompose": basis.settings.to_json(), "preset": basis.targets.preset,
-                  "images": dataset.images, "image_sizes": [list(size) for size in dataset.sizes()],
-                  "resumed_from": resume.name if resume is not None else None,
-                  "resumed_exactly": state is not None if resume is not None else None}
-        device = comfy.model_management.get_torch_device()
-        with torch.inference_mode(False):
-            adapter = QRAdapter(basis, mode_id, triangular, model_weights.base_weight_getter(model), resume, device)
-        files = RunFiles(save_path, adapter, trigger_words, record, storage_dtype, keep_last, save_training_state,
-                         identity, state.record.get("run_id") if state is not None else None)
-        node_id = cls.hidden.unique_id if cls.hidden is not None else None
-        bar = comfy.utils.ProgressBar(steps)
-        losses: list[float] = list(state.losses) if state is not None else []
-        latest = {}
-        strip = PreviewStrip(model, vae)
-
-        def on_preview(step: int, latent_sample) -> None:
-            bar.update_absolute(step, steps, strip.add(latent_sample))
-            server.show_progress_text(f"step {step}/{steps}  loss {losses[-1]:.5f}  preview {len(strip.images)} "
-                                      f"({previews.seconds + strip.seconds:.1f} s in previews)", node_id)
-
-        previews = Previews(preview_every, on_preview, preview_steps, seed, preview_conds)
-
-        def on_step(step: int, loss: float) -> None:
-            losses.append(loss)
-            bar.update_absolute(step, steps)
-            server.show_progress_text(f"step {step}/{steps}  loss {loss:.5f}", node_id)
-            server.send_train_progress(node_id, step, steps, loss)
-            if save_every and step % save_every == 0 and step < steps:
-                files.save(step, losses, latest.get("capture"), final=False)
-
-        try:
-            result = run_training(model, adapter, dataset, [], settings, objective,
-                         getattr(torch, COMPUTE_DTYPES[training_dtype]), gradient_checkpointing, on_step,
-                         resume=state, on_state=lambda capture: latest.update(capture=capture), previews=previews)
-        except NonFiniteLossError as e:
-            kept = ""
-            if save_path is not None and losses:
-                files.delta(e.last_good_step, losses[-1]).save(save_path, storage_dtype)
-                kept = f" The last good ΔR (step {e.last_good_step}) was saved to {save_path.name}."
-            raise NonFiniteLossError(str(e) + kept, e.step, e.last_good_step) from None
-        except comfy.model_management.InterruptProcessingException:
-            # A cancelled run keeps what it trained as a snapshot with its training state: resume continues it.
-            if latest.get("capture") is not None:
-                done = len(losses)
-                if not (save_every and done % save_every == 0):  # else on_step has saved this step already
-                    files.save(done, losses, latest["capture"], final=False)
-            raise
-        preview_s = previews.seconds + strip.seconds
-        train_s = max(result.seconds - preview_s, 0.0)
-        files.record.update(train_seconds=round(train_s, 2), preview_seconds=round(preview_s, 2),
-                            previews_at=previews.taken_at)
-        delta = files.delta(len(losses), losses[-1])
-        if save_path is not None:
-            files.save(len(losses), losses, latest.get("capture"), final=True)
-        preview = apply_terms(model, merge([delta], [1.0]))
-        text = (f"{len(basis.targets)} targets, {delta.num_params():,} trainable values, {len(losses)} steps"
-                f" on {dataset.images} image(s) in {len(dataset.buckets)} size(s); "
-                f"loss {losses[0]:.5f} → {losses[-1]:.5f}" + (f"; saved {save_path.name}" if save_path else "")
-                + f"\ntraining {train_s:.1f} s" + (f", {len(strip.images)} previews {preview_s:.1f} s"
-                                                   if strip.images else "")
-                + (f"\nresumed {resume.name}: {resume_note}" if resume is not None else ""))
-        shown = {"text": (text,)}
-        if strip.images:
-            bar.update_absolute(steps, steps, strip.strip_preview())
-            shown.update(ui.PreviewImage(strip.strip(), cls=cls).as_dict())
-        return io.NodeOutput(delta, preview, {"loss": losses}, strip.strip(), ui=shown)
+        run = RunSettings.pick(values, mode=MODE_CHOICES[values["mode"]])
+        outcome = train_delta(values["model"], values["basis"], [item["samples"] for item in _as_list(latent)],
+                              _as_list(positive, conditioning=True), run, values["resume"], preview_conds,
+                              values["vae"], cls.hidden.unique_id if cls.hidden is not None else None)
+        shown = {"text": (outcome.text,)}
+        if outcome.strip.images:
+            shown.update(ui.PreviewImage(outcome.strip.strip(), cls=cls).as_dict())
+        return io.NodeOutput(outcome.delta, outcome.preview_model, {"loss": outcome.losses}, outcome.strip.strip(),
+                             ui=shown)
 
 
 def _single(name: str, value):

@@ -1,0 +1,162 @@
+"""One Train ΔR run inside ComfyUI: checks, run files, progress, previews, save on NaN and on cancel.
+
+The node declares its inputs and hands them over as one `RunSettings`; this
+module runs the whole job (`train_delta`) and returns what the node shows and
+outputs. The loop itself is `trainer.run_training` over `qr_core.train`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+import comfy.model_management
+import comfy.utils
+import torch
+
+from ...qr_core import NonFiniteLossError, QRAdapter, QRDelta, TrainSettings, merge
+from ...qr_core.dataset import pair_dataset
+from . import folders, model_weights, server
+from .patches import apply_terms
+from .previews import PreviewStrip
+from .train_files import RunFiles, find_state
+from .trainer import Objective, Previews, run_training
+
+COMPUTE_DTYPES = {"bf16": torch.bfloat16, "fp32": torch.float32}  # training_dtype → the forward's dtype
+STORAGE_DTYPES = ("bf16", "fp32")  # the file's dtypes Train ΔR offers (of qr_core.delta.DTYPES)
+
+
+@dataclass(frozen=True)
+class RunSettings:
+    """Every setting of one Train ΔR run, as the node's inputs give them (`mode` as qr_core's mode id)."""
+
+    steps: int = 500
+    learning_rate: float = 1e-4
+    optimizer: str = "AdamW"
+    batch_size: int = 1
+    seed: int = 0
+    timestep_sampling: str = "uniform"
+    loss_space: str = "native"
+    training_dtype: str = "bf16"
+    gradient_checkpointing: bool = False
+    mode: str = "delta_r"
+    triangular: bool = False
+    trigger_words: str = ""
+    save_name: str = "qr_delta"
+    save_every: int = 0
+    noise_draws: int = 1
+    storage_dtype: str = "bf16"
+    lr_schedule: str = "constant"
+    warmup_steps: int = 0
+    gradient_accumulation: int = 1
+    keep_last: int = 3
+    save_training_state: bool = True
+    preview_every: int = 0
+    preview_steps: int = 8
+
+    @classmethod
+    def pick(cls, values: dict, **changes) -> "RunSettings":
+        """The settings among `values` (a node's inputs, with others beside them), with `changes` applied."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{**{k: v for k, v in values.items() if k in names}, **changes})
+
+    def loop_settings(self) -> TrainSettings:
+        return TrainSettings(steps=self.steps, lr=self.learning_rate, optimizer=self.optimizer.lower(),
+                             seed=self.seed, lr_schedule=self.lr_schedule, warmup_steps=self.warmup_steps,
+                             accumulation=self.gradient_accumulation)
+
+
+@dataclass
+class RunOutcome:
+    delta: QRDelta
+    preview_model: object  # the ModelPatcher with the ΔR applied
+    losses: list[float]
+    strip: PreviewStrip
+    text: str  # the node's summary
+
+
+def train_delta(model, basis, latents: list, conds: list, run: RunSettings, resume: QRDelta | None = None,
+                preview_conds=None, vae=None, node_id=None) -> RunOutcome:
+    """Train one ΔR of `basis` on `model` from paired latents and conditionings, with the run's files."""
+    model_weights.check_fits([basis], model)
+    if resume is not None and run.mode != "delta_r":
+        raise ValueError("resuming is possible in 'ΔR only' mode; set mode to 'ΔR only' or disconnect resume.")
+    dataset = pair_dataset(latents, conds)
+    save_path = folders.output_path(folders.FOLDER, run.save_name) if run.save_name.strip() else None
+    settings = run.loop_settings()
+    objective = Objective(run.timestep_sampling, run.loss_space, run.batch_size, run.noise_draws)
+    identity = {"basis_fingerprint": basis.fingerprint, "rank": basis.rank, "targets": len(basis.targets),
+                "mode": run.mode, "triangular": run.triangular, "optimizer": settings.optimizer}
+    state, resume_note = find_state(resume) if resume is not None else (None, "")
+    if state is not None:
+        state.check_identity(identity, f"the training state of {resume.name}")
+        if state.step >= run.steps:
+            raise ValueError(f"{resume.name} has already trained {state.step} steps: set steps above {state.step} "
+                             "to continue its run (steps counts the whole run).")
+    record = {**settings.to_json(), "batch_size": run.batch_size, "noise_draws": run.noise_draws,
+              "timestep_sampling": run.timestep_sampling,
+              "loss_space": run.loss_space, "training_dtype": run.training_dtype,
+              "gradient_checkpointing": run.gradient_checkpointing, "mode": run.mode, "triangular": run.triangular,
+              "decompose": basis.settings.to_json(), "preset": basis.targets.preset,
+              "images": dataset.images, "image_sizes": [list(size) for size in dataset.sizes()],
+              "resumed_from": resume.name if resume is not None else None,
+              "resumed_exactly": state is not None if resume is not None else None}
+    device = comfy.model_management.get_torch_device()
+    with torch.inference_mode(False):
+        adapter = QRAdapter(basis, run.mode, run.triangular, model_weights.base_weight_getter(model), resume, device)
+    files = RunFiles(save_path, adapter, run.trigger_words, record, run.storage_dtype, run.keep_last,
+                     run.save_training_state, identity, state.record.get("run_id") if state is not None else None)
+    steps = run.steps
+    bar = comfy.utils.ProgressBar(steps)
+    losses: list[float] = list(state.losses) if state is not None else []
+    latest = {}
+    strip = PreviewStrip(model, vae)
+
+    def on_preview(step: int, latent_sample) -> None:
+        bar.update_absolute(step, steps, strip.add(latent_sample))
+        server.show_progress_text(f"step {step}/{steps}  loss {losses[-1]:.5f}  preview {len(strip.images)} "
+                                  f"({previews.seconds + strip.seconds:.1f} s in previews)", node_id)
+
+    previews = Previews(run.preview_every, on_preview, run.preview_steps, run.seed, preview_conds)
+
+    def on_step(step: int, loss: float) -> None:
+        losses.append(loss)
+        bar.update_absolute(step, steps)
+        server.show_progress_text(f"step {step}/{steps}  loss {loss:.5f}", node_id)
+        server.send_train_progress(node_id, step, steps, loss)
+        if run.save_every and step % run.save_every == 0 and step < steps:
+            files.save(step, losses, latest.get("capture"), final=False)
+
+    try:
+        result = run_training(model, adapter, dataset, [], settings, objective, COMPUTE_DTYPES[run.training_dtype],
+                              run.gradient_checkpointing, on_step, resume=state,
+                              on_state=lambda capture: latest.update(capture=capture), previews=previews)
+    except NonFiniteLossError as e:
+        kept = ""
+        if save_path is not None and losses:
+            files.delta(e.last_good_step, losses[-1]).save(save_path, run.storage_dtype)
+            kept = f" The last good ΔR (step {e.last_good_step}) was saved to {save_path.name}."
+        raise NonFiniteLossError(str(e) + kept, e.step, e.last_good_step) from None
+    except comfy.model_management.InterruptProcessingException:
+        # A cancelled run keeps what it trained as a snapshot with its training state: resume continues it.
+        if latest.get("capture") is not None:
+            done = len(losses)
+            if not (run.save_every and done % run.save_every == 0):  # else on_step has saved this step already
+                files.save(done, losses, latest["capture"], final=False)
+        raise
+    preview_s = previews.seconds + strip.seconds
+    train_s = max(result.seconds - preview_s, 0.0)
+    files.record.update(train_seconds=round(train_s, 2), preview_seconds=round(preview_s, 2),
+                        previews_at=previews.taken_at)
+    delta = files.delta(len(losses), losses[-1])
+    if save_path is not None:
+        files.save(len(losses), losses, latest.get("capture"), final=True)
+    if strip.images:
+        bar.update_absolute(steps, steps, strip.strip_preview())
+    text = (f"{len(basis.targets)} targets, {delta.num_params():,} trainable values, {len(losses)} steps"
+            f" on {dataset.images} image(s) in {len(dataset.buckets)} size(s); "
+            f"loss {losses[0]:.5f} → {losses[-1]:.5f}" + (f"; saved {save_path.name}" if save_path else "")
+            + f"\ntraining {train_s:.1f} s" + (f", {len(strip.images)} previews {preview_s:.1f} s"
+                                               if strip.images else "")
+            + (f"\nresumed {resume.name}: {resume_note}" if resume is not None else ""))
+    return RunOutcome(delta, apply_terms(model, merge([delta], [1.0])), losses, strip, text)
