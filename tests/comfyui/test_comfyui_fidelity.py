@@ -70,8 +70,8 @@ def test_every_option_input_refuses_an_unknown_value_listing_the_valid_ones(pack
 
 def test_decompose_without_cache_says_cache_off(pack):
     out = pack.node("QRLoRADecompose").execute(tiny_model("sd15"), 4, "paper", "", "fast", False)
-    text = out.ui.as_dict()["text"][0]
-    assert "cache off" in text and "not cached" not in text
+    assert "cache off" in out.ui["text"][0] and "not cached" not in out.ui["text"][0]
+    assert out.ui["qr_lora_basis"][0]["cache"] == "off"
 
 
 def test_noise_draws_storage_dtype_and_the_load_summary(pack, comfy_root):
