@@ -7,6 +7,7 @@ import comfy.utils
 from comfy_api.latest import io, ui
 
 from ..qr_core import PRESETS, BasisCache, DecomposeSettings, get_basis, select_targets
+from ..qr_core.decompose import METHODS
 from .services import folders, model_weights
 from .options import check_options
 from .sockets import CATEGORY, QRBasis
@@ -50,7 +51,7 @@ class QRDecompose(io.ComfyNode):
                 io.String.Input("custom_regex", default="",
                                 tooltip="Regular expression over target names for preset 'custom', e.g. "
                                         "'img_attn\\.qkv' or 'attn1\\.to_(q|k|v)'. Ignored by other presets."),
-                io.Combo.Input("method", options=["fast", "exact"], default="fast",
+                io.Combo.Input("method", options=list(METHODS), default="fast",
                                tooltip="'fast': randomized SVD (captures ≥0.99 of the top-r energy, seconds). "
                                        "'exact': full SVD in fp32 as the paper did (minutes)."),
                 io.Boolean.Input("use_cache", default=True,

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 from comfy_api.latest import io, ui
 
+from ..qr_core.delta import DTYPES
 from ..qr_core.schedules import LR_SCHEDULES
+from ..qr_core.training import OPTIMIZERS
 from .options import check_options
 from .services.trainer import LOSS_SPACES, TIMESTEP_SAMPLING
-from .services.training_run import COMPUTE_DTYPES, STORAGE_DTYPES, RunSettings, train_delta
+from .services.training_run import COMPUTE_DTYPES, RunSettings, train_delta
 from .sockets import CATEGORY, QRBasis, QRDeltaType
 
 MODE_CHOICES = {"ΔR only": "delta_r", "Q and R": "qr"}  # what the widget shows → qr_core's mode id
@@ -41,7 +43,7 @@ class QRTrainDelta(io.ComfyNode):
                 io.Int.Input("steps", default=500, min=1, max=100000, tooltip="Optimisation steps (paper: 500)."),
                 io.Float.Input("learning_rate", default=1e-4, min=1e-7, max=1.0, step=1e-6,
                                tooltip="Learning rate (paper: 1e-4)."),
-                io.Combo.Input("optimizer", options=["AdamW", "Adam"], default="AdamW", tooltip="The optimizer."),
+                io.Combo.Input("optimizer", options=list(OPTIMIZERS.values()), default="AdamW", tooltip="The optimizer."),
                 io.Int.Input("batch_size", default=1, min=1, max=64,
                              tooltip="Latent images per step (drawn from the batch)."),
                 io.Int.Input("noise_draws", default=1, min=1, max=64,
@@ -64,9 +66,10 @@ class QRTrainDelta(io.ComfyNode):
                                        "'x0': error of the denoised image, like ComfyUI's built-in trainer."),
                 io.Combo.Input("training_dtype", options=list(COMPUTE_DTYPES), default="bf16",
                                tooltip="Compute dtype of the forward pass (ΔR itself is kept in fp32)."),
-                io.Combo.Input("storage_dtype", options=list(STORAGE_DTYPES), default="bf16",
-                               tooltip="Dtype of Q and ΔR in the saved file: bf16 halves the file; fp32 "
-                                       "reproduces the in-memory ΔR (and its merge) exactly."),
+                io.Combo.Input("storage_dtype", options=list(DTYPES), default="bf16",
+                               tooltip="Dtype of Q and ΔR in the saved file: bf16 or fp16 halve the file (fp16 "
+                                       "keeps finer steps for values of Q's and ΔR's size); fp32 reproduces the "
+                                       "in-memory ΔR (and its merge) exactly."),
                 io.Boolean.Input("gradient_checkpointing", default=False,
                                  tooltip="Recompute block activations in backward: less memory, slower steps."),
                 io.Combo.Input("mode", options=list(MODE_CHOICES), default="ΔR only",

@@ -28,6 +28,15 @@ MODES = ("delta_r", "qr")  # ΔR only (disentangled, the default), or Q and R tr
 TRIANGULAR_BASIS = "official"
 
 
+def _mode_of(meta: dict[str, str]) -> str:
+    return meta.get("mode", "delta_r")  # files written before Q-and-R mode existed are ΔR only
+
+
+def _triangular_basis_of(meta: dict[str, str]) -> str:
+    """A file's triangular basis; triangular files of earlier versions, which do not say, masked in Q ("paper")."""
+    return meta.get("triangular_basis") or ("paper" if meta.get("triangular") == "true" else "")
+
+
 def describe_delta_header(header: dict, meta: dict[str, str]) -> dict:
     """A ΔR file's summary from its safetensors header alone: no tensor is read (the Load ΔR picker, `qr-lora info`)."""
     def parsed(key: str) -> dict:
@@ -40,8 +49,8 @@ def describe_delta_header(header: dict, meta: dict[str, str]) -> dict:
     targets = parsed("targets")
     rank = str(meta.get("rank", ""))
     return {"arch": meta.get("arch"), "rank": int(rank) if rank.isdigit() else None,
-            "mode": meta.get("mode", "delta_r"), "triangular": meta.get("triangular") == "true",
-            "triangular_basis": meta.get("triangular_basis") or ("paper" if meta.get("triangular") == "true" else ""),
+            "mode": _mode_of(meta), "triangular": meta.get("triangular") == "true",
+            "triangular_basis": _triangular_basis_of(meta),
             "targets": len(targets.get("targets", [])), "preset": targets.get("preset"),
             "parameters": sum(math.prod(e.get("shape", ())) for k, e in header.items() if k.startswith("delta_r.")),
             "trigger_words": meta.get("trigger_words", ""), "training": parsed("training"),
@@ -118,9 +127,9 @@ class QRDelta:
             q = {n: tensors[f"q.{n}"].float() for n in targets.names()}
             delta = {n: tensors[f"delta_r.{n}"].float() for n in targets.names()}
             d = QRDelta(targets, rank, q, delta, meta["basis_fingerprint"], meta.get("base_model_fingerprint", ""),
-                        meta.get("mode", "delta_r"), meta.get("triangular") == "true", meta.get("trigger_words", ""),
+                        _mode_of(meta), meta.get("triangular") == "true", meta.get("trigger_words", ""),
                         json.loads(meta.get("training") or "{}"), meta.get("created", ""), path.stem,
-                        meta.get("triangular_basis") or ("paper" if meta.get("triangular") == "true" else ""))
+                        _triangular_basis_of(meta))
         except (KeyError, ValueError, TypeError) as e:
             raise DeltaFileError(f"{path.name}: ΔR file is incomplete or damaged ({type(e).__name__}: {e}).") from None
         d.validate(str(path.name))

@@ -13,7 +13,8 @@ from .errors import NonFiniteLossError, SettingError
 from .schedules import check_schedule, lr_factor
 from .train_state import TrainState, rng_states, set_rng_states
 
-OPTIMIZERS = ("adamw", "adam")
+# Optimizer id (in settings, run files and resume states) → the name the Train ΔR node shows.
+OPTIMIZERS = {"adamw": "AdamW", "adam": "Adam"}
 
 
 @dataclass(frozen=True)
@@ -30,7 +31,7 @@ class TrainSettings:
 
     def __post_init__(self):
         if self.optimizer not in OPTIMIZERS:
-            raise SettingError(f"optimizer must be one of {OPTIMIZERS}, not {self.optimizer!r}")
+            raise SettingError(f"optimizer must be one of {', '.join(OPTIMIZERS)}, not {self.optimizer!r}")
         if self.steps < 1 or not self.lr > 0:
             raise SettingError("steps must be ≥ 1 and lr > 0")
         if self.accumulation < 1:

@@ -16,6 +16,7 @@ import torch
 
 from ...qr_core import NonFiniteLossError, QRAdapter, QRDelta, TrainSettings, merge
 from ...qr_core.dataset import pair_dataset
+from ...qr_core.training import OPTIMIZERS
 from . import folders, model_weights, server
 from .patches import apply_terms
 from .previews import PreviewStrip
@@ -23,7 +24,6 @@ from .train_files import RunFiles, find_state
 from .trainer import Objective, Previews, run_training
 
 COMPUTE_DTYPES = {"bf16": torch.bfloat16, "fp32": torch.float32}  # training_dtype → the forward's dtype
-STORAGE_DTYPES = ("bf16", "fp32")  # the file's dtypes Train ΔR offers (of qr_core.delta.DTYPES)
 
 
 @dataclass(frozen=True)
@@ -61,7 +61,8 @@ class RunSettings:
         return cls(**{**{k: v for k, v in values.items() if k in names}, **changes})
 
     def loop_settings(self) -> TrainSettings:
-        return TrainSettings(steps=self.steps, lr=self.learning_rate, optimizer=self.optimizer.lower(),
+        optimizer = {shown: id_ for id_, shown in OPTIMIZERS.items()}.get(self.optimizer, self.optimizer)
+        return TrainSettings(steps=self.steps, lr=self.learning_rate, optimizer=optimizer,
                              seed=self.seed, lr_schedule=self.lr_schedule, warmup_steps=self.warmup_steps,
                              accumulation=self.gradient_accumulation)
 
