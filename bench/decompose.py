@@ -54,9 +54,9 @@ from pathlib import Path
 import torch
 
 from paired import loadavg, spread  # this folder
-from qr_core.cache import BasisCache, get_basis
-from qr_core.decompose import DecomposeSettings, captured_energy, decompose
-from qr_core.fingerprint import fingerprint_weights
+from qr_core.bases.cache import BasisCache, get_basis
+from qr_core.bases.decompose import DecomposeSettings, captured_energy, decompose
+from qr_core.bases.fingerprint import fingerprint_weights
 from qr_core.machine import machine_info
 from qr_core.targets import TargetSet, select_targets
 

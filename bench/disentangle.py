@@ -32,13 +32,13 @@ from pathlib import Path
 
 import torch
 
-from qr_core.blocks import parse_block_profile, scaled_updates
-from qr_core.cache import get_basis
-from qr_core.decompose import DecomposeSettings
+from qr_core.merging.blocks import parse_block_profile, scaled_updates
+from qr_core.bases.cache import get_basis
+from qr_core.bases.decompose import DecomposeSettings
 from qr_core.machine import describe_machine
-from qr_core.schedule import resolve_schedule
+from qr_core.merging.lambda_schedule import resolve_schedule
 from qr_core.targets import select_targets
-from qr_core.training import TrainSettings
+from qr_core.training.loop import TrainSettings
 from qr_core.world import scenes
 from qr_core.world.encoder import Scorer, load_encoder
 from qr_core.world.model import ASSET, load_world_model
@@ -299,7 +299,7 @@ def plan_markdown(res: dict) -> list[str]:
         return []
     L = ["", "## λ over steps and λ per block vs plain addition", "",
          "Selection (no tuning on the reported pairs): every candidate — plain addition, the schedules "
-         + ", ".join(SCHEDULES) + " (`qr_core/schedule.py`; factors of λc = λs = 1 over the sampling progress) and "
+         + ", ".join(SCHEDULES) + " (`qr_core/merging/lambda_schedule.py`; factors of λc = λs = 1 over the sampling progress) and "
          "the block profiles " + "; ".join(f"{n} (content '{c}', style '{s}')" for n, (c, s) in BLOCK_PROFILES.items())
          + f" — was scored on the separate selection pairs {'; '.join(', '.join(p[:2]) for p in sel['pairs'])} "
          f"(pose and noise seeds {SELECT_POSE_OFFSET}–{SELECT_POSE_OFFSET + sel['seeds'] - 1}; the reported runs use 0–1), with adapters "

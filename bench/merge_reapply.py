@@ -93,7 +93,7 @@ def bench_arch(pack, arch: str, opts, device) -> dict:
     decompose_warm_s = time.perf_counter() - t0
     if warm.cache_status != "hit":
         raise RuntimeError(f"the second Decompose was not a cache hit: {warm.cache_status}")
-    random_delta = pack_module(pack, "qr_core.delta").random_delta  # the pack's classes, as the nodes check them
+    random_delta = pack_module(pack, "qr_core.adapters.delta").random_delta  # the pack's classes, as the nodes check them
     content = random_delta(basis, 1, opts.scale, "bench_content")
     style = random_delta(basis, 2, opts.scale, "bench_style")
 

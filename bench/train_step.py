@@ -237,7 +237,7 @@ def setup(mechanism: str, opts, pack, device) -> Setup:
         if opts.arch == "flux" else []
     if mechanism == "qr_bypass":
         weights = dict(dm.state_dict())
-        q, _ = qr_core.decompose(lambda k: weights[k], whole, qr_core.DecomposeSettings(rank=opts.rank),
+        q, _ = qr_core.bases.decompose(lambda k: weights[k], whole, qr_core.DecomposeSettings(rank=opts.rank),
                                  device=device)
         basis = qr_core.Basis(whole, qr_core.DecomposeSettings(rank=opts.rank), q, {}, "", "")
         adapter = qr_core.QRAdapter(basis, device=device)

@@ -7,7 +7,7 @@ import comfy.utils
 from comfy_api.latest import io, ui
 
 from ..qr_core import PRESETS, BasisCache, DecomposeSettings, get_basis, select_targets
-from ..qr_core.decompose import METHODS
+from ..qr_core.bases.decompose import METHODS
 from .services import folders, model_weights
 from .options import check_options
 from .sockets import CATEGORY, QRBasis

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from comfy_api.latest import io, ui
 
-from ..qr_core.delta import DTYPES
+from ..qr_core.adapters.delta import DTYPES
 from .services import folders
 from .services.delta_files import describe, load_delta
 from .options import check_options

@@ -17,8 +17,8 @@ import comfy.utils
 import torch
 from comfy_api.latest import io, ui
 
-from ..qr_core.blocks import parse_block_profile, scaled_by_blocks
-from ..qr_core.schedule import SCHEDULE_CHOICES, resolve_schedule
+from ..qr_core.merging.blocks import parse_block_profile, scaled_by_blocks
+from ..qr_core.merging.lambda_schedule import SCHEDULE_CHOICES, resolve_schedule
 from .services.patches import merge_onto
 from .services.schedule_hooks import scheduled_hooks
 from .lambda_inputs import block_inputs, with_block_profiles

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from comfy_api.latest import io
 
-from ..qr_core.blocks import parse_block_profile, scaled_by_blocks
-from ..qr_core.schedule import CUSTOM_HELP, PRESETS, SCHEDULE_CHOICES
+from ..qr_core.merging.blocks import parse_block_profile, scaled_by_blocks
+from ..qr_core.merging.lambda_schedule import CUSTOM_HELP, PRESETS, SCHEDULE_CHOICES
 
 
 def block_input(what: str) -> io.String.Input:

@@ -5,9 +5,9 @@ from __future__ import annotations
 from comfy_api.latest import io, ui
 
 from ..qr_core import QRDelta
-from ..qr_core.delta import DTYPES
-from ..qr_core.merge import DEFAULT_NAMING, NAMING_HELP, NAMINGS, export_merge
-from ..qr_core.schedule import resolve_schedule
+from ..qr_core.adapters.delta import DTYPES
+from ..qr_core.merging.merge import DEFAULT_NAMING, NAMING_HELP, NAMINGS, export_merge
+from ..qr_core.merging.lambda_schedule import resolve_schedule
 from .services import folders
 from .services.patches import merge_onto
 from .services.schedule_hooks import scheduled_hooks

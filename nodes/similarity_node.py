@@ -7,7 +7,7 @@ import re
 import torch
 from comfy_api.latest import io, ui
 
-from ..qr_core.analysis import delta_similarity, summarize
+from ..qr_core.adapters.analysis import delta_similarity, summarize
 from .sockets import CATEGORY, QRDeltaType
 
 CELL = 14  # pixels per heatmap cell

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from comfy_api.latest import io, ui
 
-from ..qr_core.delta import DTYPES
-from ..qr_core.schedules import LR_SCHEDULES
-from ..qr_core.training import OPTIMIZERS
+from ..qr_core.adapters.delta import DTYPES
+from ..qr_core.training.lr_schedules import LR_SCHEDULES
+from ..qr_core.training.loop import OPTIMIZERS
 from .options import check_options
 from .services.trainer import LOSS_SPACES, TIMESTEP_SAMPLING
 from .services.training_run import COMPUTE_DTYPES, RunSettings, train_delta

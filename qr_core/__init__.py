@@ -5,18 +5,18 @@ disk), train ΔR as a bypass, save self-contained ΔR files, merge them with
 weights λ (paper eq. 7) and export the merge as a standard LoRA.
 """
 
-from .adapter import QRAdapter, frozen
-from .analysis import delta_similarity, summarize
-from .basis import Basis
-from .cache import BasisCache, default_cache_dir, get_basis
-from .decompose import DecomposeSettings, captured_energy, check_basis, decompose
-from .delta import QRDelta
+from .adapters.analysis import delta_similarity, summarize
+from .adapters.bypass import QRAdapter, frozen
+from .adapters.delta import QRDelta
+from .bases.basis import Basis
+from .bases.cache import BasisCache, default_cache_dir, get_basis
+from .bases.decompose import DecomposeSettings, captured_energy, check_basis, decompose
+from .bases.fingerprint import fingerprint_tensors, fingerprint_weights
 from .errors import (AdapterStateError, BasisMismatchError, DeltaFileError, NonFiniteLossError, QRLoRAError,
                      SettingError, TargetError)
-from .fingerprint import fingerprint_tensors, fingerprint_weights
-from .merge import PatchTerm, export_lora, lora_state_dict, merge, merged_delta
+from .merging.merge import PatchTerm, export_lora, lora_state_dict, merge, merged_delta
 from .targets import ARCHITECTURES, PRESETS, Target, TargetSet, detect_architecture, select_targets
-from .training import TrainResult, TrainSettings, train
+from .training.loop import TrainResult, TrainSettings, train
 
 __version__ = "0.1.0"
 

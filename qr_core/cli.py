@@ -7,13 +7,13 @@ import json
 import sys
 from pathlib import Path
 
-from .cache import BasisCache, get_basis
+from .adapters.delta import DTYPES, QRDelta, describe_delta_header
+from .bases.cache import BasisCache, get_basis
+from .bases.decompose import METHODS, DecomposeSettings
 from .checkpoint import CheckpointWeights
-from .decompose import METHODS, DecomposeSettings
-from .delta import DTYPES, QRDelta, describe_delta_header
 from .errors import QRLoRAError
 from .files import read_header
-from .merge import DEFAULT_NAMING, NAMING_HELP, NAMINGS, export_merge, merged_delta, module_ranks
+from .merging.merge import DEFAULT_NAMING, NAMING_HELP, NAMINGS, export_merge, merged_delta, module_ranks
 from .targets import PRESETS, select_targets
 
 

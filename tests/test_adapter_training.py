@@ -3,7 +3,7 @@ import torch
 
 from qr_core import (BasisMismatchError, DecomposeSettings, NonFiniteLossError, QRAdapter, SettingError, TrainSettings,
                      frozen, get_basis, merge, select_targets, train)
-from qr_core.merge import add_to_weights
+from qr_core.merging.merge import add_to_weights
 from qr_core.world.mini_flux import MiniFlux
 
 from qr_testing import TINY

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from qr_core import BasisCache, DecomposeSettings, get_basis, select_targets
-from qr_core.basis import Basis
+from qr_core.bases.basis import Basis
 
 from qr_testing import power_law
 

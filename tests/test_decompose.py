@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from qr_core import DecomposeSettings, TargetError, captured_energy, decompose, select_targets
-from qr_core.decompose import check_basis, energy_check_sample
+from qr_core.bases.decompose import check_basis, energy_check_sample
 
 from qr_testing import power_law
 

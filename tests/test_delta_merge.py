@@ -6,8 +6,8 @@ import torch
 from qr_core import (BasisMismatchError, DecomposeSettings, DeltaFileError, QRDelta, export_lora, get_basis,
                      lora_state_dict, merge, merged_delta, select_targets)
 from qr_core.files import load_tensors
-from qr_core.delta import random_delta as qr_random_delta
-from qr_core.merge import add_to_weights
+from qr_core.adapters.delta import random_delta as qr_random_delta
+from qr_core.merging.merge import add_to_weights
 
 
 @pytest.fixture

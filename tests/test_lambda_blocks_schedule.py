@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from qr_core.blocks import BLOCK_GROUPS, block_factors, parse_block_profile, scaled_updates
+from qr_core.merging.blocks import BLOCK_GROUPS, block_factors, parse_block_profile, scaled_updates
 from qr_core.errors import SettingError
-from qr_core.schedule import PRESETS, resolve_schedule
+from qr_core.merging.lambda_schedule import PRESETS, resolve_schedule
 from qr_core.targets import ARCHITECTURES, select_targets
 
 

@@ -20,13 +20,33 @@ def imports(path: Path) -> set[str]:
     return out
 
 
+def absolute(path: Path, module: str) -> str:
+    """`module` as imported by the file at `path` (inside the repository), leading dots resolved."""
+    level = len(module) - len(module.lstrip("."))
+    if not level:
+        return module
+    package = list(path.relative_to(ROOT).parent.parts)
+    return ".".join(package[: len(package) - (level - 1)] + [m for m in [module[level:]] if m])
+
+
 def test_the_engine_imports_neither_the_world_nor_comfyui():
-    engine = [p for p in (ROOT / "qr_core").glob("*.py") if p.name not in FRONT_ENDS]
-    assert len(engine) > 10
+    engine = [p for p in (ROOT / "qr_core").rglob("*.py")
+              if "world" not in p.relative_to(ROOT / "qr_core").parts and p.name not in FRONT_ENDS]
+    assert len(engine) > 20
     for path in engine:
-        bad = {m for m in imports(path) if m.startswith(".world") or m.split(".")[0] in ("comfy", "folder_paths",
-                                                                                        "nodes", "comfy_api")}
-        assert not bad, f"{path.name} imports {bad}"
+        bad = {m for m in imports(path) if absolute(path, m).startswith("qr_core.world")
+               or m.split(".")[0] in ("comfy", "folder_paths", "nodes", "comfy_api")}
+        assert not bad, f"{path.relative_to(ROOT)} imports {bad}"
+
+
+def test_the_engine_is_grouped_by_stage():
+    """Each stage's modules import only the stages before it (bases ← adapters ← merging; training apart)."""
+    order = {"bases": 0, "adapters": 1, "merging": 2, "training": 1}
+    for stage, rank in order.items():
+        for path in (ROOT / "qr_core" / stage).glob("*.py"):
+            later = {m for m in imports(path) for other, r in order.items()
+                     if r > rank and absolute(path, m).startswith(f"qr_core.{other}")}
+            assert not later, f"{path.relative_to(ROOT)} imports a later stage: {later}"
 
 
 def test_no_node_file_imports_another_node_file():
@@ -48,7 +68,8 @@ def test_qr_core_raises_only_its_own_errors():
 def test_the_readme_layout_names_every_module():
     text = (ROOT / "README.md").read_text()
     block = text.split("## Layout", 1)[1].split("```")[1]
-    for folder in ("nodes", "nodes/services", "qr_core"):
+    for folder in ("nodes", "nodes/services", "qr_core", "qr_core/bases", "qr_core/adapters", "qr_core/merging",
+                   "qr_core/training"):
         for path in (ROOT / folder).glob("*.py"):
             if path.name not in ("__init__.py", "__main__.py"):
                 assert path.name in block, f"README's layout section does not name {folder}/{path.name}"

@@ -9,9 +9,9 @@ import pytest
 
 from qr_core import DecomposeSettings, export_lora, get_basis, merge, select_targets
 from qr_core.cli import build_parser, main
-from qr_core.delta import random_delta
+from qr_core.adapters.delta import random_delta
 from qr_core.files import load_tensors, read_header
-from qr_core.merge import DEFAULT_NAMING, NAMING_HELP, module_ranks
+from qr_core.merging.merge import DEFAULT_NAMING, NAMING_HELP, module_ranks
 
 
 def _basis(weights, preset="paper", regex=None, rank=4):

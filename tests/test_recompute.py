@@ -4,7 +4,7 @@ import torch
 from torch import nn
 
 from qr_core import DecomposeSettings, QRAdapter, frozen, get_basis, select_targets
-from qr_core.recompute import recomputed_in_backward, weighted_layers, wrapped_forwards
+from qr_core.training.recompute import recomputed_in_backward, weighted_layers, wrapped_forwards
 
 
 class SharedBuffer:

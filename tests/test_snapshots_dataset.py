@@ -3,9 +3,9 @@
 import pytest
 import torch
 
-from qr_core.dataset import pair_dataset
+from qr_core.training.dataset import pair_dataset
 from qr_core.errors import SettingError
-from qr_core.snapshots import grouped, parse_snapshot, prune, snapshot_path
+from qr_core.training.snapshots import grouped, parse_snapshot, prune, snapshot_path
 
 
 def test_snapshot_names_and_pruning_keep_other_runs(tmp_path):

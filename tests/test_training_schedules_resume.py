@@ -8,8 +8,8 @@ import torch
 from qr_core import BasisMismatchError, DecomposeSettings, QRAdapter, SettingError, TrainSettings, frozen, get_basis, \
     select_targets, train
 from qr_core.errors import DeltaFileError
-from qr_core.schedules import lr_factor
-from qr_core.train_state import TrainState, state_path_for
+from qr_core.training.lr_schedules import lr_factor
+from qr_core.training.state import TrainState, state_path_for
 
 from qr_testing import TINY
 

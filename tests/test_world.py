@@ -8,10 +8,10 @@ import pytest
 import torch
 
 from qr_core.world import scenes
-from qr_core.cache import get_basis
-from qr_core.decompose import DecomposeSettings
+from qr_core.bases.cache import get_basis
+from qr_core.bases.decompose import DecomposeSettings
 from qr_core.targets import select_targets
-from qr_core.training import TrainSettings
+from qr_core.training.loop import TrainSettings
 from qr_core.world.encoder import Scorer, load_encoder
 from qr_core.world.model import ASSET, encode, flow_loss, generate, load_world_model
 from qr_core.world.tasks import content_task, patched_model, train_lora, train_qr
@@ -139,7 +139,7 @@ def test_pretraining_resume_state_round_trips_without_pickles(tmp_path):
 
 def test_world_sampler_follows_the_schedule_rule():
     """Each Euler step samples the model of the schedule point active at its t (Schedule.index_at, t = 1 − progress)."""
-    from qr_core.schedule import resolve_schedule
+    from qr_core.merging.lambda_schedule import resolve_schedule
     from qr_core.world.tasks import sample_images, scheduled_models
 
     model, _ = load_world_model()

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import folder_paths
 
-from ...qr_core.snapshots import grouped
+from ...qr_core.training.snapshots import grouped
 
 FOLDER = "qr_lora"
 BASES_SUBFOLDER = "bases"

@@ -11,7 +11,7 @@ from __future__ import annotations
 import comfy.hooks
 
 from ...qr_core import QRDelta, merge
-from ...qr_core.schedule import Schedule
+from ...qr_core.merging.lambda_schedule import Schedule
 from .model_weights import check_fits
 from .patches import lora_patches
 

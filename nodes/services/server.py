@@ -16,7 +16,7 @@ import math
 import sys
 import time
 
-from ...qr_core.delta import describe_delta_header
+from ...qr_core.adapters.delta import describe_delta_header
 from ...qr_core.files import read_header
 from . import folders
 

@@ -3,7 +3,7 @@
 A run named `content` writes `content_step000100.safetensors`… (the newest
 `keep_last` kept), `content.safetensors` at the end, and
 `content.state.safetensors`: the training state of the newest file saved,
-which lets a later run continue it exactly (see qr_core.train_state).
+which lets a later run continue it exactly (see qr_core.training.state).
 """
 
 from __future__ import annotations
@@ -14,8 +14,8 @@ from typing import Callable
 
 from ...qr_core import QRAdapter, QRDelta
 from ...qr_core.errors import QRLoRAError
-from ...qr_core.snapshots import prune, snapshot_path
-from ...qr_core.train_state import TrainState, state_path_for
+from ...qr_core.training.snapshots import prune, snapshot_path
+from ...qr_core.training.state import TrainState, state_path_for
 from . import folders
 
 

@@ -25,9 +25,9 @@ import comfy.samplers
 import comfy_extras.nodes_custom_sampler
 
 from ...qr_core import QRAdapter, TrainResult, TrainSettings, frozen, train
-from ...qr_core.dataset import Dataset, pair_dataset
-from ...qr_core.train_state import TrainState
-from ...qr_core.recompute import recomputed_in_backward, wrapped_forwards
+from ...qr_core.training.dataset import Dataset, pair_dataset
+from ...qr_core.training.state import TrainState
+from ...qr_core.training.recompute import recomputed_in_backward, wrapped_forwards
 from .model_weights import release_inference_tensors
 from .training_runtime import differentiable_model_code, weights_need_recompute
 
@@ -324,7 +324,7 @@ def run_training(model, adapter: QRAdapter, latents: torch.Tensor | Dataset, pos
     `positive` is then ignored). recompute_weights: run each layer's forward
     again in backward (None: where the model needs it, see
     training_runtime.weights_need_recompute). `resume` and `on_state`: see
-    qr_core.training.train. `previews`: see Previews.
+    qr_core.training.loop.train. `previews`: see Previews.
     """
     if isinstance(latents, torch.Tensor):
         n = latents.shape[0]

@@ -15,8 +15,8 @@ import comfy.utils
 import torch
 
 from ...qr_core import NonFiniteLossError, QRAdapter, QRDelta, TrainSettings, merge
-from ...qr_core.dataset import pair_dataset
-from ...qr_core.training import OPTIMIZERS
+from ...qr_core.training.dataset import pair_dataset
+from ...qr_core.training.loop import OPTIMIZERS
 from . import folders, model_weights, server
 from .patches import apply_terms
 from .previews import PreviewStrip

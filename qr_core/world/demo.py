@@ -22,13 +22,13 @@ from pathlib import Path
 import torch
 
 from . import scenes
-from ..analysis import delta_similarity, summarize
-from ..cache import BasisCache, get_basis
-from ..decompose import DecomposeSettings
+from ..adapters.analysis import delta_similarity, summarize
+from ..bases.cache import BasisCache, get_basis
+from ..bases.decompose import DecomposeSettings
 from ..files import load_tensors
-from ..merge import add_to_weights, export_lora, merge
+from ..merging.merge import add_to_weights, export_lora, merge
 from ..targets import select_targets
-from ..training import TrainSettings
+from ..training.loop import TrainSettings
 from .model import load_world_model
 from .tasks import content_task, merged_prompt, patched_model, sample_images, style_task, train_qr
 

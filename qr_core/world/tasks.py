@@ -22,14 +22,14 @@ import torch
 from torch import nn
 
 from . import scenes
-from ..adapter import QRAdapter, frozen
-from ..basis import Basis
-from ..delta import QRDelta
-from ..merge import add_to_weights, merge
-from ..schedule import Schedule
+from ..adapters.bypass import QRAdapter, frozen
+from ..bases.basis import Basis
+from ..adapters.delta import QRDelta
+from ..merging.merge import add_to_weights, merge
+from ..merging.lambda_schedule import Schedule
 from .mini_flux import MiniFlux
 from ..targets import TargetSet
-from ..training import TrainSettings, train
+from ..training.loop import TrainSettings, train
 from .model import encode, flow_loss, generate
 
 

@@ -68,7 +68,7 @@ def diffusion_weights(model) -> dict[str, torch.Tensor]:
 
 def random_delta(pack, basis, seed: int, name: str, scale: float = 0.05):
     """qr_core's random ΔR, from the pack's own qr_core (its classes are the ones the nodes check)."""
-    return pack.module("qr_core.delta").random_delta(basis, seed, scale, name)
+    return pack.module("qr_core.adapters.delta").random_delta(basis, seed, scale, name)
 
 
 def scaled_fp8_checkpoint(arch: str = "sd3", seed: int = 0, scale: float = 2.0):
@@ -105,7 +105,7 @@ def scaled_fp8_checkpoint(arch: str = "sd3", seed: int = 0, scale: float = 2.0):
 
 def triangular_in_official_basis(pack, model, delta) -> bool:
     """Whether every ΔR of a triangular run is upper-triangular in the official basis Q·O of its target."""
-    rotation = pack.module("qr_core.adapter").official_rotation
+    rotation = pack.module("qr_core.adapters.bypass").official_rotation
     get = pack.module("nodes.services.model_weights").base_weight_getter(model)
     for t in delta.targets:
         w = get(t.key).float()

@@ -73,7 +73,7 @@ def test_sd3_depth_thirds(pack):
     model = tiny_model("sd3", depth=3)
     basis = decompose(pack, model)
     d = random_delta(pack, basis, 1, "d")
-    blocks = pack.module("qr_core.blocks")
+    blocks = pack.module("qr_core.merging.blocks")
     count = 1 + max(int(t.key.split(".")[1]) for t in basis.targets)
     factors = blocks.block_factors(basis.targets, blocks.parse_block_profile("early=1, middle=2, late=3", "sd3"))
     for t in basis.targets:

@@ -33,7 +33,7 @@ class Setup:
 
     def __init__(self, pack, arch: str):
         qr = pack.module("qr_core")
-        self.export_merge, self.arch = pack.module("qr_core.merge").export_merge, arch
+        self.export_merge, self.arch = pack.module("qr_core.merging.merge").export_merge, arch
         self.twin = twin = dt.build(arch)
         dt.check_layout(twin)
         shapes = {k: tuple(v.shape) for k, v in twin.comfy.items()}
@@ -41,7 +41,7 @@ class Setup:
         # Any orthonormal Q shows how the file loads: no power iterations (FLUX.1's width decomposes in seconds).
         settings = qr.DecomposeSettings(rank=4, method="fast", oversample=4, power_iters=0, max_power_iters=0)
         basis = qr.get_basis(twin.comfy.__getitem__, targets, settings)
-        random_delta = pack.module("qr_core.delta").random_delta
+        random_delta = pack.module("qr_core.adapters.delta").random_delta
         self.deltas = [random_delta(basis, 1, name="content"), random_delta(basis, 2, name="style")]
         self.targets, self.basis, self.expected, self._fp16_bound = targets, basis, {}, {}
         for t, q, summed in self._factors():

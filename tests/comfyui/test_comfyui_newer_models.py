@@ -145,7 +145,7 @@ def test_released_layout_is_detected_and_its_target_set_counted(pack, name):
 def test_every_target_of_the_released_layout_has_a_block_group(pack, name):
     """λ per block covers the whole model: each target lies in one of the architecture's groups, none empty."""
     needs_class(name)
-    qr_core, blocks = pack.module("qr_core"), pack.module("qr_core.blocks")
+    qr_core, blocks = pack.module("qr_core"), pack.module("qr_core.merging.blocks")
     model_class = getattr(comfy.supported_models, comfy_models.CLASSES[name])
     layout = comfy_models._meta_layout(comfy_models.detected_unet_config(name, FULL_SKETCHES[name]), model_class, {})
     targets = qr_core.select_targets({k: tuple(v.shape) for k, v in layout.items()}, "attention+mlp")

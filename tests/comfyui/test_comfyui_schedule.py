@@ -69,7 +69,7 @@ def test_every_step_samples_the_scheduled_merge(pack, arch, schedule, custom):
     steps = 10
     seen = weights_per_step(model, hooks, arch, keys, steps)
     assert len(seen) == steps
-    plan = pack.module("qr_core.schedule").resolve_schedule(schedule, custom)
+    plan = pack.module("qr_core.merging.lambda_schedule").resolve_schedule(schedule, custom)
     to_sigma = model.model.model_sampling.percent_to_sigma
     used = set()
     for sigma, got in seen:
@@ -92,7 +92,7 @@ def test_extras_keep_their_lambda_and_blocks_scale_the_content(pack):
     hooks = schedule_hooks(pack, model, content, style, 1.0, 1.0, "custom", "0: 0, 1; 0.5: 1, 0",
                            extra_1=extra, lambda_extra_1=-0.5, block_lambda_content="single=0.25")
     seen = weights_per_step(model, hooks, "flux", sorted(basis.targets.shapes), 6)
-    plan = pack.module("qr_core.schedule").resolve_schedule("custom", "0: 0, 1; 0.5: 1, 0")
+    plan = pack.module("qr_core.merging.lambda_schedule").resolve_schedule("custom", "0: 0, 1; 0.5: 1, 0")
     for sigma, got in seen:
         fc, fs = plan.factors_at(sigma, model.model.model_sampling.percent_to_sigma)
         want = expected(original, basis, lambda t: (

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 
-from .errors import SettingError
+from ..errors import SettingError
 
 LR_SCHEDULES = ("constant", "cosine", "linear")
 

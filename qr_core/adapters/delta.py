@@ -16,9 +16,9 @@ from pathlib import Path
 
 import torch
 
-from .errors import BasisMismatchError, DeltaFileError, SettingError
-from .files import atomic_save, load_tensors
-from .targets import TargetSet
+from ..errors import BasisMismatchError, DeltaFileError, SettingError
+from ..files import atomic_save, load_tensors
+from ..targets import TargetSet
 
 DELTA_FORMAT = "qr-lora-delta/1"
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}

@@ -28,11 +28,11 @@ from typing import Callable, Iterator
 import torch
 from torch import nn
 
-from .basis import Basis
+from ..bases.basis import Basis
 from .delta import MODES, TRIANGULAR_BASIS, QRDelta
-from .errors import AdapterStateError, BasisMismatchError, SettingError
-from .fingerprint import fingerprint_tensors
-from .targets import Target
+from ..errors import AdapterStateError, BasisMismatchError, SettingError
+from ..bases.fingerprint import fingerprint_tensors
+from ..targets import Target
 
 
 @contextlib.contextmanager

@@ -17,8 +17,8 @@ from pathlib import Path
 
 import torch
 
-from .errors import BasisMismatchError, DeltaFileError
-from .files import atomic_save, load_tensors
+from ..errors import BasisMismatchError, DeltaFileError
+from ..files import atomic_save, load_tensors
 
 STATE_FORMAT = "qr-lora-train-state/1"
 STATE_SUFFIX = ".state.safetensors"

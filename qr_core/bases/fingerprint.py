@@ -18,7 +18,7 @@ from typing import Callable, Iterable
 
 import torch
 
-from .errors import SettingError
+from ..errors import SettingError
 
 SAMPLES = 4096
 

@@ -22,10 +22,10 @@ import torch
 
 from .basis import BASIS_FORMAT, Basis
 from .decompose import DecomposeSettings, WeightGetter, check_basis, decompose
-from .errors import QRLoRAError
-from .files import read_header
+from ..errors import QRLoRAError
+from ..files import read_header
 from .fingerprint import fingerprint_tensors, fingerprint_weights
-from .targets import TargetSet
+from ..targets import TargetSet
 
 log = logging.getLogger("qr_lora")
 

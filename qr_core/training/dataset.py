@@ -16,7 +16,7 @@ from typing import Any, Sequence
 
 import torch
 
-from .errors import SettingError
+from ..errors import SettingError
 
 
 @dataclass

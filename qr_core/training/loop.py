@@ -9,9 +9,9 @@ from typing import Callable, Sequence
 
 import torch
 
-from .errors import NonFiniteLossError, SettingError
-from .schedules import check_schedule, lr_factor
-from .train_state import TrainState, rng_states, set_rng_states
+from ..errors import NonFiniteLossError, SettingError
+from .lr_schedules import check_schedule, lr_factor
+from .state import TrainState, rng_states, set_rng_states
 
 # Optimizer id (in settings, run files and resume states) → the name the Train ΔR node shows.
 OPTIMIZERS = {"adamw": "AdamW", "adam": "Adam"}

@@ -25,8 +25,8 @@ from typing import Callable, Iterator, Sequence
 
 import torch
 
-from .errors import TargetError
-from .targets import Target, TargetSet
+from ..errors import TargetError
+from ..targets import Target, TargetSet
 
 WeightGetter = Callable[[str], torch.Tensor]
 Progress = Callable[[int, int], None]

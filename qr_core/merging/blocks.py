@@ -15,9 +15,9 @@ from typing import Mapping
 
 import torch
 
-from .delta import QRDelta
-from .errors import SettingError
-from .targets import TargetSet
+from ..adapters.delta import QRDelta
+from ..errors import SettingError
+from ..targets import TargetSet
 
 
 @dataclass(frozen=True)

@@ -11,8 +11,8 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from .errors import SettingError
-from .train_state import STATE_SUFFIX
+from ..errors import SettingError
+from .state import STATE_SUFFIX
 
 STEP_DIGITS = 6
 _SNAPSHOT = re.compile(r"^(?P<run>.+)_step(?P<step>\d{%d,})\.safetensors$" % STEP_DIGITS)

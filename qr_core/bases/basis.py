@@ -9,9 +9,9 @@ from pathlib import Path
 import torch
 
 from .decompose import DecomposeSettings
-from .errors import DeltaFileError
-from .files import atomic_save, load_tensors
-from .targets import TargetSet
+from ..errors import DeltaFileError
+from ..files import atomic_save, load_tensors
+from ..targets import TargetSet
 
 BASIS_FORMAT = "qr-lora-basis/1"
 

@@ -18,7 +18,7 @@ import re
 from dataclasses import dataclass
 from typing import Callable
 
-from .errors import SettingError
+from ..errors import SettingError
 
 
 @dataclass(frozen=True)

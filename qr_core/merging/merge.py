@@ -11,10 +11,10 @@ from typing import Iterable, Mapping, Sequence
 
 import torch
 
-from .delta import DTYPES, QRDelta
-from .errors import BasisMismatchError, SettingError
-from .files import atomic_save
-from .targets import Target, TargetSet
+from ..adapters.delta import DTYPES, QRDelta
+from ..errors import BasisMismatchError, SettingError
+from ..files import atomic_save
+from ..targets import Target, TargetSet
 
 
 @dataclass
@@ -234,7 +234,7 @@ def lora_metadata(sd: Mapping[str, torch.Tensor], arch: str, naming: str, title:
 
 
 def _version() -> str:
-    from . import __version__
+    from .. import __version__
 
     return __version__
 

@@ -1,0 +1,1 @@
+"""Merging: ΣλᵢΔRᵢ (paper eq. 7) and its LoRA export, λ per block, λ over sampling steps."""
