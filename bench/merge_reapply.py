@@ -31,9 +31,8 @@ import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "comfyui"))  # the model fixture
-from comfy_models import PACK_DIR, build, comfy_setup, pack_module  # noqa: E402
-from paired import loadavg, spread  # noqa: E402  (this folder)
+from comfy_models import PACK_DIR, build, comfy_setup, pack_module  # this folder, as below
+from paired import loadavg, spread
 from qr_core.machine import machine_info  # noqa: E402
 
 LAMBDAS = [(1.0, 1.0), (0.8, 1.0), (0.8, 1.2), (0.6, 1.2), (0.6, 1.4), (0.5, 1.5)]

@@ -68,9 +68,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "comfyui"))  # the model fixture
-from comfy_models import PACK_DIR, build, comfy_setup, pack_module  # noqa: E402
-from paired import loadavg, spread  # noqa: E402  (this folder)
+from comfy_models import PACK_DIR, build, comfy_setup, pack_module  # this folder, as below
+from paired import loadavg, spread
 from qr_core.machine import machine_info  # noqa: E402
 
 MECHANISMS = ("floor", "qr_bypass", "comfy_lora_wrapper", "qr_train_sampler", "comfy_train_sampler")
@@ -237,7 +236,7 @@ def setup(mechanism: str, opts, pack, device) -> Setup:
         if opts.arch == "flux" else []
     if mechanism == "qr_bypass":
         weights = dict(dm.state_dict())
-        q, _ = qr_core.bases.decompose(lambda k: weights[k], whole, qr_core.DecomposeSettings(rank=opts.rank),
+        q, _ = qr_core.decompose(lambda k: weights[k], whole, qr_core.DecomposeSettings(rank=opts.rank),
                                  device=device)
         basis = qr_core.Basis(whole, qr_core.DecomposeSettings(rank=opts.rank), q, {}, "", "")
         adapter = qr_core.QRAdapter(basis, device=device)

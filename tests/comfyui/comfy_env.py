@@ -7,7 +7,7 @@ from comfyui_location import skip_or_fail_without_comfyui
 
 skip_or_fail_without_comfyui("the tests against ComfyUI's runtime")
 
-import comfy_models  # noqa: E402  (this folder: the one builder of random-weight ComfyUI models)
+import comfy_models  # noqa: E402  (bench/: the one builder of random-weight ComfyUI models)
 import torch  # noqa: E402
 
 CPU = torch.device("cpu")

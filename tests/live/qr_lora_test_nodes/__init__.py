@@ -25,9 +25,9 @@ _cache: dict = {}
 
 
 def _load_models_module():
-    """tests/comfyui/comfy_models.py, the one builder of random-weight ComfyUI models (also used by tests/comfyui)."""
+    """bench/comfy_models.py, the one builder of random-weight ComfyUI models (also used by tests/comfyui)."""
     pack_dir = Path(__file__).resolve().parents[3]  # custom_nodes holds a symlink to tests/live/qr_lora_test_nodes
-    spec = importlib.util.spec_from_file_location("qr_lora_comfy_models", pack_dir / "tests" / "comfyui" / "comfy_models.py")
+    spec = importlib.util.spec_from_file_location("qr_lora_comfy_models", pack_dir / "bench" / "comfy_models.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module

@@ -1,9 +1,9 @@
-"""Test fixture: random-weight models built from ComfyUI's own classes, and the runtime with the pack loaded.
+"""Random-weight models built from ComfyUI's own classes, and the runtime with the pack loaded.
 
-Used by the tests here (comfy_env), the live tests' node pack (which runs
-inside ComfyUI's server process and loads it by path) and the ComfyUI
-benchmarks (bench/train_step.py, bench/merge_reapply.py put this folder on
-their path: they are scripts, not a package).
+Used by the ComfyUI benchmarks beside it (bench/train_step.py,
+bench/merge_reapply.py), by tests/comfyui (comfy_env; tests/pytest.ini puts
+this folder on the tests' path) and by the live tests' node pack (which runs
+inside ComfyUI's server process and loads it by path).
 Sizes: "tiny" (the tests': seconds on a CPU, every target kind of the real
 architecture), "small" (CPU benchmarks), "full" (the released models' shapes).
 """
@@ -15,7 +15,7 @@ import os
 import sys
 from pathlib import Path
 
-PACK_DIR = Path(__file__).resolve().parents[2]
+PACK_DIR = Path(__file__).resolve().parents[1]
 
 _TINY_UNET = dict(use_linear_in_transformer=True, use_temporal_attention=False, use_temporal_resblock=False,
                   in_channels=4, out_channels=4, num_res_blocks=[1, 1], channel_mult=[1, 2], transformer_depth=[1, 1],
