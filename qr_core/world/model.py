@@ -183,7 +183,7 @@ def sample_sheet(model, path, seed: int = 0, steps: int = 24, guidance: float = 
     return imgs
 
 
-if __name__ == "__main__":  # python -m qr_core.world_model OUT.png: the shipped model's sample sheet
+if __name__ == "__main__":  # python -m qr_core.world.model OUT.png: the shipped model's sample sheet
     torch.set_num_threads(1)
     sample_sheet(load_world_model()[0], sys.argv[1] if len(sys.argv) > 1 else "world_model_samples.png")
 
