@@ -15,7 +15,7 @@ from .sockets import CATEGORY, QRBasis
 def decompose_model(model, rank: int, preset: str, regex: str, method: str, use_cache: bool):
     """The basis of a ComfyUI model's base weights: from the cache when it holds a valid one."""
     shapes = model_weights.model_shapes(model)
-    targets = select_targets(shapes, preset, regex.strip() or None)
+    targets = select_targets(shapes, preset, regex.strip() or None, core=model_weights.core_model(model))
     get_weight = model_weights.base_weight_getter(model)
     bar = comfy.utils.ProgressBar(len(targets))
 
