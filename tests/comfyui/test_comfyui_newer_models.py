@@ -254,6 +254,24 @@ def test_decompose_train_merge_export(pack, comfy_root, name, caplog):
         assert torch.allclose(stock[k], got[k], atol=1e-6, rtol=1e-5), k
 
 
+@pytest.mark.parametrize("name", ["lens"])
+def test_a_model_comfyui_knows_and_the_pack_does_not_is_refused_with_comfyuis_name(pack, name):
+    """Lens carries Qwen-Image's txt_norm: once taken for Qwen-Image, now refused by the presets with the
+    class ComfyUI loaded it as, and still open to 'custom'."""
+    model = tiny(name)
+    qr_core, model_weights = pack.module("qr_core"), pack.module("nodes.services.model_weights")
+    core = model_weights.core_model(model)
+    assert core.classes[0] == comfy_models.CLASSES[name]
+    shapes = model_weights.model_shapes(model)
+    assert qr_core.detect_architecture(shapes, core) is None and qr_core.detect_architecture(shapes) is None
+    with pytest.raises(qr_core.TargetError, match=f"ComfyUI identifies this model as {comfy_models.CLASSES[name]}"
+                                                  r".*preset 'custom'"):
+        pack.node("QRLoRADecompose").execute(model, 4, "paper", "", "fast", False)
+    basis = pack.node("QRLoRADecompose").execute(model, 4, "custom", r"transformer_blocks\.0\.attn\.img_qkv", "fast",
+                                                 False)[0]
+    assert basis.targets.names() == ["transformer_blocks.0.attn.img_qkv"] and basis.arch == "unknown"
+
+
 @pytest.mark.parametrize("name", ["flux2", "qwen_image", "wan21"])  # released as fp8 (Comfy-Org's repackaged files)
 def test_fp8_checkpoint_basis_is_the_stored_weights_in_fp32(pack, name):
     """Load Diffusion Model with fp8 weights: Decompose reads the weights as stored (no cast to the compute
