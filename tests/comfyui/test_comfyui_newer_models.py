@@ -130,7 +130,7 @@ def latent_and_cond(name: str, copies: int = 1, seed: int = 0):
         if name == "hidream":  # pooled CLIP vector and the Llama layers' hidden states, one per llama_layers entry
             extra["pooled_output"] = torch.randn(1, 32, generator=g)
             extra["conditioning_llama3"] = torch.randn(1, 2, 6, 32, generator=g)
-        if name in ("flux2", "chroma"):  # FLUX's conditioning path reads a pooled vector these encoders do not give
+        if name in ("flux2", "chroma", "ovis", "longcat"):  # FLUX's conditioning reads a pooled vector these lack
             extra["pooled_output"] = None
         if name == "flux2":
             extra["guidance"] = 4.0
