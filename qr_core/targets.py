@@ -413,8 +413,9 @@ def _krea2_candidates(shapes: Mapping[str, tuple]) -> list[_Candidate]:
 def _anima_candidates(shapes: Mapping[str, tuple]) -> list[_Candidate]:
     """Anima (Cosmos-Predict2's DiT): blocks with self-attention over the image tokens and cross-attention
     to the text (q/k/v/output_proj each), then an MLP (layer1, layer2): the SD UNet's and Wan's design, so
-    `paper` takes both attentions, as on SDXL. The text adapter (`llm_adapter`) runs when the conditioning
-    is prepared, not in the denoising forward that training differentiates: `custom` only."""
+    `paper` takes both attentions, as on SDXL. The text adapter (`llm_adapter`) maps the text encoder's
+    features before the blocks see them, and ComfyUI runs it while preparing the conditioning at sampling:
+    it is left to `custom`."""
     out = []
     for n in _block_numbers(shapes, "blocks."):
         p = f"blocks.{n}."
