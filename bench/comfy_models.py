@@ -98,11 +98,42 @@ NEWER_CONFIGS = {
     "wan22": dict(image_model="wan2.1", model_type="t2v", patch_size=(1, 2, 2), in_dim=48, dim=64, ffn_dim=128,
                   freq_dim=256, text_dim=32, out_dim=48, num_heads=2, num_layers=1, window_size=(-1, -1),
                   qk_norm=True, cross_attn_norm=True, eps=1e-6),
+    # ComfyUI 0.33's. LongCat-Image and Mage-Flow are told from FLUX and Qwen-Image by their text width
+    # (3584, 2560) and Mage-Flow also by its 128 output channels, so those stay at the released values.
+    "longcat": dict(image_model="flux", in_channels=16, out_channels=16, vec_in_dim=None, context_in_dim=3584,
+                    hidden_size=64, mlp_ratio=2.0, num_heads=2, depth=1, depth_single_blocks=1, axes_dim=[8, 12, 12],
+                    theta=10000, patch_size=2, qkv_bias=True, guidance_embed=False, txt_ids_dims=[1, 2]),
+    "ovis": dict(image_model="flux", in_channels=16, out_channels=16, vec_in_dim=None, context_in_dim=32,
+                 hidden_size=64, mlp_ratio=2.0, num_heads=2, depth=1, depth_single_blocks=1, axes_dim=[8, 12, 12],
+                 theta=10000, patch_size=2, qkv_bias=True, guidance_embed=False, yak_mlp=True, txt_norm=True,
+                 txt_ids_dims=[1, 2]),
+    "mage_flow": dict(image_model="mage_flow", in_channels=128, out_channels=128, num_layers=2, attention_head_dim=32,
+                      num_attention_heads=2, joint_attention_dim=2560, axes_dims_rope=(8, 12, 12)),
+    "ernie": dict(image_model="ernie", hidden_size=64, num_attention_heads=2, num_layers=2, ffn_hidden_size=128,
+                  in_channels=128, out_channels=128, patch_size=1, text_in_dim=32, rope_axes_dim=(8, 12, 12)),
+    # Krea 2's detection fixes the head size at 128: one head of 128. Its text arrives as the text
+    # encoder's layers side by side: 2 layers of 16 = the tests' 32-wide conditioning.
+    "krea2": dict(image_model="krea2", features=128, heads=1, kvheads=1, layers=2, patch=2, channels=16,
+                  txtlayers=2, txtdim=16, txtheads=1, txtkvheads=1, multiplier=2),
+    # Anima's text adapter has fixed sizes (1024 wide): the tiny model's 2 blocks are the small part.
+    "anima": dict(image_model="anima", max_img_h=240, max_img_w=240, max_frames=128, in_channels=16, out_channels=16,
+                  patch_spatial=2, patch_temporal=1, model_channels=64, num_blocks=2, num_heads=2, mlp_ratio=2.0,
+                  crossattn_emb_channels=32, pos_emb_cls="rope3d", pos_emb_learnable=True, use_adaln_lora=True,
+                  adaln_lora_dim=16),
+    # Lens has no table in the pack (its keys include Qwen-Image's txt_norm): the tests check it is refused.
+    "lens": dict(image_model="lens", in_channels=128, out_channels=32, num_layers=1, num_attention_heads=1,
+                 enc_hidden_dim=32, multi_layer_encoder_feature=False, selected_layer_index=(0,)),
 }
 NEWER_ARCH = {"flux2": "flux2", "chroma": "chroma", "qwen_image": "qwen_image", "zimage": "lumina2",
-              "lumina2": "lumina2", "hidream": "hidream", "wan21": "wan", "wan22": "wan"}
+              "lumina2": "lumina2", "hidream": "hidream", "wan21": "wan", "wan22": "wan", "longcat": "longcat",
+              "ovis": "ovis", "mage_flow": "mage_flow", "ernie": "ernie", "krea2": "krea2", "anima": "anima", "lens": None}
+# Ovis-Image has no config class of its own: ComfyUI loads it as FLUX (schnell: no guidance input).
 NEWER_CLASSES = {"flux2": "Flux2", "chroma": "Chroma", "qwen_image": "QwenImage", "zimage": "ZImage",
-                 "lumina2": "Lumina2", "hidream": "HiDream", "wan21": "WAN21_T2V", "wan22": "WAN22_T2V"}
+                 "lumina2": "Lumina2", "hidream": "HiDream", "wan21": "WAN21_T2V", "wan22": "WAN22_T2V",
+                 "longcat": "LongCatImage", "ovis": "FluxSchnell", "mage_flow": "MageFlow", "ernie": "ErnieImage",
+                 "krea2": "Krea2", "anima": "Anima", "lens": "Lens"}
+# Models built from a shared config class that only a later ComfyUI's FLUX can build: the FluxParams field.
+NEEDS_FLUX_PARAM = {"ovis": "yak_mlp"}
 for _name, _sketch in NEWER_CONFIGS.items():
     CONFIGS[_name] = {"tiny": _sketch}
 CLASSES.update(NEWER_CLASSES)
@@ -113,9 +144,16 @@ def missing_class(name: str) -> str | None:
     import comfy.supported_models
 
     cls = CLASSES[name]
-    if hasattr(comfy.supported_models, cls):
-        return None
-    return f"this ComfyUI has no {cls} in comfy.supported_models (added in a later version than it)"
+    if not hasattr(comfy.supported_models, cls):
+        return f"this ComfyUI has no {cls} in comfy.supported_models (added in a later version than it)"
+    if name in NEEDS_FLUX_PARAM:
+        import dataclasses
+
+        import comfy.ldm.flux.model
+
+        if NEEDS_FLUX_PARAM[name] not in {f.name for f in dataclasses.fields(comfy.ldm.flux.model.FluxParams)}:
+            return f"this ComfyUI's FLUX has no {NEEDS_FLUX_PARAM[name]} (added in a later version than it)"
+    return None
 # Applied after the class's unet_extra_config, which would otherwise win: SDXL fixes 64 channels
 # per head, which would leave the 32-channel tiny UNet with none.
 HEAD_OVERRIDES = {("sdxl", "tiny"): {"num_head_channels": 16, "num_heads": -1}}
@@ -173,6 +211,9 @@ def _flux_seed_layout(sketch: dict) -> dict:
         layout["distilled_guidance_layer.norms.0.scale"] = (sketch["hidden_dim"],)
     if sketch.get("image_model") == "flux2":
         layout["double_stream_modulation_img.lin.weight"] = (6 * h, h)
+    if sketch.get("yak_mlp"):  # Ovis-Image: gated MLPs and a norm on the text input
+        layout["double_blocks.0.img_mlp.gate_proj.weight"] = (int(h * sketch["mlp_ratio"]), h)
+        layout["txt_norm.weight"] = (sketch["context_in_dim"],)
     if sketch.get("guidance_embed"):
         layout["guidance_in.in_layer.weight"] = (h, 256)
     for i in range(sketch["depth"]):
@@ -198,7 +239,7 @@ def detected_unet_config(arch: str, sketch: dict, overrides: dict | None = None)
     overrides = overrides or {}
     # FLUX's class cannot be built from the sketch alone where ComfyUI requires more fields: a seed
     # layout of the keys its detection reads gives them; then detection reads the whole layout.
-    flux_like = arch in ("flux", "flux2", "chroma")
+    flux_like = arch in ("flux", "flux2", "chroma", "longcat", "ovis")
     seed = _flux_seed_layout(sketch) if flux_like else _meta_layout(sketch, model_class, overrides)
     seeded = {**comfy.model_detection.detect_unet_config(seed, ""), **sketch}
     layout = _meta_layout(seeded, model_class, overrides)

@@ -18,7 +18,7 @@ BASIS_STATE = "qr_lora_basis"  # the ui key js/qr_lora.js reads the Decompose pa
 def decompose_model(model, rank: int, preset: str, regex: str, method: str, use_cache: bool):
     """The basis of a ComfyUI model's base weights: from the cache when it holds a valid one."""
     shapes = model_weights.model_shapes(model)
-    targets = select_targets(shapes, preset, regex.strip() or None)
+    targets = select_targets(shapes, preset, regex.strip() or None, core=model_weights.core_model(model))
     get_weight = model_weights.base_weight_getter(model)
     bar = comfy.utils.ProgressBar(len(targets))
 

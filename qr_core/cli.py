@@ -14,7 +14,7 @@ from .checkpoint import CheckpointWeights
 from .errors import QRLoRAError
 from .files import read_header
 from .merging.merge import DEFAULT_NAMING, NAMING_HELP, NAMINGS, export_merge, merged_delta, module_ranks
-from .targets import PRESETS, select_targets
+from .targets import ARCHITECTURES, PRESETS, select_targets
 
 
 def _progress_bar(total: int, desc: str):
@@ -118,7 +118,7 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("checkpoint", help="model .safetensors (a full checkpoint or a diffusion model)")
     d.add_argument("--preset", choices=PRESETS, default="paper")
     d.add_argument("--regex", help="target-name regex for --preset custom")
-    d.add_argument("--arch", help="override architecture detection (sd15, sdxl, sd3, flux)")
+    d.add_argument("--arch", choices=ARCHITECTURES, help="override architecture detection (from the state-dict keys)")
     d.add_argument("--rank", type=int, default=64)
     d.add_argument("--method", choices=METHODS, default="fast")
     d.add_argument("--oversample", type=int, default=16)

@@ -15,7 +15,10 @@ from typing import Iterable, Mapping, Sequence
 
 from .errors import BasisMismatchError, TargetError
 
-ARCHITECTURES = ("sd15", "sdxl", "sd3", "flux", "flux2", "chroma", "qwen_image", "lumina2", "hidream", "wan")
+ARCHITECTURES = ("sd15", "sdxl", "sd3", "flux", "flux2", "chroma", "qwen_image", "lumina2", "hidream", "wan",
+                 "longcat", "ovis", "mage_flow", "ernie", "krea2", "anima")
+KNOWN_MODELS = ("SD1.5, SDXL, SD3, FLUX, FLUX.2, Chroma, Qwen-Image, Lumina 2/Z-Image, HiDream, Wan, LongCat-Image, "
+                "Ovis-Image, Mage-Flow, ERNIE-Image, Krea 2, Anima")
 PRESETS = ("paper", "paper-self-attention", "attention", "attention+mlp", "custom")
 _PREFIXES = ("model.diffusion_model.", "diffusion_model.")
 
@@ -130,11 +133,61 @@ def normalize_shapes(shapes: Mapping[str, Sequence[int]]) -> dict[str, tuple[int
     return out
 
 
-def detect_architecture(keys: Iterable[str]) -> str | None:
-    """Name the architecture from its state-dict keys (prefix optional); None if unknown."""
-    keys = {strip_prefix(k) for k in keys}
-    if newer := _detect_newer_architecture(keys):
-        return newer
+@dataclass(frozen=True)
+class CoreModel:
+    """How ComfyUI itself identified a loaded model: the names of its `comfy.supported_models` config class
+    and of the ones that class derives from (most specific first), and the `unet_config` its detection read
+    from the checkpoint. ComfyUI's own answer outranks the pack's key rules, which cannot tell every model
+    that reuses another's keys (Mage-Flow and Ovis have Qwen-Image's `txt_norm`, LongCat-Image FLUX's blocks)."""
+
+    classes: tuple[str, ...]
+    unet_config: Mapping = field(default_factory=dict)
+
+    @property
+    def name(self) -> str:
+        image_model = self.unet_config.get("image_model")
+        return self.classes[0] + (f" (image_model '{image_model}')" if image_model else "")
+
+
+# ComfyUI's config classes → the pack's architectures. A subclass not listed inherits its base's entry
+# (SDXL's SSD-1B, Wan's image-to-video), found through CoreModel.classes.
+_CORE_ARCHITECTURES = {
+    "SD15": "sd15", "SD20": "sd15", "Stable_Zero123": "sd15",
+    "SDXL": "sdxl", "SDXLRefiner": "sdxl",
+    "SD3": "sd3",
+    "Flux": "flux", "Flux2": "flux2", "Chroma": "chroma",
+    "QwenImage": "qwen_image", "Lumina2": "lumina2", "HiDream": "hidream", "WAN21_T2V": "wan",
+    "LongCatImage": "longcat", "MageFlow": "mage_flow", "ErnieImage": "ernie", "Krea2": "krea2", "Anima": "anima",
+}
+
+
+def core_architecture(core: CoreModel) -> str | None:
+    """The pack's architecture for the model ComfyUI identified; None for one the pack has no table for."""
+    for cls in core.classes:
+        if cls in _CORE_ARCHITECTURES:
+            arch = _CORE_ARCHITECTURES[cls]
+            if arch == "flux" and core.unet_config.get("yak_mlp"):
+                return "ovis"  # Ovis-Image loads as FLUX's config with gated MLPs (gate/up/down_proj)
+            return arch
+    return None
+
+
+def detect_architecture(keys: Iterable[str] | Mapping[str, Sequence[int]], core: CoreModel | None = None) -> str | None:
+    """Name the architecture; None if unknown.
+
+    `core`: ComfyUI's identification of the loaded model; when given it decides. Otherwise the state dict's
+    keys (prefix optional) decide by rules mirroring ComfyUI's detection; pass the shapes (a mapping) to tell
+    apart the models that differ only in shapes (Mage-Flow from Qwen-Image, LongCat-Image from FLUX).
+    """
+    if core is not None:
+        return core_architecture(core)
+    shapes = normalize_shapes(keys) if isinstance(keys, Mapping) else None
+    keys = set(shapes) if shapes is not None else {strip_prefix(k) for k in keys}
+    if shapes is not None and (by_shape := _detect_by_shape(shapes)):
+        return by_shape
+    for arch, marker in _NEWER_MARKERS:
+        if marker in keys:
+            return arch if arch != _UNKNOWN else None
     if "double_blocks.0.img_attn.qkv.weight" in keys:
         return "flux"
     if "joint_blocks.0.x_block.attn.qkv.weight" in keys:
@@ -142,6 +195,19 @@ def detect_architecture(keys: Iterable[str]) -> str | None:
     if any(".transformer_blocks.0.attn1.to_q.weight" in k for k in keys):
         # SDXL conditions on pooled text and image size through `label_emb`; SD1.x/2.x do not.
         return "sdxl" if "label_emb.0.0.weight" in keys else "sd15"
+    return None
+
+
+def _detect_by_shape(shapes: Mapping[str, tuple]) -> str | None:
+    """The models that reuse another's keys and differ from it in shapes only, told apart as
+    comfy.model_detection does."""
+    txt_norm, proj_out = shapes.get("txt_norm.weight"), shapes.get("proj_out.weight")
+    if txt_norm and proj_out and txt_norm[0] == 2560 and proj_out[0] == 128:
+        return "mage_flow"  # Qwen-Image's blocks; Qwen-Image's txt_norm and proj_out are 3584 and 64 wide
+    txt_in = shapes.get("txt_in.weight")
+    if ("double_blocks.0.img_attn.qkv.weight" in shapes and "double_blocks.0.img_mlp.gate_proj.weight" not in shapes
+            and txt_in is not None and len(txt_in) == 2 and txt_in[1] == 3584 and "vector_in.in_layer.weight" not in shapes):
+        return "longcat"  # FLUX's blocks with a 3584-wide text input and no pooled-vector input
     return None
 
 
@@ -165,7 +231,7 @@ def _flux_candidates(shapes: Mapping[str, tuple]) -> list[_Candidate]:
             h = shapes[qkv][0] // 3
             out += _slices(qkv, [("q", 0, h), ("k", h, h), ("v", 2 * h, h)], {"attn", "paper"})
             out.append(_whole(p + "attn.proj.weight", {"attn", "paper"}))
-            out += [_whole(p + f"mlp.{i}.weight", {"mlp", "paper"}) for i in (0, 2) if p + f"mlp.{i}.weight" in shapes]
+            out += _wholes(shapes, p + "mlp.", ("0", "2", "gate_proj", "up_proj", "down_proj"), {"mlp", "paper"})
     for n in singles:
         p = f"single_blocks.{n}."
         h = shapes[p + "linear2.weight"][0]
@@ -210,24 +276,24 @@ def _unet_candidates(shapes: Mapping[str, tuple]) -> list[_Candidate]:
     return out
 
 
-# The 2025 models (ComfyUI 0.8's Flux2, Chroma, QwenImage, Lumina2/ZImage, HiDream, WAN21/WAN22).
-# Each is detected from the keys ComfyUI's own model_detection reads, in the same order (FLUX.2 and
-# Chroma share FLUX's block layout, so they are told apart before FLUX).
+# The 2025 models (ComfyUI 0.8's Flux2, Chroma, QwenImage, Lumina2/ZImage, HiDream, WAN21/WAN22; 0.33's
+# Ernie Image, Krea 2, Ovis-Image). Each is detected from the keys ComfyUI's own model_detection reads, in
+# the same order (FLUX.2, Chroma and Ovis share FLUX's block layout, so they are told apart before FLUX;
+# Ovis and Lens carry Qwen-Image's `txt_norm`, so they come before it).
+_UNKNOWN = "?"  # a model ComfyUI knows and the pack has no table for
 _NEWER_MARKERS = (
+    (_UNKNOWN, "transformer_blocks.0.img_mlp.w1.weight"),  # Lens: fused qkv per stream, gated MLPs
+    ("ovis", "double_blocks.0.img_mlp.gate_proj.weight"),  # FLUX's blocks with gated MLPs and a text norm
     ("flux2", "double_stream_modulation_img.lin.weight"),
     ("chroma", "distilled_guidance_layer.in_proj.weight"),  # Chroma and Chroma Radiance
     ("wan", "head.modulation"),  # Wan 2.1 and 2.2, every model_type
     ("lumina2", "cap_embedder.1.weight"),  # Lumina Image 2.0 and Z-Image
     ("hidream", "caption_projection.0.linear.weight"),
     ("qwen_image", "txt_norm.weight"),
+    ("krea2", "txtfusion.projector.weight"),
+    ("ernie", "layers.0.mlp.linear_fc2.weight"),
+    ("anima", "llm_adapter.blocks.0.cross_attn.q_proj.weight"),  # Cosmos-Predict2's blocks + a text adapter
 )
-
-
-def _detect_newer_architecture(keys: set) -> str | None:
-    for arch, marker in _NEWER_MARKERS:
-        if marker in keys:
-            return arch
-    return None
 
 
 def _block_numbers(shapes: Mapping[str, tuple], prefix: str) -> list[int]:
@@ -315,10 +381,58 @@ def _wan_candidates(shapes: Mapping[str, tuple]) -> list[_Candidate]:
     return out
 
 
+def _ernie_candidates(shapes: Mapping[str, tuple]) -> list[_Candidate]:
+    """ERNIE-Image: one stack of single-stream layers (image and text tokens together; separate q, k, v,
+    out; gated MLP gate_proj/up_proj/linear_fc2): FLUX's single blocks without the fused weights, so
+    `paper` takes q, k, v, as it does there."""
+    out = []
+    for n in _block_numbers(shapes, "layers."):
+        p = f"layers.{n}."
+        out += _wholes(shapes, p + "self_attention.", ("to_q", "to_k", "to_v"), {"attn", "paper"})
+        out += _wholes(shapes, p + "self_attention.", ("to_out.0",), {"attn"})
+        out += _wholes(shapes, p + "mlp.", ("gate_proj", "up_proj", "linear_fc2"), {"mlp"})
+    return out
+
+
+def _krea2_candidates(shapes: Mapping[str, tuple]) -> list[_Candidate]:
+    """Krea 2: single-stream blocks (wq, wk, wv with fewer key/value heads, an attention output gate, wo;
+    SwiGLU gate/up/down) after a text-fusion transformer whose blocks hold the text stream alone. As in
+    Lumina 2, `paper` takes the one-stream text blocks whole and q, k, v in the joint blocks. The fusion's
+    `projector` mixes the text encoder's layers, not the hidden state, and is left alone."""
+    out = []
+    for group in ("txtfusion.layerwise_blocks", "txtfusion.refiner_blocks", "blocks"):
+        joint = group == "blocks"
+        for n in _block_numbers(shapes, group + "."):
+            p = f"{group}.{n}."
+            out += _wholes(shapes, p + "attn.", ("wq", "wk", "wv"), {"attn", "paper"})
+            out += _wholes(shapes, p + "attn.", ("gate", "wo"), {"attn"} if joint else {"attn", "paper"})
+            out += _wholes(shapes, p + "mlp.", ("gate", "up", "down"), {"mlp"} if joint else {"mlp", "paper"})
+    return out
+
+
+def _anima_candidates(shapes: Mapping[str, tuple]) -> list[_Candidate]:
+    """Anima (Cosmos-Predict2's DiT): blocks with self-attention over the image tokens and cross-attention
+    to the text (q/k/v/output_proj each), then an MLP (layer1, layer2): the SD UNet's and Wan's design, so
+    `paper` takes both attentions, as on SDXL. The text adapter (`llm_adapter`) maps the text encoder's
+    features before the blocks see them, and ComfyUI runs it while preparing the conditioning at sampling:
+    it is left to `custom`."""
+    out = []
+    for n in _block_numbers(shapes, "blocks."):
+        p = f"blocks.{n}."
+        projections = ("q_proj", "k_proj", "v_proj", "output_proj")
+        out += _wholes(shapes, p + "self_attn.", projections, {"attn", "paper", "self-attn"})
+        out += _wholes(shapes, p + "cross_attn.", projections, {"attn", "paper"})
+        out += _wholes(shapes, p + "mlp.", ("layer1", "layer2"), {"mlp"})
+    return out
+
+
 _CANDIDATES = {"flux": _flux_candidates, "sd3": _sd3_candidates, "sdxl": _unet_candidates, "sd15": _unet_candidates,
                # FLUX.2 and Chroma keep FLUX.1's block keys (fused qkv; single blocks' linear1 = q, k, v, MLP in).
                "flux2": _flux_candidates, "chroma": _flux_candidates, "qwen_image": _qwen_image_candidates,
-               "lumina2": _lumina2_candidates, "hidream": _hidream_candidates, "wan": _wan_candidates}
+               "lumina2": _lumina2_candidates, "hidream": _hidream_candidates, "wan": _wan_candidates,
+               # LongCat-Image and Ovis-Image are FLUX.1's blocks (Ovis with gated MLPs); Mage-Flow is Qwen-Image's.
+               "longcat": _flux_candidates, "ovis": _flux_candidates, "mage_flow": _qwen_image_candidates,
+               "ernie": _ernie_candidates, "krea2": _krea2_candidates, "anima": _anima_candidates}
 
 _PRESET_TAGS = {
     "paper": lambda tags: "paper" in tags,
@@ -329,24 +443,25 @@ _PRESET_TAGS = {
 
 
 def select_targets(shapes: Mapping[str, Sequence[int]], preset: str = "paper", regex: str | None = None,
-                   arch: str | None = None) -> TargetSet:
+                   arch: str | None = None, core: CoreModel | None = None) -> TargetSet:
     """Build the target set of a model from its state-dict shapes.
 
     `shapes` maps keys (with or without ComfyUI's prefixes) to shapes. `arch`
-    is detected when not given. `preset="custom"` matches `regex` (re.search)
+    is detected when not given (from `core`, ComfyUI's identification, when given). `preset="custom"` matches `regex` (re.search)
     against target names, e.g. `img_attn\\.qkv\\[q\\]` or `attn1\\.to_q`; it
     also works on architectures this module does not know.
     """
     shapes = normalize_shapes(shapes)
     if preset not in PRESETS:
         raise TargetError(f"unknown preset '{preset}'; choose one of {', '.join(PRESETS)}.")
-    arch = arch or detect_architecture(shapes) or "unknown"
+    arch = arch or detect_architecture(shapes, core) or "unknown"
     if arch not in ARCHITECTURES and arch != "unknown":
         raise TargetError(f"unknown architecture '{arch}'; choose one of {', '.join(ARCHITECTURES)} or leave it to detection.")
     if arch == "unknown" and preset != "custom":
+        what = (f"ComfyUI identifies this model as {core.name}, which QR-LoRA's presets do not cover" if core
+                else "could not recognise the architecture from the state-dict keys")
         raise TargetError(
-            "could not recognise the architecture from the state-dict keys (known: SD1.5, SDXL, SD3, FLUX, FLUX.2, "
-            "Chroma, Qwen-Image, Lumina 2/Z-Image, HiDream, Wan). "
+            f"{what} (known: {KNOWN_MODELS}). "
             "Use preset 'custom' with a regular expression over weight keys, e.g. 'attn.*(q|k|v)_proj'."
         )
     candidates = _CANDIDATES[arch](shapes) if arch in _CANDIDATES else []
@@ -368,7 +483,7 @@ def select_targets(shapes: Mapping[str, Sequence[int]], preset: str = "paper", r
                 "QR-LoRA adapts Linear layers only: narrow the regex."
             )
     else:
-        if preset == "paper-self-attention" and arch not in ("sd15", "sdxl", "wan"):
+        if preset == "paper-self-attention" and arch not in ("sd15", "sdxl", "wan", "anima"):
             raise TargetError(f"preset 'paper-self-attention' is the SD1.5/SDXL UNet reading of the paper; for {arch} use 'paper'.")
         keep = _PRESET_TAGS[preset]
         chosen = [c.target for c in candidates if keep(c.tags)]

@@ -117,3 +117,34 @@ def test_bad_target_requests_explain_the_fix():
         select_targets(flux_shapes(), "paper-self-attention")
     with pytest.raises(TargetError, match="unknown preset"):
         select_targets(flux_shapes(), "everything")
+
+
+def test_comfyui_identification_outranks_the_key_rules():
+    """ComfyUI's config class decides (its bases stand in for subclasses); one the pack has no table for is
+    refused by the presets, named, and left to 'custom'."""
+    from qr_core import CoreModel
+
+    shapes = flux_shapes()
+    assert detect_architecture(shapes, CoreModel(("SSD1B", "SDXL", "BASE"))) == "sdxl"
+    assert detect_architecture(shapes, CoreModel(("FluxSchnell", "Flux", "BASE"), {"image_model": "flux"})) == "flux"
+    ovis = CoreModel(("FluxSchnell", "Flux", "BASE"), {"image_model": "flux", "yak_mlp": True})
+    assert detect_architecture(shapes, ovis) == "ovis"
+    lens = CoreModel(("Lens", "BASE"), {"image_model": "lens"})
+    assert detect_architecture(shapes, lens) is None
+    with pytest.raises(TargetError, match=r"ComfyUI identifies this model as Lens \(image_model 'lens'\).*custom"):
+        select_targets(shapes, "paper", core=lens)
+    assert len(select_targets(shapes, "custom", r"img_attn\.qkv", core=lens)) == 2  # whole: no table to slice by
+
+
+def test_key_rules_tell_apart_the_models_that_reuse_other_keys():
+    """Without ComfyUI (the CLI): Ovis' gated MLPs, Lens' gated image MLP, Mage-Flow's and LongCat's shapes."""
+    qwen = {"txt_norm.weight": (3584,), "proj_out.weight": (64, 64), "img_in.weight": (64, 64),
+            "transformer_blocks.0.attn.to_q.weight": (64, 64)}
+    assert detect_architecture(qwen) == "qwen_image"
+    assert detect_architecture(dict(qwen, **{"txt_norm.weight": (2560,), "proj_out.weight": (128, 64)})) == "mage_flow"
+    assert detect_architecture(dict(qwen, **{"transformer_blocks.0.img_mlp.w1.weight": (256, 64)})) is None
+    ovis = dict(flux_shapes(), **{"txt_norm.weight": (64,), "double_blocks.0.img_mlp.gate_proj.weight": (256, 64)})
+    assert detect_architecture(ovis) == "ovis"
+    assert detect_architecture(dict(flux_shapes(), **{"txt_in.weight": (64, 3584)})) == "longcat"
+    flux1 = dict(flux_shapes(), **{"txt_in.weight": (64, 4096), "vector_in.in_layer.weight": (64, 768)})
+    assert detect_architecture(flux1) == "flux"

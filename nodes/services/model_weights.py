@@ -8,7 +8,7 @@ import torch
 
 import comfy.model_patcher
 
-from ...qr_core import Basis, QRDelta, detect_architecture
+from ...qr_core import Basis, CoreModel, QRDelta, detect_architecture
 
 DIFFUSION_PREFIX = "diffusion_model."
 
@@ -18,8 +18,17 @@ def model_shapes(model) -> dict[str, tuple[int, ...]]:
     return {k: tuple(v.shape) for k, v in model.model.diffusion_model.state_dict().items()}
 
 
-def model_arch(model) -> str | None:
-    return detect_architecture(model_shapes(model).keys())
+def core_model(model) -> CoreModel | None:
+    """ComfyUI's identification of the model: the comfy.supported_models config class (and its bases) that
+    comfy.model_detection chose when loading it, with the unet_config it read. None for a config class from
+    elsewhere (a custom loader's), whose model the key rules then name."""
+    config = getattr(model.model, "model_config", None)
+    classes = tuple(c.__name__ for c in type(config).__mro__
+                    if c.__module__ == "comfy.supported_models") if config is not None else ()
+    if not classes:
+        return None
+    unet_config = getattr(config, "unet_config", None) or {}
+    return CoreModel(classes, {k: v for k, v in unet_config.items() if isinstance(v, (str, bool, int, float))})
 
 
 def base_weight_getter(model) -> Callable[[str], torch.Tensor]:
@@ -49,7 +58,7 @@ def base_weight_getter(model) -> Callable[[str], torch.Tensor]:
 def check_fits(items: Iterable[QRDelta | Basis], model) -> None:
     """Refuse ΔR or bases made for another architecture or model size (the model's shapes are read once)."""
     shapes = model_shapes(model)
-    arch = detect_architecture(shapes.keys())
+    arch = detect_architecture(shapes, core_model(model))
     for item in items:
         item.check_model(shapes, arch)
 

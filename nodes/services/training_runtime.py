@@ -10,7 +10,11 @@ global it touches is restored afterwards, on error and cancel too:
 - comfy-kitchen kernels bound into model modules (ComfyUI 0.8–0.13: FLUX's
   RoPE is `comfy_kitchen.apply_rope`, a custom op with no autograd formula):
   every `comfy.*` module's binding of such a kernel is replaced by the torch
-  reference it computes, for the run.
+  reference it computes, for the run. Model code that calls the kernel through
+  the module (ComfyUI 0.33's ERNIE-Image: `ck.apply_rope_split_half` even on its
+  training path; Cosmos/Anima: `ck.rms_rope_split_half`) gets the same
+  replacement on comfy_kitchen itself; those references are the plain-torch
+  functions of comfy-kitchen's own eager backend.
 - Dynamic VRAM (`ModelPatcher.is_dynamic()`, ComfyUI ≥ 0.12): see
   `weights_need_recompute`.
 """
@@ -37,23 +41,42 @@ def _rope(xq: torch.Tensor, xk: torch.Tensor, freqs_cis: torch.Tensor) -> tuple[
     return _rope1(xq, freqs_cis), _rope1(xk, freqs_cis)
 
 
+# comfy-kitchen's split-half and norm-fused RoPE kernels (custom ops without autograd), whose eager
+# backend holds the same computation in differentiable torch.
+_EAGER_ROPE = ("apply_rope_split_half", "apply_rope_split_half1", "rms_rope", "rms_rope1", "rms_rope_split_half",
+               "rms_rope_split_half1")
+
+
+def _kitchen():
+    return getattr(sys.modules.get("comfy.quant_ops"), "ck", None)
+
+
 def kernels_without_autograd() -> dict:
     """Inference kernels this ComfyUI binds into model code → their differentiable reference."""
-    kitchen = getattr(sys.modules.get("comfy.quant_ops"), "ck", None)
+    kitchen = _kitchen()
     if kitchen is None:
         return {}
     pairs = {getattr(kitchen, "apply_rope", None): _rope, getattr(kitchen, "apply_rope1", None): _rope1}
+    try:
+        import comfy_kitchen.backends.eager as eager
+    except ImportError:
+        eager = None
+    for name in _EAGER_ROPE:
+        if eager is not None and hasattr(eager, name):
+            pairs[getattr(kitchen, name, None)] = getattr(eager, name)
     return {k: v for k, v in pairs.items() if k is not None}
 
 
 @contextlib.contextmanager
 def _reference_kernels() -> Iterator[int]:
-    """Replace every comfy.* module's binding of a kernel without autograd; yields how many were replaced."""
+    """Replace every comfy.* module's binding of a kernel without autograd, and comfy_kitchen's own
+    (model code that calls `ck.<kernel>`); yields how many were replaced."""
     kernels = kernels_without_autograd()
     swapped = []
     if kernels:
+        kitchen_name = _kitchen().__name__
         for name, module in list(sys.modules.items()):
-            if module is None or not (name == "comfy" or name.startswith("comfy.")):
+            if module is None or not (name in ("comfy", kitchen_name) or name.startswith("comfy.")):
                 continue
             for attr, value in list(vars(module).items()):
                 if callable(value) and value in kernels:

@@ -64,6 +64,14 @@ BLOCK_GROUPS: dict[str, tuple[BlockGroup, ...]] = {
     "hidream": (BlockGroup("double", r"^double_stream_blocks\.(\d+)\.", help="the dual-stream blocks"),
                 BlockGroup("single", r"^single_stream_blocks\.(\d+)\.", help="the single-stream blocks")),
     "wan": _thirds(r"^blocks\.(\d+)\.", "the video blocks"),
+    "longcat": _FLUX,
+    "ovis": _FLUX,
+    "mage_flow": _thirds(r"^transformer_blocks\.(\d+)\.", "the dual-stream blocks"),
+    "ernie": _thirds(r"^layers\.(\d+)\.", "the single-stream layers"),
+    "krea2": (BlockGroup("text", r"^txtfusion\.(?:layerwise|refiner)_blocks\.(\d+)\.",
+                         help="the text-fusion blocks before the joint blocks (text only)"),
+              *_thirds(r"^blocks\.(\d+)\.", "the single-stream blocks")),
+    "anima": _thirds(r"^blocks\.(\d+)\.", "the DiT blocks"),
 }
 
 

@@ -131,6 +131,12 @@ _LORA_ARCH = {  # kohya's ss_base_model_version and the model spec's architectur
     "lumina2": ("lumina2", "lumina-2/lora"),  # Lumina Image 2.0 and Z-Image share the layout
     "hidream": ("hidream", "hidream-i1/lora"),
     "wan": ("wan", "wan-2/lora"),
+    "longcat": ("longcat_image", "longcat-image/lora"),
+    "ovis": ("ovis_image", "ovis-image/lora"),
+    "mage_flow": ("mage_flow", "mage-flow/lora"),
+    "ernie": ("ernie_image", "ernie-image/lora"),
+    "krea2": ("krea2", "krea-2/lora"),
+    "anima": ("anima", "anima/lora"),
 }
 # The model spec's implementation names the code whose module names the keys follow (ComfyUI's keys are
 # the reference implementations'), and its resolution the model's native one.

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import re
+import sys
 
 import pytest
 
@@ -28,7 +29,8 @@ from comfy_env import CPU, TRAIN_DEFAULTS, diffusion_weights, random_delta
 from test_comfyui_merge import expected, merge_node, patched_weights
 
 # Most used first. Lumina 2 shares Z-Image's layout but has grouped-query attention (fewer k/v rows).
-MODELS = ("flux2", "qwen_image", "zimage", "chroma", "wan21", "wan22", "hidream", "lumina2")
+MODELS = ("flux2", "qwen_image", "zimage", "chroma", "wan21", "wan22", "hidream", "lumina2", "longcat", "ovis",
+          "mage_flow", "ernie", "krea2", "anima")
 
 # Targets of the released models' layouts (paper / attention / attention+mlp), counted by qr_core on the
 # state dict ComfyUI builds from the released configs (FULL_SKETCHES); the README's table states them.
@@ -41,6 +43,13 @@ FULL_COUNTS = {
     "wan22": (240, 240, 300),  # Wan 2.2 TI2V 5B: 30 blocks, width 3072
     "hidream": (512, 256, 1024),  # HiDream-I1: 16 dual + 32 single blocks, 4 routed experts + 1 shared
     "lumina2": (106, 120, 210),  # Lumina Image 2.0: 26 layers + 2 + 2 refiners, width 2304
+    "flux2_klein": (120, 100, 160),  # FLUX.2 [klein] 4B: 5 double, 20 single blocks, width 3072
+    "longcat": (180, 140, 220),  # LongCat-Image: 10 double, 20 single blocks, width 3072
+    "ovis": (165, 129, 219),  # Ovis-Image: 6 double, 27 single blocks (gated MLPs), width 3072
+    "mage_flow": (144, 96, 144),  # 12 dual-stream blocks (ComfyUI's default), width 3072
+    "ernie": (108, 144, 252),  # ERNIE-Image: 36 layers, width 4096 (ComfyUI's defaults)
+    "anima": (224, 224, 280),  # Anima (Cosmos-Predict2 2B): 28 blocks, width 2048
+    "krea2": (116, 160, 256),  # Krea 2: 28 blocks + 2 + 2 text-fusion blocks, width 6144 (ComfyUI's defaults)
 }
 FULL_SKETCHES = {
     "flux2": dict(comfy_models.NEWER_CONFIGS["flux2"], in_channels=128, out_channels=128, context_in_dim=15360,
@@ -61,10 +70,29 @@ FULL_SKETCHES = {
                     max_resolution=(128, 128), llama_layers=list(range(32)) + [31] * 16),
     "lumina2": dict(comfy_models.NEWER_CONFIGS["lumina2"], dim=2304, cap_feat_dim=2304, n_layers=26,
                     n_refiner_layers=2, n_heads=24, n_kv_heads=8, axes_dims=[32, 32, 32], multiple_of=256),
+    "flux2_klein": dict(comfy_models.NEWER_CONFIGS["flux2"], context_in_dim=7680, hidden_size=3072, num_heads=24,
+                        depth=5, depth_single_blocks=20, axes_dim=[32, 32, 32, 32], guidance_embed=False),
+    "longcat": dict(comfy_models.NEWER_CONFIGS["longcat"], hidden_size=3072, mlp_ratio=4.0, num_heads=24, depth=10,
+                    depth_single_blocks=20, axes_dim=[16, 56, 56]),
+    "ovis": dict(comfy_models.NEWER_CONFIGS["ovis"], context_in_dim=2048, hidden_size=3072, mlp_ratio=4.0,
+                 num_heads=24, depth=6, depth_single_blocks=27, axes_dim=[16, 56, 56]),
+    # ComfyUI's detection reads only the block count (and Ernie nothing): the rest are its classes' defaults.
+    "mage_flow": dict(image_model="mage_flow", in_channels=128, out_channels=128, num_layers=12),
+    "ernie": dict(image_model="ernie"),
+    "krea2": dict(image_model="krea2"),
+    "anima": dict(comfy_models.NEWER_CONFIGS["anima"], model_channels=2048, num_blocks=28, num_heads=16, mlp_ratio=4.0,
+                  crossattn_emb_channels=1024, adaln_lora_dim=256),
 }
+# FLUX.2 [klein] is FLUX.2's class at another size: only its layout is counted here.
+LAYOUTS = tuple(FULL_SKETCHES)
+MODEL_OF_LAYOUT = {"flux2_klein": "flux2"}
 # Latent channels and whether latents have a time axis (video: [B, C, T, H, W]).
 LATENTS = {"flux2": (128, False), "qwen_image": (16, False), "zimage": (16, False), "chroma": (16, False),
-           "wan21": (16, True), "wan22": (48, True), "hidream": (16, False), "lumina2": (16, False)}
+           "wan21": (16, True), "wan22": (48, True), "hidream": (16, False), "lumina2": (16, False),
+           "longcat": (16, False), "ovis": (16, False), "mage_flow": (128, False), "ernie": (128, False),
+           "krea2": (16, False), "anima": (16, True)}
+# Text width where the tests' 32 is not the model's: detection tells these models apart by it.
+CONTEXT = {"longcat": 3584, "mage_flow": 2560}
 
 
 def needs_class(name: str):
@@ -81,6 +109,7 @@ def comfy_env_version() -> str:
 # Weights whose output the model discards: the last dual-stream block's text-side query, output and MLP
 # (Qwen-Image's text stream ends there, in the released model too). Their ΔR get no gradient.
 DEAD = {"qwen_image": r"^transformer_blocks\.1\.(attn\.add_q_proj|attn\.to_add_out|txt_mlp\.)"}
+DEAD["mage_flow"] = DEAD["qwen_image"]  # Qwen-Image's blocks
 
 
 def tiny(name: str, seed: int = 0, dtype=torch.float32, compute_dtype=None):
@@ -96,12 +125,12 @@ def latent_and_cond(name: str, copies: int = 1, seed: int = 0):
     shape = (1, channels, 2, 8, 8) if video else (1, channels, 8, 8)
     with torch.inference_mode():
         latent = torch.randn(shape, generator=g).repeat(copies, *([1] * (len(shape) - 1)))
-        context = torch.randn(1, 6, 32, generator=g)
+        context = torch.randn(1, 6, CONTEXT.get(name, 32), generator=g)
         extra = {}
         if name == "hidream":  # pooled CLIP vector and the Llama layers' hidden states, one per llama_layers entry
             extra["pooled_output"] = torch.randn(1, 32, generator=g)
             extra["conditioning_llama3"] = torch.randn(1, 2, 6, 32, generator=g)
-        if name in ("flux2", "chroma"):  # FLUX's conditioning path reads a pooled vector these encoders do not give
+        if name in ("flux2", "chroma", "ovis", "longcat"):  # FLUX's conditioning reads a pooled vector these lack
             extra["pooled_output"] = None
         if name == "flux2":
             extra["guidance"] = 4.0
@@ -124,16 +153,22 @@ def probe_loss(pack, model, basis, name, delta=None, steps=4) -> float:
     return sum(out[2]["loss"]) / steps
 
 
-@pytest.mark.parametrize("name", MODELS)
+def released_layout(name: str) -> dict:
+    """The meta state dict of the released model `name` (a LAYOUTS entry), through ComfyUI's detection."""
+    model = MODEL_OF_LAYOUT.get(name, name)
+    needs_class(model)
+    model_class = getattr(comfy.supported_models, comfy_models.CLASSES[model])
+    return comfy_models._meta_layout(comfy_models.detected_unet_config(model, FULL_SKETCHES[name]), model_class, {})
+
+
+@pytest.mark.parametrize("name", LAYOUTS)
 def test_released_layout_is_detected_and_its_target_set_counted(pack, name):
-    needs_class(name)
     qr_core = pack.module("qr_core")
-    model_class = getattr(comfy.supported_models, comfy_models.CLASSES[name])
-    config = comfy_models.detected_unet_config(name, FULL_SKETCHES[name])
-    layout = comfy_models._meta_layout(config, model_class, {})
+    layout = released_layout(name)
     assert comfy.model_detection.detect_unet_config(layout, "")["image_model"] == FULL_SKETCHES[name]["image_model"]
     shapes = {k: tuple(v.shape) for k, v in layout.items()}
-    assert qr_core.detect_architecture(shapes) == comfy_models.NEWER_ARCH[name]
+    # The key rules (the CLI's, without ComfyUI) agree with ComfyUI's identification of the loaded model.
+    assert qr_core.detect_architecture(shapes) == comfy_models.NEWER_ARCH[MODEL_OF_LAYOUT.get(name, name)]
     counts = tuple(len(qr_core.select_targets(shapes, p)) for p in ("paper", "attention", "attention+mlp"))
     assert counts == FULL_COUNTS[name]
     for t in qr_core.select_targets(shapes, "attention+mlp"):  # every target a Linear of the layout, slices inside it
@@ -141,13 +176,11 @@ def test_released_layout_is_detected_and_its_target_set_counted(pack, name):
         assert len(shapes[t.key]) == 2 and (not t.is_slice or t.offset + t.size <= rows), t
 
 
-@pytest.mark.parametrize("name", MODELS)
+@pytest.mark.parametrize("name", LAYOUTS)
 def test_every_target_of_the_released_layout_has_a_block_group(pack, name):
     """λ per block covers the whole model: each target lies in one of the architecture's groups, none empty."""
-    needs_class(name)
     qr_core, blocks = pack.module("qr_core"), pack.module("qr_core.merging.blocks")
-    model_class = getattr(comfy.supported_models, comfy_models.CLASSES[name])
-    layout = comfy_models._meta_layout(comfy_models.detected_unet_config(name, FULL_SKETCHES[name]), model_class, {})
+    layout = released_layout(name)
     targets = qr_core.select_targets({k: tuple(v.shape) for k, v in layout.items()}, "attention+mlp")
     groups = blocks.groups_for(targets.arch)
     counts = blocks._block_counts(targets, groups)
@@ -160,7 +193,11 @@ def test_every_target_of_the_released_layout_has_a_block_group(pack, name):
 def test_decompose_train_merge_export(pack, comfy_root, name, caplog):
     arch = comfy_models.NEWER_ARCH[name]
     model = tiny(name)
-    shapes = pack.module("nodes.services.model_weights").model_shapes(model)
+    model_weights = pack.module("nodes.services.model_weights")
+    shapes = model_weights.model_shapes(model)
+    # ComfyUI's identification of the loaded model and the key rules name the same architecture.
+    assert model_weights.core_model(model).classes[0] == comfy_models.CLASSES[name]
+    assert pack.module("qr_core").detect_architecture(shapes, model_weights.core_model(model)) == arch
     assert pack.module("qr_core").detect_architecture(shapes) == arch
     basis = pack.node("QRLoRADecompose").execute(model, 4, "attention+mlp", "", "fast", False)[0]
     assert basis.arch == arch and len(basis.targets) == len(pack.module("qr_core").select_targets(shapes, "attention+mlp"))
@@ -170,6 +207,8 @@ def test_decompose_train_merge_export(pack, comfy_root, name, caplog):
 
     # Training with the model's native objective lowers the loss on a fixed probe and touches only ΔR.
     before = diffusion_weights(model)
+    kitchen = getattr(sys.modules.get("comfy.quant_ops"), "ck", None)  # ComfyUI ≥ 0.8
+    kernels = dict(vars(kitchen)) if kitchen is not None else {}
     start = probe_loss(pack, model, basis, name)
     out = train(pack, model, basis, name, copies=4, batch_size=4, steps=8, learning_rate=2e-2)
     delta = out[0]
@@ -179,6 +218,8 @@ def test_decompose_train_merge_export(pack, comfy_root, name, caplog):
     assert not [n for n in unchanged if not (name in DEAD and re.match(DEAD[name], n))], unchanged
     after = diffusion_weights(model)
     assert all(torch.equal(before[k], after[k]) for k in before), "a base weight changed"
+    # comfy-kitchen's kernels (replaced by differentiable references for the run) are put back.
+    assert kitchen is None or all(vars(kitchen)[k] is v for k, v in kernels.items())
     assert not model.patches
     comfy.model_management.unload_all_models()  # as the next sampling would: training left its clone loaded
 
@@ -211,6 +252,24 @@ def test_decompose_train_merge_export(pack, comfy_root, name, caplog):
     stock = patched_weights(loaded)
     for k in got:
         assert torch.allclose(stock[k], got[k], atol=1e-6, rtol=1e-5), k
+
+
+@pytest.mark.parametrize("name", ["lens"])
+def test_a_model_comfyui_knows_and_the_pack_does_not_is_refused_with_comfyuis_name(pack, name):
+    """Lens carries Qwen-Image's txt_norm: once taken for Qwen-Image, now refused by the presets with the
+    class ComfyUI loaded it as, and still open to 'custom'."""
+    model = tiny(name)
+    qr_core, model_weights = pack.module("qr_core"), pack.module("nodes.services.model_weights")
+    core = model_weights.core_model(model)
+    assert core.classes[0] == comfy_models.CLASSES[name]
+    shapes = model_weights.model_shapes(model)
+    assert qr_core.detect_architecture(shapes, core) is None and qr_core.detect_architecture(shapes) is None
+    with pytest.raises(qr_core.TargetError, match=f"ComfyUI identifies this model as {comfy_models.CLASSES[name]}"
+                                                  r".*preset 'custom'"):
+        pack.node("QRLoRADecompose").execute(model, 4, "paper", "", "fast", False)
+    basis = pack.node("QRLoRADecompose").execute(model, 4, "custom", r"transformer_blocks\.0\.attn\.img_qkv", "fast",
+                                                 False)[0]
+    assert basis.targets.names() == ["transformer_blocks.0.attn.img_qkv"] and basis.arch == "unknown"
 
 
 @pytest.mark.parametrize("name", ["flux2", "qwen_image", "wan21"])  # released as fp8 (Comfy-Org's repackaged files)
