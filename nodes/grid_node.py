@@ -9,11 +9,14 @@ Steps node) or a content or style block profile instead, at one λc.
 
 from __future__ import annotations
 
+import inspect
+
 import comfy.hooks
 import comfy.model_management
 import comfy.sample
 import comfy.samplers
 import comfy.utils
+import latent_preview
 import torch
 from comfy_api.latest import io, ui
 
@@ -145,9 +148,10 @@ class QRLambdaGrid(io.ComfyNode):
         cols = parse_values(lambda_style_values, "lambda_style_values")
         if len(rows) * len(cols) > MAX_CELLS:
             raise ValueError(f"{len(rows)}×{len(cols)} cells: at most {MAX_CELLS}; use fewer rows or λ values.")
-        latent = comfy.sample.fix_empty_latent_channels(model, latent_image["samples"][:1])
-        noise = comfy.sample.prepare_noise(latent, seed)
-        bar = comfy.utils.ProgressBar(len(rows) * len(cols) * steps)
+        latent, noise, noise_mask = ksampler_inputs(model, latent_image, seed)
+        total = len(rows) * len(cols) * steps
+        # core's step callback (its previews, its progress bar), moved along one bar over the whole grid
+        show_step = latent_preview.prepare_callback(model, total)
         images = []
         for row in rows:
             for ls in cols:
@@ -155,9 +159,9 @@ class QRLambdaGrid(io.ComfyNode):
                 sampled, pos, neg = cell(model, row, ls, positive, negative)
                 done = len(images) * steps
                 samples = comfy.sample.sample(
-                    sampled, noise, steps, cfg, sampler_name, scheduler, pos, neg, latent, seed=seed,
-                    callback=lambda step, x0, x, total, done=done: bar.update_absolute(done + step + 1),
-                    disable_pbar=True)
+                    sampled, noise, steps, cfg, sampler_name, scheduler, pos, neg, latent, noise_mask=noise_mask,
+                    callback=lambda step, x0, x, _, done=done: show_step(done + step, x0, x, total),
+                    disable_pbar=not comfy.utils.PROGRESS_BAR_ENABLED, seed=seed)
                 decoded = vae.decode(samples)
                 if decoded.ndim == 5:  # video VAEs: [B, T, H, W, C]
                     decoded = decoded.reshape(-1, *decoded.shape[-3:])
@@ -165,6 +169,25 @@ class QRLambdaGrid(io.ComfyNode):
         batch = torch.cat(images)
         grid = label_grid(batch, labels, cols, ROW_TITLES[row_axis])
         return io.NodeOutput(grid, batch, ui=ui.PreviewImage(grid, cls=cls))
+
+
+def ksampler_inputs(model, latent: dict, seed: int):
+    """The latent, noise and noise mask of the first image KSampler samples from `latent` (core's common_ksampler).
+
+    Made for the whole batch, then cut: a batch's first noise is not the noise of a one-image batch."""
+    samples = comfy.sample.fix_empty_latent_channels(model, latent["samples"], **downscale_ratios(latent))
+    noise = comfy.sample.prepare_noise(samples, seed, latent.get("batch_index"))
+    mask = latent.get("noise_mask")
+    return samples[:1], noise[:1], mask[:1] if mask is not None else None
+
+
+def downscale_ratios(latent: dict) -> dict:
+    """The latent's pixels-per-latent ratios, for a ComfyUI whose fix_empty_latent_channels takes them.
+
+    An empty latent of another model family's ratio (Empty Latent Image: 8) is resized there to the
+    model's (FLUX.2, Wan 2.2: 16); without them the grid would sample at twice KSampler's size."""
+    takes = inspect.signature(comfy.sample.fix_empty_latent_channels).parameters
+    return {k: latent.get(k) for k in ("downscale_ratio_spacial", "downscale_ratio_temporal") if k in takes}
 
 
 def row_plans(row_axis: str, row_values: str, lambda_content_values: str, content, style):

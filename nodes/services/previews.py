@@ -19,6 +19,18 @@ GAP = 4  # pixels between the previews of a strip
 EMPTY = (64, 64)  # the IMAGE output of a run without previews: one black square
 
 
+def latent_to_rgb(fmt):
+    """The latent-to-RGB previewer that core's get_previewer builds when its preview method is off, or None.
+
+    Built as get_previewer builds it; the factors' reshape (FLUX.2: 128 channels → 32 at twice the size)
+    is passed only where the format has one: ComfyUI 0.3.x has neither it nor the previewer's argument."""
+    if fmt.latent_rgb_factors is None:
+        return None
+    reshape = getattr(fmt, "latent_rgb_factors_reshape", None)
+    extra = () if reshape is None else (reshape,)
+    return latent_preview.Latent2RGBPreviewer(fmt.latent_rgb_factors, fmt.latent_rgb_factors_bias, *extra)
+
+
 class PreviewStrip:
     """Decodes each preview, shows it on the node and keeps it for the strip."""
 
@@ -26,10 +38,7 @@ class PreviewStrip:
         self.model, self.vae = model, vae
         self.device = model.load_device
         fmt = model.model.latent_format
-        self.previewer = latent_preview.get_previewer(self.device, fmt)
-        if self.previewer is None and getattr(fmt, "latent_rgb_factors", None) is not None:
-            self.previewer = latent_preview.Latent2RGBPreviewer(fmt.latent_rgb_factors,
-                                                                getattr(fmt, "latent_rgb_factors_bias", None))
+        self.previewer = latent_preview.get_previewer(self.device, fmt) or latent_to_rgb(fmt)
         self.images: list[torch.Tensor] = []  # [H, W, 3] in 0…1, one per preview
         self.seconds = 0.0  # decoding and showing
 

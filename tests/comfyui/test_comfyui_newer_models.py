@@ -313,3 +313,28 @@ def test_kohya_names_load_in_the_stock_loader(pack, comfy_root, name, caplog):
     merged = patched_weights(merge_node(pack, model, content, None, 1.0, 1.0))
     stock = patched_weights(nodes.LoraLoaderModelOnly().load_lora_model_only(model, f"{lora_name}.safetensors", 1.0)[0])
     assert all(torch.allclose(stock[k], merged[k], atol=1e-6, rtol=1e-5) for k in merged)
+
+
+@pytest.mark.parametrize("name", ["flux2", "wan22"])
+def test_previews_without_a_vae_are_cores_latent_to_rgb(pack, name):
+    """Train ΔR's previews with previews off in ComfyUI and no VAE: latent-to-RGB built as core builds it.
+    FLUX.2's factors are for 32 channels: its latent format's reshape turns 128 channels at 8×8 into 32 at 16×16."""
+    model = tiny(name)
+    basis = pack.node("QRLoRADecompose").execute(model, 4, "paper", "", "fast", False)[0]
+    shown = []
+
+    def hook(value, total, preview, node_id=None):
+        if preview is not None:
+            shown.append((value, preview[0], preview[1].size))
+
+    old, comfy.utils.PROGRESS_BAR_HOOK = comfy.utils.PROGRESS_BAR_HOOK, hook
+    try:
+        out = train(pack, model, basis, name, steps=2, preview_every=1, preview_steps=2)
+    finally:
+        comfy.utils.PROGRESS_BAR_HOOK = old
+    side = 16 if name == "flux2" else 8
+    *each, last = shown
+    assert each == [(1, "JPEG", (side, side)), (2, "JPEG", (side, side))]
+    assert last == (2, "JPEG", (2 * side + 4, side))  # then the whole strip
+    strip = out[3]
+    assert tuple(strip.shape) == (1, side, 2 * side + 4, 3) and float(strip.std()) > 0

@@ -138,7 +138,7 @@ def test_schedule_and_accumulation_reach_the_training(pack):
     assert (training["lr_schedule"], training["warmup_steps"], training["accumulation"]) == ("linear", 1, 3)
 
 
-@pytest.mark.parametrize("arch", ["sd15", "flux"])
+@pytest.mark.parametrize("arch", ["sd15", "sdxl", "flux"])
 def test_previews_at_the_requested_steps_leave_the_training_unchanged(pack, arch):
     model = tiny_model(arch)
     basis = decompose(pack, model)
