@@ -7,6 +7,11 @@ global it touches is restored afterwards, on error and cancel too:
 
 - `comfy.model_management.in_training` (ComfyUI ≥ 0.14): ComfyUI's own
   switch; its model code then takes differentiable paths.
+- `comfy.model_management.training_fp8_bwd`: the built-in trainer sets it
+  from its `quantized_backward` input and never resets it; while it is on,
+  quantized Linear layers (ComfyUI's QuantLinearFunc) compute their input
+  gradient, the one ΔR's gradient flows through, with FP8 matmuls. Off for
+  the run, so ΔR's gradients are those of the dequantized weights.
 - comfy-kitchen kernels bound into model modules (ComfyUI 0.8–0.13: FLUX's
   RoPE is `comfy_kitchen.apply_rope`, a custom op with no autograd formula):
   every `comfy.*` module's binding of such a kernel is replaced by the torch
@@ -68,22 +73,24 @@ def _reference_kernels() -> Iterator[int]:
 
 
 @contextlib.contextmanager
-def _in_training_flag() -> Iterator[None]:
-    if not hasattr(comfy.model_management, "in_training"):
+def _model_management_flag(name: str, value: bool) -> Iterator[None]:
+    """comfy.model_management.<name> set to `value` for the duration, where this ComfyUI has it."""
+    if not hasattr(comfy.model_management, name):
         yield
         return
-    before = comfy.model_management.in_training
-    comfy.model_management.in_training = True
+    before = getattr(comfy.model_management, name)
+    setattr(comfy.model_management, name, value)
     try:
         yield
     finally:
-        comfy.model_management.in_training = before
+        setattr(comfy.model_management, name, before)
 
 
 @contextlib.contextmanager
 def differentiable_model_code() -> Iterator[None]:
     """ComfyUI's differentiable code paths for the duration; every changed global restored afterwards."""
-    with _in_training_flag(), _reference_kernels():
+    with _model_management_flag("in_training", True), _model_management_flag("training_fp8_bwd", False), \
+            _reference_kernels():
         yield
 
 
