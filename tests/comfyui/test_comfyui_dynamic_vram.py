@@ -133,7 +133,7 @@ def test_hooks_on_a_reloadable_dynamic_model_run_on_the_copy_comfyui_reloads(pac
 
 
 @pytest.mark.skipif(not ZERO_COPY, reason="this ComfyUI has no zero-copy safetensors reader (comfy.utils."
-                                          "load_safetensors, which dynamic VRAM loads with; ComfyUI 0.12+)")
+                                          "load_safetensors, which dynamic VRAM loads with; newer than this version)")
 def test_training_keeps_weights_mapped_from_the_file(pack, aimdo, tmp_path):
     """Dynamic VRAM maps a checkpoint's weights from the file and assigns them to the model uncopied. Train ΔR
     must keep it so: a copy made to leave inference mode would be a whole anonymous second model in RAM for
