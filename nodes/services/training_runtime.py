@@ -17,7 +17,7 @@ global it touches is restored afterwards, on error and cancel too:
   every `comfy.*` module's binding of such a kernel is replaced by the torch
   reference it computes, for the run.
 - Dynamic VRAM (`ModelPatcher.is_dynamic()`, ComfyUI ≥ 0.12): see
-  `weights_need_recompute`.
+  `weights_need_recompute` and `recast_inference_casts`.
 """
 
 from __future__ import annotations
@@ -109,3 +109,22 @@ def weights_need_recompute(model) -> bool:
     """
     is_dynamic = getattr(model, "is_dynamic", None)
     return bool(is_dynamic()) if callable(is_dynamic) else False
+
+
+def recast_inference_casts(root: torch.nn.Module) -> int:
+    """Mark layers whose resident cast weight is an inference tensor for a new cast; returns how many.
+
+    Dynamic VRAM (ComfyUI 0.33) keeps a layer's cast weight in VRAM and reuses
+    it (`_v_weight`, `_v_bias`) while its residency signature (`_v_signature`)
+    still matches. A cast made while sampling, inside inference mode, is an
+    inference tensor, which autograd refuses to save for backward. Clearing
+    the signature is what ComfyUI's own dirty load does: the next forward,
+    in the training loop, casts the weight again from RAM, outside inference mode.
+    """
+    count = 0
+    for m in root.modules():
+        cached = (getattr(m, "_v_weight", None), getattr(m, "_v_bias", None))
+        if hasattr(m, "_v_signature") and any(isinstance(t, torch.Tensor) and t.is_inference() for t in cached):
+            m._v_signature = None
+            count += 1
+    return count

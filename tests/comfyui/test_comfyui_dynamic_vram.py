@@ -9,11 +9,13 @@ model: bench/dynamic_vram.py does, in bench/gpu_check.sh. What a CPU can show:
   way to reload (GGUF and other custom loaders) the nodes refuse with the fix, where ComfyUI would fail mid-run.
 - Training on weights mapped zero-copy from the file, as dynamic VRAM loads them (comfy.utils.load_safetensors,
   assigned, not copied, into the model): they stay mapped, no anonymous copy of the model is made.
+- Resident casts made while sampling (inference tensors) are marked to be cast again before training.
 """
 
 from __future__ import annotations
 
 import importlib
+import inspect
 import sys
 from pathlib import Path
 
@@ -24,6 +26,7 @@ import torch
 
 import comfy.hooks
 import comfy.model_patcher
+import comfy.ops
 import comfy.samplers
 import comfy.sd
 import comfy.utils
@@ -164,3 +167,27 @@ def test_training_keeps_weights_mapped_from_the_file(pack, aimdo, tmp_path):
 
 def storages(model) -> dict[str, int]:
     return {k: p.untyped_storage().data_ptr() for k, p in model.model.diffusion_model.named_parameters()}
+
+
+@pytest.mark.skipif(not hasattr(comfy.ops, "resolve_cast_module_with_vbar"),
+                    reason="this ComfyUI keeps no resident cast weights (dynamic VRAM's vbar casts are newer)")
+def test_resident_casts_made_while_sampling_are_cast_again_for_training(pack):
+    """Dynamic VRAM keeps a layer's cast weight resident (`_v_weight`, `_v_bias`) and reuses it while its
+    signature (`_v_signature`) matches; one cast while sampling is an inference tensor, which autograd cannot
+    save. Before training such layers get ComfyUI's own "dirty" mark (signature None): they are cast again,
+    outside inference mode. Only a GPU casts into the vbar (bench/dynamic_vram.py samples, then trains)."""
+    source = inspect.getsource(comfy.ops.resolve_cast_module_with_vbar)
+    assert "s._v_weight" in source and "s._v_signature" in source  # the convention the pack relies on
+    runtime = pack.module("nodes.services.training_runtime")
+    model = tiny_model("sd3")
+    layers = [m for m in model.model.diffusion_model.modules() if isinstance(m, torch.nn.Linear)][:3]
+    with torch.inference_mode():  # cast while sampling
+        for m in layers[:2]:
+            m._v_weight, m._v_bias, m._v_signature = m.weight + 0, m.bias + 0, b"resident"
+    layers[2]._v_weight, layers[2]._v_bias, layers[2]._v_signature = torch.zeros(1), None, b"resident"
+    try:
+        assert runtime.recast_inference_casts(model.model) == 2
+        assert [m._v_signature for m in layers] == [None, None, b"resident"]
+    finally:
+        for m in layers:
+            del m._v_weight, m._v_bias, m._v_signature
