@@ -15,7 +15,7 @@ by ComfyUI's Load Diffusion Model path twice, with and without dynamic VRAM, and
   Train ΔR with `training_fp8_bwd` left on by the built-in trainer gives the ΔR it gives with it off.
 
     COMFYUI_PATH=/path/to/ComfyUI python bench/dynamic_vram.py --device cuda --out-dir $OUT
-    COMFYUI_PATH=... python bench/dynamic_vram.py --device cpu   # smoke run: no dynamic model, same steps
+    COMFYUI_PATH=... python bench/dynamic_vram.py --device cpu --quick   # smoke run: no dynamic model, same steps
 
 Exit status 1 when a check fails (or, on CUDA, when no dynamic model could be built).
 """
@@ -147,8 +147,12 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--device", default="cuda", choices=["cuda", "cpu"])
     ap.add_argument("--steps", type=int, default=4, help="training steps per run")
+    ap.add_argument("--quick", action="store_true", help="2 training steps (the CI smoke test)")
+    ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     ap.add_argument("--out-dir", default="bench/results")
     opts = ap.parse_args(argv)
+    if opts.quick:
+        opts.steps = 2
 
     why_not = start_aimdo() if opts.device == "cuda" else "a CPU run: ComfyUI builds no dynamic patcher on a CPU"
     from comfy_models import comfy_setup, model_config, pack_module, random_model  # imports torch
@@ -163,6 +167,9 @@ def main(argv=None) -> int:
     import safetensors.torch
     import torch
     from qr_core.machine import machine_info
+
+    if opts.threads:
+        torch.set_num_threads(opts.threads)
 
     checks: dict[str, dict] = {}
 
