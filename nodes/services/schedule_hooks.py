@@ -62,8 +62,8 @@ def hooks_on_dynamic_vram(model, where: str) -> str | None:
     if not reloadable:
         raise RuntimeSupportError(
             f"{where}: this model runs with ComfyUI's dynamic VRAM, which applies no weight hooks (λ over steps), "
-            "and its loader gives ComfyUI no way to reload it without (no cached_patcher_init: GGUF and other "
-            "custom loaders). Start ComfyUI with --disable-dynamic-vram, or load the model with a core loader "
+            "and its loader gave ComfyUI no way to reload it as a non-dynamic copy (no cached_patcher_init: GGUF "
+            "and other custom loaders). Start ComfyUI with --disable-dynamic-vram, or load the model with a core loader "
             "(Load Checkpoint, Load Diffusion Model), or keep λ fixed over the steps (Merge ΔR; λ Grid rows over "
             "λc or block profiles), which works with dynamic VRAM.")
     note = ("dynamic VRAM: ComfyUI samples these hooks on a non-dynamic copy of the model that it reloads from "
