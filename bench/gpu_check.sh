@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
-# The GPU check: every figure only a GPU can give, in one run of about 8 minutes on one H200.
+# The GPU check: every figure only a GPU can give, in one run of about 9 minutes on one H200.
 #   decompose bench (SDXL, FLUX, FLUX.2 and Qwen-Image target sets: exact vs fast, warm cache), full-size train step of SDXL and
-#   FLUX against ComfyUI's built-in LoRA trainer, λ re-apply of SDXL and FLUX against two stock LoRA loaders.
+#   FLUX against ComfyUI's built-in LoRA trainer, λ re-apply of SDXL and FLUX against two stock LoRA loaders (ComfyUI 0.8);
+#   dynamic VRAM on ComfyUI 0.33: Train ΔR, Merge ΔR and λ over Steps on a ModelPatcherDynamic (bench/dynamic_vram.py).
 # Run from the repository root on the device machine, with .gpu/ carried (bench/prepare_gpu_check.sh makes it):
 #   run(command="bash bench/gpu_check.sh", carry=[".gpu"], timeout_s=600)
 # Results go to $OUT (the device tool brings them back) or bench/results/; commit them with the machine named.
-# Here, without a GPU, QR_GPU_CHECK_DEVICE=cpu QR_GPU_CHECK_QUICK=1 runs the same steps at smoke size.
+# Here, without a GPU, QR_GPU_CHECK_DEVICE=cpu QR_GPU_CHECK_QUICK=1 runs the same steps at smoke size
+# (QR_GPU_CHECK_COMFYUI_0_33_0 and QR_GPU_CHECK_PYTHON_0_33_0 name a ComfyUI 0.33 checkout and its venv's python).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 DEVICE="${QR_GPU_CHECK_DEVICE:-cuda}"
@@ -20,10 +22,22 @@ if [ -d .gpu/wheels ] && ls .gpu/wheels/*.whl >/dev/null 2>&1; then
     .gpu/wheels/*.whl && export PYTHONPATH="/tmp/site:${PYTHONPATH:-}"
 fi
 export PYTHONPATH="$PWD:${PYTHONPATH:-}"  # qr_core from this checkout: nothing is pip-installed there
-export COMFYUI_PATH="${COMFYUI_PATH:-$PWD/.gpu/ComfyUI}"
+# ComfyUI <version>: $QR_GPU_CHECK_COMFYUI_<version with _> if set, else .gpu/ComfyUI-<version>.tgz unpacked into /tmp.
+comfyui() {
+  local var="QR_GPU_CHECK_COMFYUI_${1//./_}" dir="/tmp/qr-gpu-check/$1"
+  if [ -n "${!var:-}" ]; then echo "${!var}"; return; fi
+  [ -f "$dir/ComfyUI/main.py" ] || { mkdir -p "$dir" && tar -xzf ".gpu/ComfyUI-$1.tgz" -C "$dir"; } >&2 || return 1
+  echo "$dir/ComfyUI"
+}
+export COMFYUI_PATH="${COMFYUI_PATH:-$(comfyui 0.8.0)}"
 [ -f "$COMFYUI_PATH/main.py" ] || { echo "no ComfyUI at $COMFYUI_PATH: run bench/prepare_gpu_check.sh and carry .gpu"; exit 2; }
+COMFYUI_033="$(comfyui 0.33.0)" || COMFYUI_033=""
+PYTHON_033="${QR_GPU_CHECK_PYTHON_0_33_0:-python3}"  # a smoke run here: the 0.33 venv's python (comfy-aimdo)
 [ "$DEVICE" != cuda ] || nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 
+# First, as it takes about a minute: ComfyUI 0.33, whose default on NVIDIA is dynamic VRAM (comfy-aimdo).
+step env COMFYUI_PATH="$COMFYUI_033" "$PYTHON_033" bench/dynamic_vram.py --device "$DEVICE" ${QUICK:+--steps 2} \
+  --out-dir "$OUT_DIR"
 if [ -n "$QUICK" ]; then
   step python3 bench/decompose.py --device "$DEVICE" --sets sdxl,flux,flux2,qwen_image --quick --out-dir "$OUT_DIR"
   step python3 bench/train_step.py --device "$DEVICE" --quick --out-dir "$OUT_DIR"

@@ -23,7 +23,7 @@ from comfy_api.latest import io, ui
 from ..qr_core.merging.blocks import parse_block_profile, scaled_by_blocks
 from ..qr_core.merging.lambda_schedule import SCHEDULE_CHOICES, resolve_schedule
 from .services.patches import merge_onto
-from .services.schedule_hooks import scheduled_hooks
+from .services.schedule_hooks import hooks_on_dynamic_vram, scheduled_hooks
 from .lambda_inputs import block_inputs, with_block_profiles
 from .options import check_options
 from .sockets import CATEGORY, QRDeltaType
@@ -142,6 +142,8 @@ class QRLambdaGrid(io.ComfyNode):
                 lambda_style_values, seed, steps, cfg, sampler_name, scheduler, row_axis="lambda_content",
                 row_values="", **blocks) -> io.NodeOutput:
         check_options(cls, {"sampler_name": sampler_name, "scheduler": scheduler, "row_axis": row_axis})
+        if row_axis == "schedule":  # before any cell is sampled
+            hooks_on_dynamic_vram(model, "λ Grid (schedule rows)")
         scaled = with_block_profiles({"content": content, "style": style, **blocks})  # every cell's fixed profiles
         content, style = scaled["content"], scaled["style"]
         labels, rows, cell = row_plans(row_axis, row_values, lambda_content_values, content, style)

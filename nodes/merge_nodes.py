@@ -10,7 +10,7 @@ from ..qr_core.merging.merge import DEFAULT_NAMING, NAMING_HELP, NAMINGS, export
 from ..qr_core.merging.lambda_schedule import resolve_schedule
 from .services import folders
 from .services.patches import merge_onto
-from .services.schedule_hooks import scheduled_hooks
+from .services.schedule_hooks import hooks_on_dynamic_vram, scheduled_hooks
 from .lambda_inputs import block_inputs, schedule_inputs, with_block_profiles
 from .options import check_options
 from .sockets import CATEGORY, QRDeltaType
@@ -137,5 +137,7 @@ class QRScheduleHooks(io.ComfyNode):
     def execute(cls, model, schedule, custom_schedule="", prev_hooks=None, **kwargs) -> io.NodeOutput:
         plan = resolve_schedule(schedule, custom_schedule)
         deltas, weights = collect_blocks(kwargs)
+        dynamic_note = hooks_on_dynamic_vram(model, "λ over Steps")
         hooks = scheduled_hooks(model, deltas, weights, plan, prev_hooks)
-        return io.NodeOutput(hooks, ui=ui.PreviewText(f"{_summary(deltas, weights)}; λc, λs × {plan.describe()}"))
+        text = f"{_summary(deltas, weights)}; λc, λs × {plan.describe()}"
+        return io.NodeOutput(hooks, ui=ui.PreviewText(text + (f"\n{dynamic_note}" if dynamic_note else "")))

@@ -13,7 +13,7 @@ from .bases.cache import BasisCache, default_cache_dir, get_basis
 from .bases.decompose import DecomposeSettings, captured_energy, check_basis, decompose
 from .bases.fingerprint import fingerprint_tensors, fingerprint_weights
 from .errors import (AdapterStateError, BasisMismatchError, DeltaFileError, NonFiniteLossError, QRLoRAError,
-                     SettingError, TargetError)
+                     RuntimeSupportError, SettingError, TargetError)
 from .merging.merge import PatchTerm, export_lora, lora_state_dict, merge, merged_delta
 from .targets import ARCHITECTURES, PRESETS, CoreModel, Target, TargetSet, detect_architecture, select_targets
 from .training.loop import TrainResult, TrainSettings, train
@@ -22,7 +22,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "ARCHITECTURES", "PRESETS", "AdapterStateError", "Basis", "BasisCache", "BasisMismatchError", "CoreModel", "DecomposeSettings", "DeltaFileError",
-    "NonFiniteLossError", "PatchTerm", "QRAdapter", "QRDelta", "QRLoRAError", "SettingError", "Target", "TargetError", "TargetSet",
+    "NonFiniteLossError", "PatchTerm", "QRAdapter", "QRDelta", "QRLoRAError", "RuntimeSupportError", "SettingError", "Target", "TargetError", "TargetSet",
     "TrainResult", "TrainSettings", "captured_energy", "check_basis", "decompose", "default_cache_dir", "delta_similarity",
     "detect_architecture", "export_lora", "fingerprint_tensors", "fingerprint_weights", "frozen", "get_basis",
     "lora_state_dict", "merge", "merged_delta", "select_targets", "summarize", "train",

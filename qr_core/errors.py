@@ -35,3 +35,7 @@ class NonFiniteLossError(QRLoRAError):
         super().__init__(message)
         self.step = step
         self.last_good_step = last_good_step
+
+
+class RuntimeSupportError(QRLoRAError):
+    """The runtime cannot run what was asked on this model (e.g. weight hooks under dynamic VRAM); the message names the way out."""

@@ -63,27 +63,37 @@ def check_fits(items: Iterable[QRDelta | Basis], model) -> None:
         item.check_model(shapes, arch)
 
 
+def _normal_alias(t: torch.Tensor) -> torch.Tensor:
+    """A tensor outside inference mode on the very memory of `t` (no copy): same storage, offset, shape, strides."""
+    return torch.empty(0, dtype=t.dtype, device=t.device).set_(
+        t.untyped_storage(), t.storage_offset(), t.size(), t.stride())
+
+
 def release_inference_tensors(module: torch.nn.Module) -> int:
-    """Replace inference-mode parameters and buffers by ordinary copies with the same values.
+    """Replace inference-mode parameters and buffers by ordinary tensors on the same memory.
 
     ComfyUI loads models inside torch.inference_mode(); autograd can neither
     save such tensors for backward nor index them, even when they need no
     gradient. Swapping `.data` is not enough (the tensor object keeps no
     version counter), so the module entries themselves are replaced, one
-    tensor at a time; the copies are bit-identical. Returns the count.
+    tensor at a time, by aliases of their storage: no weight is copied. A copy
+    would be a second model in memory for as long as ComfyUI keeps the model
+    (the model is shared with every clone of its patcher), and on dynamic VRAM
+    (ComfyUI ≥ 0.12), whose weights are mapped zero-copy from the file, it
+    would turn file-backed pages into a full anonymous copy. Returns the count.
     Tensor subclasses (ComfyUI ≥ 0.8's QuantizedTensor) stay: the forward
-    dequantizes them into fresh tensors, and a copy made outside inference
-    mode would keep inference-mode data inside a wrapper that no longer says so.
+    dequantizes them into fresh tensors, and an alias made outside inference
+    mode would hold inference-mode data inside a wrapper that no longer says so.
     """
     count = 0
     with torch.inference_mode(False), torch.no_grad():
         for mod in module.modules():
             for name, p in list(mod._parameters.items()):
                 if p is not None and p.is_inference() and type(p) is torch.nn.Parameter:
-                    mod._parameters[name] = torch.nn.Parameter(p.clone(), requires_grad=p.requires_grad)
+                    mod._parameters[name] = torch.nn.Parameter(_normal_alias(p), requires_grad=p.requires_grad)
                     count += 1
             for name, b in list(mod._buffers.items()):
                 if b is not None and b.is_inference():
-                    mod._buffers[name] = b.clone()
+                    mod._buffers[name] = _normal_alias(b) if type(b) is torch.Tensor else b.clone()
                     count += 1
     return count

@@ -8,9 +8,11 @@ W + Q(λc·c(t)·ΔR_c + λs·s(t)·ΔR_s + Σ λₑ ΔRₑ) on the conditioning
 
 from __future__ import annotations
 
+import logging
+
 import comfy.hooks
 
-from ...qr_core import QRDelta, merge
+from ...qr_core import QRDelta, RuntimeSupportError, merge
 from ...qr_core.merging.lambda_schedule import Schedule
 from .model_weights import check_fits
 from .patches import lora_patches
@@ -38,6 +40,36 @@ def delta_hook(delta: QRDelta, strength: float,
     if keyframe_group is not None:
         hook.hook_keyframe = keyframe_group
     return hook
+
+
+def hooks_on_dynamic_vram(model, where: str) -> str | None:
+    """None where weight hooks run on `model` as they are; a note where ComfyUI must reload it; an error where it cannot.
+
+    Dynamic VRAM (ComfyUI ≥ 0.12, the default on NVIDIA) applies no weight
+    hooks: its patcher raises "Hooks not implemented in ModelPatcherDynamic".
+    Since 0.33 ComfyUI's guider samples a conditioning that carries hooks on a
+    non-dynamic copy instead (`get_non_dynamic_delegate`), reloaded from disk
+    through the loader's `cached_patcher_init`; loaders without one (GGUF and
+    other custom loaders) make that raise. Checked before sampling, so the
+    user learns the way out instead of ComfyUI's internal error.
+    """
+    is_dynamic = getattr(model, "is_dynamic", None)
+    if not (callable(is_dynamic) and is_dynamic()):
+        return None
+    reloadable = callable(getattr(model, "get_non_dynamic_delegate", None)) and (
+        getattr(model, "cached_patcher_init", None) is not None
+        or getattr(model, "non_dynamic_delegate_model", None) is not None)
+    if not reloadable:
+        raise RuntimeSupportError(
+            f"{where}: this model runs with ComfyUI's dynamic VRAM, which applies no weight hooks (λ over steps), "
+            "and its loader gave ComfyUI no way to reload it as a non-dynamic copy (no cached_patcher_init: GGUF "
+            "and other custom loaders). Start ComfyUI with --disable-dynamic-vram, or load the model with a core loader "
+            "(Load Checkpoint, Load Diffusion Model), or keep λ fixed over the steps (Merge ΔR; λ Grid rows over "
+            "λc or block profiles), which works with dynamic VRAM.")
+    note = ("dynamic VRAM: ComfyUI samples these hooks on a non-dynamic copy of the model that it reloads from "
+            "disk (one more load, and that copy's weights in memory); --disable-dynamic-vram avoids the reload")
+    logging.warning("QR-LoRA %s: %s", where, note)
+    return note
 
 
 def scheduled_hooks(model, deltas: list[QRDelta], weights: list[float], schedule: Schedule,

@@ -29,7 +29,7 @@ from ...qr_core.training.dataset import Dataset, pair_dataset
 from ...qr_core.training.state import TrainState
 from ...qr_core.training.recompute import recomputed_in_backward, wrapped_forwards
 from .model_weights import release_inference_tensors
-from .training_runtime import differentiable_model_code, weights_need_recompute
+from .training_runtime import differentiable_model_code, recast_inference_casts, weights_need_recompute
 
 TIMESTEP_SAMPLING = ("uniform", "logit-normal", "shifted schedule")
 LOSS_SPACES = ("native", "x0")
@@ -258,6 +258,7 @@ class QRTrainSampler(comfy.samplers.Sampler):
             return torch.stack(losses).mean()
 
         release_inference_tensors(base)
+        recast_inference_casts(base)
         recompute = recomputed_in_backward if self.recompute_weights else (lambda _: contextlib.nullcontext())
         with self.adapter.attached(base.diffusion_model), frozen(base), differentiable_model_code(), \
                 recompute(base.diffusion_model), \

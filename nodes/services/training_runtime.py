@@ -7,6 +7,11 @@ global it touches is restored afterwards, on error and cancel too:
 
 - `comfy.model_management.in_training` (ComfyUI ≥ 0.14): ComfyUI's own
   switch; its model code then takes differentiable paths.
+- `comfy.model_management.training_fp8_bwd`: the built-in trainer sets it
+  from its `quantized_backward` input and never resets it; while it is on,
+  quantized Linear layers (ComfyUI's QuantLinearFunc) compute their input
+  gradient, the one ΔR's gradient flows through, with FP8 matmuls. Off for
+  the run, so ΔR's gradients are those of the dequantized weights.
 - comfy-kitchen kernels bound into model modules (ComfyUI 0.8–0.13: FLUX's
   RoPE is `comfy_kitchen.apply_rope`, a custom op with no autograd formula):
   every `comfy.*` module's binding of such a kernel is replaced by the torch
@@ -16,7 +21,7 @@ global it touches is restored afterwards, on error and cancel too:
   replacement on comfy_kitchen itself; those references are the plain-torch
   functions of comfy-kitchen's own eager backend.
 - Dynamic VRAM (`ModelPatcher.is_dynamic()`, ComfyUI ≥ 0.12): see
-  `weights_need_recompute`.
+  `weights_need_recompute` and `recast_inference_casts`.
 """
 
 from __future__ import annotations
@@ -91,22 +96,24 @@ def _reference_kernels() -> Iterator[int]:
 
 
 @contextlib.contextmanager
-def _in_training_flag() -> Iterator[None]:
-    if not hasattr(comfy.model_management, "in_training"):
+def _model_management_flag(name: str, value: bool) -> Iterator[None]:
+    """comfy.model_management.<name> set to `value` for the duration, where this ComfyUI has it."""
+    if not hasattr(comfy.model_management, name):
         yield
         return
-    before = comfy.model_management.in_training
-    comfy.model_management.in_training = True
+    before = getattr(comfy.model_management, name)
+    setattr(comfy.model_management, name, value)
     try:
         yield
     finally:
-        comfy.model_management.in_training = before
+        setattr(comfy.model_management, name, before)
 
 
 @contextlib.contextmanager
 def differentiable_model_code() -> Iterator[None]:
     """ComfyUI's differentiable code paths for the duration; every changed global restored afterwards."""
-    with _in_training_flag(), _reference_kernels():
+    with _model_management_flag("in_training", True), _model_management_flag("training_fp8_bwd", False), \
+            _reference_kernels():
         yield
 
 
@@ -125,3 +132,22 @@ def weights_need_recompute(model) -> bool:
     """
     is_dynamic = getattr(model, "is_dynamic", None)
     return bool(is_dynamic()) if callable(is_dynamic) else False
+
+
+def recast_inference_casts(root: torch.nn.Module) -> int:
+    """Mark layers whose resident cast weight is an inference tensor for a new cast; returns how many.
+
+    Dynamic VRAM (ComfyUI 0.33) keeps a layer's cast weight in VRAM and reuses
+    it (`_v_weight`, `_v_bias`) while its residency signature (`_v_signature`)
+    still matches. A cast made while sampling, inside inference mode, is an
+    inference tensor, which autograd refuses to save for backward. Clearing
+    the signature is what ComfyUI's own dirty load does: the next forward,
+    in the training loop, casts the weight again from RAM, outside inference mode.
+    """
+    count = 0
+    for m in root.modules():
+        cached = (getattr(m, "_v_weight", None), getattr(m, "_v_bias", None))
+        if hasattr(m, "_v_signature") and any(isinstance(t, torch.Tensor) and t.is_inference() for t in cached):
+            m._v_signature = None
+            count += 1
+    return count

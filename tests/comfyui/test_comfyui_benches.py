@@ -15,10 +15,10 @@ skip_or_fail_without_comfyui("the ComfyUI benchmarks' smoke tests")
 from qr_comfyui_runtime import COMFYUI_PATH, PACK_DIR  # noqa: E402
 
 
-def run_bench(script: str, out_dir) -> None:
+def run_bench(script: str, out_dir, *args: str) -> None:
     env = dict(os.environ, COMFYUI_PATH=COMFYUI_PATH, OMP_NUM_THREADS="1")
     proc = subprocess.run([sys.executable, str(PACK_DIR / "bench" / script), "--quick", "--threads", "1",
-                           "--out-dir", str(out_dir)], capture_output=True, text=True, env=env, timeout=600)
+                           "--out-dir", str(out_dir), *args], capture_output=True, text=True, env=env, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
 
 
@@ -52,3 +52,15 @@ def test_merge_reapply_quick(tmp_path):
     assert r["total_ratio"]["n"] == 2  # one ratio per λ change, the mechanisms alternating
     # Both mechanisms apply the same mix: fp32 files, so only rounding separates them.
     assert r["max_abs_update"] > 1e-3 and r["max_abs_difference"] < 1e-5
+
+
+def test_dynamic_vram_check_runs_its_steps_on_a_cpu(tmp_path):
+    """The GPU check's dynamic-VRAM script, on a CPU: no dynamic model exists there, so each step compares
+    the plain model with itself; what this shows is that every step runs on this ComfyUI."""
+    run_bench("dynamic_vram.py", tmp_path, "--device", "cpu")
+    (js,) = tmp_path.glob("dynamic_vram-*.json")
+    r = json.loads(js.read_text())
+    assert r["dynamic"] is False and "CPU" in r["why_not"]
+    assert {"train: same losses and ΔR", "train: no frozen weight copied", "merge: same sample",
+            "λ over steps: same sample"} <= set(r["checks"])
+    assert all(c["ok"] for c in r["checks"].values()), r["checks"]

@@ -4,7 +4,9 @@
   old scaled-fp8 checkpoints load as QuantizedTensor weights.
 - ≥ 0.12 (not runnable here): dynamic VRAM reuses cast buffers; the guard
   (per-layer recompute) is tested on these versions by forcing it.
-- Every version: training changes no global of ComfyUI's, on success, error or cancel.
+- 0.33: the built-in trainer leaves `training_fp8_bwd` on; Train ΔR turns it off for its run.
+- Every version: training changes no global of ComfyUI's, on success, error or cancel, and copies no
+  frozen weight of the (shared) model to make it usable by autograd.
 """
 
 from __future__ import annotations
@@ -22,7 +24,8 @@ import comfy.ldm.flux.math
 import comfy.model_management
 import comfy.utils
 
-from comfy_env import (TRAIN_DEFAULTS, decompose, latent_and_cond, random_delta, run_train, scaled_fp8_checkpoint,
+import comfy_models
+from comfy_env import (CPU, TRAIN_DEFAULTS, decompose, latent_and_cond, random_delta, run_train, scaled_fp8_checkpoint,
                        tiny_model, triangular_in_official_basis)
 from qr_comfyui_runtime import COMFYUI_VERSION
 
@@ -128,6 +131,70 @@ def test_per_layer_recompute_trains_exactly_as_saving_weights(pack):
     for name, d in plain_delta.delta.items():
         assert torch.allclose(recomputed_delta.delta[name], d, rtol=1e-4, atol=1e-7), name
     assert any(float(d.abs().max()) > 0 for d in plain_delta.delta.values())
+
+
+def storages(module: torch.nn.Module) -> dict[str, tuple[int, int]]:
+    """Every parameter and buffer of `module`: (address of its memory, bytes)."""
+    tensors = list(module.named_parameters()) + list(module.named_buffers())
+    return {name: (t.untyped_storage().data_ptr(), t.untyped_storage().nbytes()) for name, t in tensors}
+
+
+def during_training(record):
+    """A ProgressBar hook that calls record() whenever Train ΔR reports a step (newer ComfyUI throttles its reports)."""
+    def hook(value, total, preview, node_id=None):
+        record()
+    return hook
+
+
+def test_training_copies_no_frozen_weight_and_computes_as_on_ordinary_tensors(pack, monkeypatch):
+    """ComfyUI loads weights in inference mode, which autograd cannot save; Train ΔR makes them usable in place.
+
+    A copy would be a second model in memory for as long as ComfyUI keeps this (shared) model; under dynamic
+    VRAM (0.12+) a full anonymous copy of weights mapped zero-copy from the file. So every parameter and
+    buffer keeps its memory during and after the run, and the run computes exactly what it computes on a
+    model whose weights were never inference tensors (nothing to release there).
+    """
+    model = tiny_model("flux")
+    weights = list(model.model.parameters())
+    assert weights and all(p.is_inference() for p in weights)  # as ComfyUI's loaders leave them
+    before = storages(model.model)
+    size = sum(nbytes for _, nbytes in before.values())
+    assert size > 100_000
+    basis = decompose(pack, model)
+    seen = []
+    monkeypatch.setattr(comfy.utils, "PROGRESS_BAR_HOOK", during_training(lambda: seen.append(storages(model.model))))
+    released = run_train(pack, model, basis, "flux", steps=3)
+    assert seen and all(s == before for s in seen), "a weight was copied during training"
+    assert storages(model.model) == before
+    assert not any(p.is_inference() for p in model.model.parameters())  # the release ran, in place
+    ordinary = comfy_models.random_model(comfy_models.model_config("flux", "tiny"), CPU, 0, inference_mode=False)
+    assert not any(p.is_inference() for p in ordinary.model.parameters())
+    reference = run_train(pack, ordinary, basis, "flux", steps=3)
+    assert released[2]["loss"] == reference[2]["loss"]
+    for name, d in reference[0].delta.items():
+        assert torch.equal(released[0].delta[name], d), name
+
+
+@pytest.mark.skipif(not hasattr(comfy.model_management, "training_fp8_bwd"),
+                    reason="this ComfyUI has no comfy.model_management.training_fp8_bwd (the built-in trainer's "
+                           "quantized_backward switch, newer than this version)")
+def test_fp8_backward_left_on_by_the_builtin_trainer_is_off_for_train_delta(pack, monkeypatch):
+    """TrainLoraNode sets training_fp8_bwd from its quantized_backward input and never resets it; quantized
+    Linear layers would then compute the gradient ΔR gets through them in FP8. Train ΔR turns it off for
+    its run and puts it back afterwards; its results equal those of a run with the switch off."""
+    model, _ = scaled_fp8_checkpoint("sd3", seed=5)
+    basis = decompose(pack, model)
+    reference = run_train(pack, model, basis, "sd3", steps=3)
+    monkeypatch.setattr(comfy.model_management, "training_fp8_bwd", True)  # as TrainLoraNode leaves it
+    seen = []
+    monkeypatch.setattr(comfy.utils, "PROGRESS_BAR_HOOK",
+                        during_training(lambda: seen.append(comfy.model_management.training_fp8_bwd)))
+    out = run_train(pack, model, basis, "sd3", steps=3)
+    assert seen and not any(seen), "training_fp8_bwd was on during Train ΔR's run"
+    assert comfy.model_management.training_fp8_bwd is True  # restored
+    assert out[2]["loss"] == reference[2]["loss"]
+    for name, d in reference[0].delta.items():
+        assert torch.equal(out[0].delta[name], d), name
 
 
 def test_scaled_fp8_checkpoint_is_read_dequantized_and_trains(pack):
