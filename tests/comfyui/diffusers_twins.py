@@ -143,6 +143,9 @@ def build(arch: str, seed: int = 0) -> Twin:
             key_map = comfy.utils.mmdit_to_diffusers({"depth": config["num_layers"], "num_blocks": config["num_layers"]})
     unmapped = sorted(set(state) - set(key_map))
     assert not unmapped, f"ComfyUI's map leaves diffusers keys unconverted: {unmapped[:5]}"
+    # The map also names keys of other formats that load into the same ComfyUI weights (from 0.33 FLUX's has
+    # LyCORIS' `ff.linear_in` and FLUX.2's fused names): only this model's own keys are the twin's.
+    key_map = {k: v for k, v in key_map.items() if k in state}
     return Twin(arch, model, converted, key_map)
 
 
