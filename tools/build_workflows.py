@@ -5,9 +5,13 @@ Widget order and input sockets come from a live server's /object_info, so the
 files match the nodes exactly:
 
     python tools/build_workflows.py --object-info http://127.0.0.1:8188/object_info
-    python tools/build_workflows.py --object-info object_info.json
-    python tools/build_workflows.py --object-info http://127.0.0.1:8188/object_info http://127.0.0.1:8189/object_info
-        # 0.3.64 first, then 0.8.0 for the dataset nodes (the dataset workflow needs ComfyUI ≥ 0.8)
+    python tools/build_workflows.py --object-info 0.8.0=object_info.json
+    python tools/build_workflows.py --object-info http://127.0.0.1:8188/object_info \
+        http://127.0.0.1:8189/object_info http://127.0.0.1:8190/object_info
+        # 0.3.64, 0.8.0 and 0.33.0 (the servers tell their versions): every workflow without declared versions is
+        # written from 0.3.64's nodes, plus the nodes only newer versions have; one that declares versions
+        # (extra.qr_lora_requires_comfyui, …_below) from the oldest given ComfyUI it is for (the dataset
+        # workflows: one from 0.8's nodes, one from 0.33's)
     python tools/build_workflows.py --thumbnails-only   # after tests/live wrote docs/workflow_*.png
 
 tests/live validates the result against a running ComfyUI and in a browser.
@@ -20,6 +24,7 @@ import json
 import sys
 import urllib.request
 import uuid
+from dataclasses import dataclass
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -585,28 +590,51 @@ def use_trained(info: dict, arch: str) -> dict:
     return wf.to_json(f"use_trained_{arch}")
 
 
-# The dataset workflow uses ComfyUI's dataset nodes (comfy_extras/nodes_dataset.py), which arrived after 0.3.64.
+# The dataset workflows use ComfyUI's dataset nodes (comfy_extras/nodes_dataset.py), which arrived after 0.3.64.
+# Make Training Dataset's `texts` was a widget in 0.8 and is an input without one in 0.33, so each version gets
+# its own file, built from that version's /object_info: (the oldest ComfyUI it is for, the first it is not).
 DATASET_FOLDER = "qr_lora_dataset"
-DATASET_NODES_SINCE = "0.8.0"
+DATASET_WORKFLOWS = {"qr_lora_sdxl_dataset_train": ("0.8.0", "0.33.0"),
+                     "qr_lora_sdxl_dataset_train_comfyui_0_33": ("0.33.0", None)}
 REQUIRES_KEY = "qr_lora_requires_comfyui"  # in a workflow's "extra": the oldest ComfyUI that has all its nodes
+BELOW_KEY = "qr_lora_requires_comfyui_below"  # in "extra": the first ComfyUI it does not fit (another file does)
 
 
 def link_to_widget(wf: Workflow, src: dict, out: int | str, dst: dict, name: str) -> None:
     """Link into a widget input (a STRING list into Make Training Dataset's texts), as the front end saves it:
-    an input slot that names its widget, the widget's value kept in widgets_values."""
+    an input slot that names its widget, the widget's value kept in widgets_values. Where the input has no
+    widget (0.33's texts) its plain slot is linked."""
     if not any(s["name"] == name for s in dst["inputs"]):
         kind, _ = input_spec(wf.info[dst["type"]], name)
         dst["inputs"].append({"name": name, "type": kind, "widget": {"name": name}, "link": None})
     wf.link(src, out, dst, name)
 
 
-def dataset_train(info: dict) -> dict:
+def dataset_versions_text(name: str) -> str:
+    """Which ComfyUI this dataset workflow is for, and which file serves the others."""
+    since, below = DATASET_WORKFLOWS[name]
+    def versions(a: str, b: str | None) -> str:
+        return f"ComfyUI ≥ {a}" + (f" and < {b}" if b else "")
+
+    others = [f"{other} for {versions(*span)}" for other, span in DATASET_WORKFLOWS.items() if other != name]
+    return f"{versions(since, below)}; use {', '.join(others)}"
+
+
+def dataset_train(info: dict, name: str) -> dict:
     """Several captioned images (a folder in ComfyUI/input) → ComfyUI's dataset nodes → one Train ΔR run → a sample."""
+    since, below = DATASET_WORKFLOWS[name]
     wf = Workflow(info)
     model, clip, vae, lnodes = loaders(wf, "sdxl", 0, 0)
     d = decompose(wf, model, 0, 200)
-    note1 = wf.node("Note", (0, 560), size=[340, 420], text=(
-        f"Train one ΔR on several images with captions (needs ComfyUI ≥ {DATASET_NODES_SINCE}: its dataset nodes).\n\n"
+    # Where Save/Load Training Dataset keep the encoded list: 0.33 added a datasets folder that Load lists.
+    load_folder = input_spec(info["LoadTrainingDataset"], "folder_name")[0] if "LoadTrainingDataset" in info else None
+    kept = ("Save Training Dataset writes the encoded list to ComfyUI/datasets/<folder>; Load Training Dataset "
+            "offers those folders for the next run." if load_folder == "COMBO" else
+            "Save Training Dataset writes the encoded list to ComfyUI/output/<folder>; Load Training Dataset reads "
+            "it back for the next run.")
+    note1 = wf.node("Note", (0, 560), size=[340, 460], text=(
+        f"Train one ΔR on several images with captions. This file is for {dataset_versions_text(name)} "
+        "(Make Training Dataset's inputs differ).\n\n"
         f"1. Put the images into ComfyUI/input/{DATASET_FOLDER}/ (any sizes), each with a caption file of the "
         "same name (dog1.png + dog1.txt: 'a photo of a <c> dog on the grass'). The trigger word '<c>' ties the "
         "captions together.\n"
@@ -614,8 +642,7 @@ def dataset_train(info: dict) -> dict:
         "Dataset encodes every image with the VAE and every caption with CLIP: one latent and one conditioning "
         "per image.\n"
         "3. Train ΔR trains once on the whole list; each image is trained with its own caption, images of the "
-        "same size are batched together.\n\n"
-        "Save Training Dataset / Load Training Dataset keep the encoded list for the next run."))
+        "same size are batched together.\n\n" + kept))
     wf.group("Step 1 · Model and decomposition", lnodes + [d, note1], GROUP_COLORS["models"])
     load = wf.node("LoadImageTextDataSetFromFolder", (480, 0), {"folder": DATASET_FOLDER},
                    title=f"Images + captions (input/{DATASET_FOLDER})")
@@ -637,8 +664,10 @@ def dataset_train(info: dict) -> dict:
     gen = sampler_chain(wf, "sdxl", (train, 1), clip, vae, 1280, 0, "a photo of a <c> dog on the beach",
                         "qr_lora/sdxl_dataset")
     wf.group("Step 3 · Try it: the model with the trained ΔR", gen, GROUP_COLORS["merge"])
-    out = wf.to_json("dataset_train")
-    out["extra"][REQUIRES_KEY] = DATASET_NODES_SINCE
+    out = wf.to_json(name.removeprefix("qr_lora_sdxl_"))
+    out["extra"][REQUIRES_KEY] = since
+    if below:
+        out["extra"][BELOW_KEY] = below
     return out
 
 
@@ -655,7 +684,7 @@ WORKFLOWS = {
     "qr_lora_sdxl_use_trained": lambda info: use_trained(info, "sdxl"),
     "qr_lora_sd35_use_trained": lambda info: use_trained(info, "sd35"),
     "qr_lora_flux_dev_use_trained": lambda info: use_trained(info, "flux"),
-    "qr_lora_sdxl_dataset_train": dataset_train,
+    **{name: (lambda info, name=name: dataset_train(info, name)) for name in DATASET_WORKFLOWS},
 }
 
 
@@ -796,7 +825,31 @@ def load_object_info(source: str) -> dict:
     return json.loads(Path(source).read_text())
 
 
-def merged_object_info(sources: list[str]) -> dict:
+def version_tuple(version: str) -> tuple[int, ...]:
+    return tuple(int(p) for p in version.split(".")[:3] if p.isdigit())
+
+
+@dataclass
+class Source:
+    """One ComfyUI's /object_info and its version (None: a saved copy given without one)."""
+    where: str
+    version: str | None
+    info: dict
+
+
+def load_source(spec: str) -> Source:
+    """`URL` (its server's /system_stats tells the version), or `[VERSION=]FILE` (a saved /object_info)."""
+    version, sep, where = spec.partition("=") if not spec.startswith("http") else ("", "", spec)
+    if not sep:
+        version, where = "", spec
+    if not version and where.startswith("http"):
+        stats = where.rsplit("/object_info", 1)[0] + "/system_stats"
+        with urllib.request.urlopen(stats, timeout=60) as r:
+            version = json.load(r)["system"]["comfyui_version"]
+    return Source(where, version or None, load_object_info(where))
+
+
+def merged_object_info(sources: list[Source]) -> dict:
     """The first source's nodes, plus nodes only later sources have (e.g. 0.3.64's, then 0.8's dataset nodes).
 
     The oldest ComfyUI goes first, so that every workflow whose nodes it has is written exactly as it
@@ -804,16 +857,36 @@ def merged_object_info(sources: list[str]) -> dict:
     """
     merged: dict = {}
     for source in sources:
-        for name, spec in load_object_info(source).items():
+        for name, spec in source.info.items():
             merged.setdefault(name, spec)
     return merged
 
 
+def version_range(name: str) -> tuple[str | None, str | None]:
+    """(the oldest ComfyUI, the first newer one it does not fit) a workflow is written for; None: unbounded."""
+    if name in DATASET_WORKFLOWS:
+        return DATASET_WORKFLOWS[name]
+    arch = NEWER_WORKFLOWS.get(name)
+    return (NEWER_ARCHS[arch]["requires"] if arch else None), None
+
+
+def oldest_in_range(sources: list[Source], since: str | None, below: str | None) -> Source | None:
+    """The oldest given ComfyUI within [since, below): a bounded workflow is written as it validates there."""
+    fits = [s for s in sources if s.version is not None
+            and (since is None or version_tuple(s.version) >= version_tuple(since))
+            and (below is None or version_tuple(s.version) < version_tuple(below))]
+    return min(fits, key=lambda s: version_tuple(s.version), default=None)
+
+
+NEWER_WORKFLOWS = {"qr_lora_flux2_dev_train_merge": "flux2", "qr_lora_qwen_image_train_merge": "qwen_image"}
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--object-info", nargs="+",
-                   help="URL of /object_info or a saved copy; several (oldest ComfyUI first) to add the nodes "
-                        "only newer versions have")
+    p.add_argument("--object-info", nargs="+", metavar="[VERSION=]SOURCE",
+                   help="URL of a server's /object_info (its version is asked from the server) or a saved copy "
+                        "(VERSION=object_info.json); several, oldest ComfyUI first, to add the nodes only newer "
+                        "versions have and to write each version's own files")
     p.add_argument("--out", default=str(OUT))
     p.add_argument("--only", nargs="+", metavar="NAME", help="write only these workflows (names without .json)")
     p.add_argument("--thumbnails-only", action="store_true",
@@ -824,20 +897,29 @@ def main(argv=None) -> int:
         return thumbnails(Path(args.out))
     if not args.object_info:
         p.error("--object-info is required to build the workflows")
-    info = merged_object_info(args.object_info)
-    # The newer models' workflows need the newest server's options too (CLIPLoader's types), not only its nodes.
-    newest = load_object_info(args.object_info[-1]) if len(args.object_info) > 1 else info
+    sources = [load_source(spec) for spec in args.object_info]
+    if all(s.version for s in sources):
+        sources.sort(key=lambda s: version_tuple(s.version))
+    info = merged_object_info(sources)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    newer = {"qr_lora_flux2_dev_train_merge": "flux2", "qr_lora_qwen_image_train_merge": "qwen_image"}
     for name, build in WORKFLOWS.items():
         if args.only and name not in args.only:
             continue
-        arch = newer.get(name)
-        if arch and (missing := newer_nodes_missing(newest, arch)):
+        since, below = version_range(name)
+        source = info
+        if since or below:
+            chosen = oldest_in_range(sources, since, below)
+            if chosen is None:
+                print(f"skipped {name}: it is for ComfyUI ≥ {since}" + (f" and < {below}" if below else "")
+                      + f", and no given /object_info is of such a version ({[s.version for s in sources]}; "
+                        "a saved copy names its version as VERSION=FILE)")
+                continue
+            source = chosen.info
+        arch = NEWER_WORKFLOWS.get(name)
+        if arch and (missing := newer_nodes_missing(source, arch)):
             print(f"skipped {name}: needs a newer ComfyUI (this server lacks {', '.join(missing)})")
             continue
-        source = newest if arch and NEWER_ARCHS[arch]["requires"] else info
         (out / f"{name}.json").write_text(json.dumps(build(source), indent=2, ensure_ascii=False) + "\n")
         print("wrote", out / f"{name}.json")
     SUBGRAPHS_OUT.mkdir(exist_ok=True)

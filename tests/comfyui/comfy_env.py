@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 
 from comfyui_location import skip_or_fail_without_comfyui
 
@@ -59,6 +60,34 @@ def run_train(pack, model, basis, arch, copies=1, **overrides):
     kwargs = dict(TRAIN_DEFAULTS, **overrides)
     with torch.inference_mode():  # as ComfyUI's executor runs nodes
         return pack.node("QRLoRATrainDelta").execute(model, basis, latent, cond, **kwargs)
+
+
+@contextmanager
+def cancel_after_step(step: int):
+    """Cancel a run as ComfyUI's Cancel button does, once its `step`-th optimizer step is done.
+
+    POST /interrupt sets ComfyUI's interrupt flag (comfy.model_management.interrupt_current_processing);
+    Train ΔR checks it before each step, so the run stops with exactly `step` steps done. The flag is set from
+    torch's optimizer-step hook: ComfyUI's progress hook cannot time it (from 0.33 ProgressBar sends an update
+    only every 100 ms). The flag is cleared afterwards, raised or not.
+    """
+    import comfy.model_management
+    from torch.optim.optimizer import register_optimizer_step_post_hook
+
+    done = 0
+
+    def after_optimizer_step(optimizer, args, kwargs):
+        nonlocal done
+        done += 1
+        if done == step:
+            comfy.model_management.interrupt_current_processing(True)
+
+    handle = register_optimizer_step_post_hook(after_optimizer_step)
+    try:
+        yield
+    finally:
+        handle.remove()
+        comfy.model_management.interrupt_current_processing(False)
 
 
 def diffusion_weights(model) -> dict[str, torch.Tensor]:

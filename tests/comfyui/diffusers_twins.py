@@ -7,7 +7,7 @@ diffusers-format model), so a LoRA exported from the twin's weights names
 ComfyUI's modules, and diffusers can be asked to load it into its own.
 
 Sizes are the tests' tiny UNet/MMDiT configs (the layout of
-tests/comfyui/comfy_models.py's "tiny" models, which `check_layout` confirms),
+bench/comfy_models.py's "tiny" models, which `check_layout` confirms),
 except FLUX: diffusers' kohya converter splits a single block's fused
 `linear1` at FLUX.1's widths ([3072] * 3 + [12288]), so the FLUX twin has
 FLUX.1's width and one double and one single block (≈ 0.5 B weights, 2 GB).
@@ -143,6 +143,9 @@ def build(arch: str, seed: int = 0) -> Twin:
             key_map = comfy.utils.mmdit_to_diffusers({"depth": config["num_layers"], "num_blocks": config["num_layers"]})
     unmapped = sorted(set(state) - set(key_map))
     assert not unmapped, f"ComfyUI's map leaves diffusers keys unconverted: {unmapped[:5]}"
+    # The map also names keys of other formats that load into the same ComfyUI weights (from 0.33 FLUX's has
+    # LyCORIS' `ff.linear_in` and FLUX.2's fused names): only this model's own keys are the twin's.
+    key_map = {k: v for k, v in key_map.items() if k in state}
     return Twin(arch, model, converted, key_map)
 
 

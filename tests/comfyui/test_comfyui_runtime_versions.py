@@ -25,8 +25,8 @@ import comfy.model_management
 import comfy.utils
 
 import comfy_models
-from comfy_env import (CPU, TRAIN_DEFAULTS, decompose, latent_and_cond, random_delta, run_train, scaled_fp8_checkpoint,
-                       tiny_model, triangular_in_official_basis)
+from comfy_env import (CPU, TRAIN_DEFAULTS, cancel_after_step, decompose, latent_and_cond, random_delta, run_train,
+                       scaled_fp8_checkpoint, tiny_model, triangular_in_official_basis)
 from qr_comfyui_runtime import COMFYUI_VERSION
 
 # ComfyUI 0.8 binds comfy-kitchen's RoPE kernel (a custom op with no backward) into FLUX's attention.
@@ -95,16 +95,8 @@ def test_training_leaves_no_global_changed_on_success_error_and_cancel(pack):
         pack.node("QRLoRATrainDelta").execute(model, basis, latent, cond, **dict(TRAIN_DEFAULTS, steps=2))
     assert comfy_globals() == before
 
-    def interrupt(value, total, preview, node_id=None):
-        comfy.model_management.interrupt_current_processing(True)
-
-    old, comfy.utils.PROGRESS_BAR_HOOK = comfy.utils.PROGRESS_BAR_HOOK, interrupt
-    try:
-        with pytest.raises(comfy.model_management.InterruptProcessingException):
-            run_train(pack, model, basis, "flux", steps=5)
-    finally:
-        comfy.utils.PROGRESS_BAR_HOOK = old
-        comfy.model_management.interrupt_current_processing(False)
+    with cancel_after_step(1), pytest.raises(comfy.model_management.InterruptProcessingException):
+        run_train(pack, model, basis, "flux", steps=5)
     after = comfy_globals()
     assert after == before, sorted(k for k in set(before) | set(after) if before.get(k) != after.get(k))
 

@@ -9,10 +9,9 @@ import torch
 
 import comfy.model_management
 import comfy.patcher_extension
-import comfy.utils
 
-from comfy_env import (TRAIN_DEFAULTS, decompose, diffusion_weights, latent_and_cond, random_delta, run_train,
-                       tiny_model, triangular_in_official_basis)
+from comfy_env import (TRAIN_DEFAULTS, cancel_after_step, decompose, diffusion_weights, latent_and_cond,
+                       random_delta, run_train, tiny_model, triangular_in_official_basis)
 
 STEPS = {"sd15": 40, "flux": 40}
 
@@ -60,17 +59,8 @@ def test_cancel_keeps_a_resumable_snapshot_and_model_unpatched(pack, comfy_root)
     basis = decompose(pack, model)
     before = diffusion_weights(model)
 
-    def hook(value, total, preview, node_id=None):
-        if value == 2:
-            comfy.model_management.interrupt_current_processing(True)
-
-    old, comfy.utils.PROGRESS_BAR_HOOK = comfy.utils.PROGRESS_BAR_HOOK, hook
-    try:
-        with pytest.raises(comfy.model_management.InterruptProcessingException):
-            run_train(pack, model, basis, "sd15", steps=10, save_name="cancelled")
-    finally:
-        comfy.utils.PROGRESS_BAR_HOOK = old
-        comfy.model_management.interrupt_current_processing(False)
+    with cancel_after_step(2), pytest.raises(comfy.model_management.InterruptProcessingException):
+        run_train(pack, model, basis, "sd15", steps=10, save_name="cancelled")
     folder = comfy_root / "models" / "qr_lora"
     assert sorted(p.name for p in folder.glob("cancelled*")) == ["cancelled.state.safetensors",
                                                                 "cancelled_step000002.safetensors"]

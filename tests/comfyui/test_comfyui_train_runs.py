@@ -10,7 +10,7 @@ import torch
 import comfy.model_management
 import comfy.utils
 
-from comfy_env import decompose, run_train, tiny_model
+from comfy_env import cancel_after_step, decompose, run_train, tiny_model
 
 RUN = dict(steps=6, learning_rate=5e-3, lr_schedule="cosine", warmup_steps=2, gradient_accumulation=2,
            storage_dtype="bf16", batch_size=2)
@@ -20,22 +20,9 @@ def load(pack, name, model=None, basis=None):
     return pack.node("QRLoRALoadDelta").execute(name, model, basis)[0]
 
 
-def cancel_at(step: int):
-    """A progress hook that cancels the run (as ComfyUI's Cancel button does) once `step` is done."""
-    def hook(value, total, preview, node_id=None):
-        if value == step:
-            comfy.model_management.interrupt_current_processing(True)
-    return hook
-
-
 def cancelled_run(pack, model, basis, step: int, **kwargs):
-    old, comfy.utils.PROGRESS_BAR_HOOK = comfy.utils.PROGRESS_BAR_HOOK, cancel_at(step)
-    try:
-        with pytest.raises(comfy.model_management.InterruptProcessingException):
-            run_train(pack, model, basis, "sd15", copies=2, **kwargs)
-    finally:
-        comfy.utils.PROGRESS_BAR_HOOK = old
-        comfy.model_management.interrupt_current_processing(False)
+    with cancel_after_step(step), pytest.raises(comfy.model_management.InterruptProcessingException):
+        run_train(pack, model, basis, "sd15", copies=2, **kwargs)
 
 
 def test_cancelled_run_resumes_to_the_uninterrupted_run(pack, comfy_root):

@@ -6,14 +6,16 @@ import json
 
 import pytest
 
-from workflow_check import REQUIRES_KEY, unmet_requirement, validate, workflow_files
+from workflow_check import BELOW_KEY, REQUIRES_KEY, unmet_requirement, validate, version_tuple, workflow_files
 
 EXPECTED = {"qr_lora_sdxl_train_merge", "qr_lora_sd35_train_merge", "qr_lora_flux_dev_train_merge",
             "qr_lora_flux_dev_fp8_24gb_train_merge", "qr_lora_sdxl_lambda_grid", "qr_lora_sdxl_nway_composition",
             "qr_lora_sdxl_use_trained", "qr_lora_sd35_use_trained", "qr_lora_flux_dev_use_trained",
-            "qr_lora_sdxl_dataset_train", "qr_lora_flux2_dev_train_merge", "qr_lora_qwen_image_train_merge",
-            "qr_lora_sdxl_lambda_schedule"}
+            "qr_lora_sdxl_dataset_train", "qr_lora_sdxl_dataset_train_comfyui_0_33", "qr_lora_flux2_dev_train_merge",
+            "qr_lora_qwen_image_train_merge", "qr_lora_sdxl_lambda_schedule"}
 NEWER = ("flux2_dev", "qwen_image")  # fp8 files as shipped; FLUX.2 needs ComfyUI ≥ 0.8
+# Make Training Dataset's texts lost its widget in 0.33: a dataset workflow for each side of that change.
+DATASET_WORKFLOWS = ("qr_lora_sdxl_dataset_train", "qr_lora_sdxl_dataset_train_comfyui_0_33")
 
 
 def test_the_promised_workflows_exist_with_thumbnails(workflow_paths):
@@ -47,6 +49,17 @@ def test_workflow_fits_the_live_nodes(comfy_server, path):
             assert named and named <= declared, (node["type"], named, declared)
             for m in node["properties"]["models"]:
                 assert m["url"].startswith("https://") and m["directory"], m
+
+
+def test_a_stale_version_declaration_fails(comfy_server):
+    """A workflow that runs on this server as it is, yet declares versions that exclude it, is an error."""
+    workflow = json.loads((workflow_files()[0].parent / "qr_lora_sdxl_train_merge.json").read_text())
+    assert unmet_requirement(workflow, comfy_server.object_info, comfy_server.version) is None
+    major, minor, patch = version_tuple(comfy_server.version)
+    for key, version in ((REQUIRES_KEY, f"{major}.{minor}.{patch + 1}"), (BELOW_KEY, comfy_server.version)):
+        declared = {**workflow, "extra": {**workflow["extra"], key: version}}
+        with pytest.raises(AssertionError, match="runs it as it is"):
+            unmet_requirement(declared, comfy_server.object_info, comfy_server.version)
 
 
 def test_paper_settings_in_the_train_merge_workflows(comfy_server):
@@ -98,9 +111,23 @@ def test_use_trained_loads_what_train_merge_saves(comfy_server, arch):
     assert types.count("QRLoRAMergeDeltas") == 1 and "KSampler" in types
 
 
-def test_dataset_workflow_feeds_the_dataset_lists_to_train(comfy_server):
+def test_each_version_with_the_dataset_nodes_has_one_dataset_workflow(comfy_server):
+    """The dataset workflows' declared versions leave no gap and no overlap on any ComfyUI CI runs."""
+    folder = workflow_files()[0].parent
+    have = version_tuple(comfy_server.version)
+    fitting = []
+    for name in DATASET_WORKFLOWS:
+        extra = json.loads((folder / f"{name}.json").read_text())["extra"]
+        if version_tuple(extra[REQUIRES_KEY]) <= have and (BELOW_KEY not in extra
+                                                           or have < version_tuple(extra[BELOW_KEY])):
+            fitting.append(name)
+    assert len(fitting) == (1 if "MakeTrainingDataset" in comfy_server.object_info else 0), fitting
+
+
+@pytest.mark.parametrize("name", DATASET_WORKFLOWS)
+def test_dataset_workflow_feeds_the_dataset_lists_to_train(comfy_server, name):
     """Folder of captioned images → Make Training Dataset → Train ΔR's latent and positive (ComfyUI ≥ 0.8)."""
-    workflow = json.loads((workflow_files()[0].parent / "qr_lora_sdxl_dataset_train.json").read_text())
+    workflow = json.loads((workflow_files()[0].parent / f"{name}.json").read_text())
     reason = unmet_requirement(workflow, comfy_server.object_info, comfy_server.version)
     if reason:
         pytest.skip(reason)

@@ -20,7 +20,9 @@ FILE_SUFFIXES = (".safetensors", ".ckpt", ".pt", ".pth", ".bin", ".sft", ".gguf"
 PACK_MODULE = "custom_nodes.qr-lora"
 
 
-REQUIRES_KEY = "qr_lora_requires_comfyui"  # a workflow's extra: the oldest ComfyUI with all its nodes
+# A workflow's extra may bound the ComfyUI versions it is written for (both optional):
+REQUIRES_KEY = "qr_lora_requires_comfyui"  # the oldest ComfyUI with all its nodes and inputs
+BELOW_KEY = "qr_lora_requires_comfyui_below"  # the first ComfyUI whose nodes changed under it (another file serves it)
 
 
 def workflow_files() -> list[Path]:
@@ -32,21 +34,29 @@ def version_tuple(version: str) -> tuple[int, ...]:
 
 
 def unmet_requirement(workflow: dict, object_info: dict, server_version: str) -> str | None:
-    """Why this ComfyUI cannot load the workflow (it declares a newer minimum version), or None.
+    """Why this ComfyUI cannot load the workflow (outside the versions it declares), or None.
 
-    Raises AssertionError when the declaration is stale: an older server that validates the workflow as it is.
+    Raises AssertionError when a declaration is stale: a server outside the declared versions that validates
+    the workflow as it is.
     """
-    need = (workflow.get("extra") or {}).get(REQUIRES_KEY)
-    if need is None or version_tuple(server_version) >= version_tuple(need):
+    extra = workflow.get("extra") or {}
+    need, below = extra.get(REQUIRES_KEY), extra.get(BELOW_KEY)
+    have = version_tuple(server_version)
+    if need is not None and have < version_tuple(need):
+        declared = f"≥ {need}"
+        missing = sorted({n["type"] for n in workflow["nodes"]
+                          if n["type"] not in FRONTEND_ONLY and n["type"] not in object_info})
+        if missing:
+            return f"ComfyUI {server_version} has no {', '.join(missing)}: this workflow needs ComfyUI {declared}"
+    elif below is not None and have >= version_tuple(below):
+        declared = f"< {below}"
+    else:
         return None
-    missing = sorted({n["type"] for n in workflow["nodes"]
-                      if n["type"] not in FRONTEND_ONLY and n["type"] not in object_info})
-    if missing:
-        return f"ComfyUI {server_version} has no {', '.join(missing)}: this workflow needs ComfyUI ≥ {need}"
-    # Every node is there, yet an option may not be (CLIPLoader's type 'flux2' arrived with the model).
+    # Every node is there, yet an option or a widget may not be (CLIPLoader's type 'flux2' arrived with the
+    # model; Make Training Dataset's texts became an input without a widget in 0.33).
     problems = validate(workflow, object_info).problems
-    assert problems, f"the workflow declares ComfyUI ≥ {need}, but {server_version} runs it as it is"
-    return f"ComfyUI {server_version} cannot run it ({problems[0]}): this workflow needs ComfyUI ≥ {need}"
+    assert problems, f"the workflow declares ComfyUI {declared}, but {server_version} runs it as it is"
+    return f"ComfyUI {server_version} cannot run it ({problems[0]}): this workflow is for ComfyUI {declared}"
 
 
 def spec_of(info: dict, name: str) -> tuple[str, dict, bool]:
