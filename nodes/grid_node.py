@@ -1,95 +1,18 @@
-"""QR-LoRA λ Grid: one labelled image grid over λc × λs (paper Fig. 7/17).
-
-ComfyUI's core nodes cannot draw labels on images, so this node samples every
-(λc, λs) cell itself, with the same seed and settings, and writes the λ values
-in the margins: rows are λc (content), columns λs (style). The rows can sweep
-λ over steps (schedules, sampled through the same weight hooks as the λ over
-Steps node) or a content or style block profile instead, at one λc.
-"""
+"""QR-LoRA λ Grid: one labelled image grid over λc × λs (paper Fig. 7/17); the sampling is services/lambda_grid.py."""
 
 from __future__ import annotations
 
-import inspect
-
-import comfy.hooks
-import comfy.model_management
-import comfy.sample
 import comfy.samplers
-import comfy.utils
-import latent_preview
-import torch
 from comfy_api.latest import io, ui
 
-from ..qr_core.merging.blocks import parse_block_profile, scaled_by_blocks
-from ..qr_core.merging.lambda_schedule import SCHEDULE_CHOICES, resolve_schedule
-from .services.patches import merge_onto
-from .services.schedule_hooks import hooks_on_dynamic_vram, scheduled_hooks
+from ..qr_core.merging.lambda_schedule import SCHEDULE_CHOICES
+from .services.lambda_grid import ROW_TITLES, sample_grid
+from .services.schedule_hooks import hooks_on_dynamic_vram
 from .lambda_inputs import block_inputs, with_block_profiles
 from .options import check_options
 from .sockets import CATEGORY, QRDeltaType
 
-MAX_CELLS = 64
-ROW_AXES = ("lambda_content", "schedule", "content_block_profile", "style_block_profile")
-ROW_TITLES = {"lambda_content": "content", "schedule": "schedule", "content_block_profile": "content blocks",
-              "style_block_profile": "style blocks"}
-
-
-def parse_values(text: str, what: str) -> list[float]:
-    """'0.5, 0.75, 1.0' → [0.5, 0.75, 1.0]; also 'start:stop:step' (stop included)."""
-    text = text.strip()
-    try:
-        if ":" in text:
-            start, stop, step = (float(v) for v in text.split(":"))
-            if step <= 0:
-                raise ValueError
-            n = int(round((stop - start) / step)) + 1
-            values = [round(start + i * step, 6) for i in range(max(n, 0))]
-        else:
-            values = [float(v) for v in text.replace(";", ",").split(",") if v.strip()]
-    except ValueError:
-        raise ValueError(f"{what}: write numbers separated by commas ('0.5, 0.75, 1.0') or start:stop:step "
-                         f"('0.5:1.0:0.1'), not {text!r}.") from None
-    if not values:
-        raise ValueError(f"{what}: no λ value given.")
-    return values
-
-
-def _font(size: int):
-    from PIL import ImageFont
-    try:
-        return ImageFont.load_default(size=size)
-    except TypeError:  # Pillow < 10.1
-        return ImageFont.load_default()
-
-
-def _text(v) -> str:
-    return f"{v:g}" if isinstance(v, (int, float)) else str(v)
-
-
-def label_grid(images: torch.Tensor, rows: list, cols: list[float], row_title: str = "content") -> torch.Tensor:
-    """images [rows·cols, H, W, 3] (row-major) → one IMAGE [1, H', W', 3] with labels in the margins.
-
-    Rows are λc values, or the schedules / block profiles of another row axis (`row_title` names it)."""
-    import numpy as np
-    from PIL import Image, ImageDraw
-
-    n, h, w, _ = images.shape
-    size = max(12, min(h, w) // 12)
-    font = _font(size)
-    top, left = size * 2 + 8, size * 6
-    canvas = Image.new("RGB", (left + w * len(cols), top + h * len(rows)), "white")
-    draw = ImageDraw.Draw(canvas)
-    for i in range(n):
-        r, c = divmod(i, len(cols))
-        cell = (images[i].clamp(0, 1).cpu().float().numpy() * 255).round().astype(np.uint8)
-        canvas.paste(Image.fromarray(cell), (left + c * w, top + r * h))
-    draw.text((4, 4), f"rows: {row_title}\ncols: style", fill="black", font=_font(max(10, size // 2)))
-    for c, v in enumerate(cols):
-        draw.text((left + c * w + w // 2, top // 2 + 2), f"style {v:g}", fill="black", font=font, anchor="mm")
-    for r, v in enumerate(rows):
-        draw.text((left // 2, top + r * h + h // 2), f"{row_title}\n{_text(v)}", fill="black", font=font,
-                  anchor="mm", align="center")
-    return torch.from_numpy(np.asarray(canvas).astype(np.float32) / 255.0).unsqueeze(0)
+ROW_AXES = tuple(ROW_TITLES)
 
 
 class QRLambdaGrid(io.ComfyNode):
@@ -145,82 +68,7 @@ class QRLambdaGrid(io.ComfyNode):
         if row_axis == "schedule":  # before any cell is sampled
             hooks_on_dynamic_vram(model, "λ Grid (schedule rows)")
         scaled = with_block_profiles({"content": content, "style": style, **blocks})  # every cell's fixed profiles
-        content, style = scaled["content"], scaled["style"]
-        labels, rows, cell = row_plans(row_axis, row_values, lambda_content_values, content, style)
-        cols = parse_values(lambda_style_values, "lambda_style_values")
-        if len(rows) * len(cols) > MAX_CELLS:
-            raise ValueError(f"{len(rows)}×{len(cols)} cells: at most {MAX_CELLS}; use fewer rows or λ values.")
-        latent, noise, noise_mask = ksampler_inputs(model, latent_image, seed)
-        total = len(rows) * len(cols) * steps
-        # core's step callback (its previews, its progress bar), moved along one bar over the whole grid
-        show_step = latent_preview.prepare_callback(model, total)
-        images = []
-        for row in rows:
-            for ls in cols:
-                comfy.model_management.throw_exception_if_processing_interrupted()
-                sampled, pos, neg = cell(model, row, ls, positive, negative)
-                done = len(images) * steps
-                samples = comfy.sample.sample(
-                    sampled, noise, steps, cfg, sampler_name, scheduler, pos, neg, latent, noise_mask=noise_mask,
-                    callback=lambda step, x0, x, _, done=done: show_step(done + step, x0, x, total),
-                    disable_pbar=not comfy.utils.PROGRESS_BAR_ENABLED, seed=seed)
-                decoded = vae.decode(samples)
-                if decoded.ndim == 5:  # video VAEs: [B, T, H, W, C]
-                    decoded = decoded.reshape(-1, *decoded.shape[-3:])
-                images.append(decoded[:1, ..., :3].float().cpu())
-        batch = torch.cat(images)
-        grid = label_grid(batch, labels, cols, ROW_TITLES[row_axis])
+        grid, batch = sample_grid(model, scaled["content"], scaled["style"], positive, negative, latent_image, vae,
+                                  lambda_content_values, lambda_style_values, seed, steps, cfg, sampler_name,
+                                  scheduler, row_axis, row_values)
         return io.NodeOutput(grid, batch, ui=ui.PreviewImage(grid, cls=cls))
-
-
-def ksampler_inputs(model, latent: dict, seed: int):
-    """The latent, noise and noise mask of the first image KSampler samples from `latent` (core's common_ksampler).
-
-    Made for the whole batch, then cut: a batch's first noise is not the noise of a one-image batch."""
-    samples = comfy.sample.fix_empty_latent_channels(model, latent["samples"], **downscale_ratios(latent))
-    noise = comfy.sample.prepare_noise(samples, seed, latent.get("batch_index"))
-    mask = latent.get("noise_mask")
-    return samples[:1], noise[:1], mask[:1] if mask is not None else None
-
-
-def downscale_ratios(latent: dict) -> dict:
-    """The latent's pixels-per-latent ratios, for a ComfyUI whose fix_empty_latent_channels takes them.
-
-    An empty latent of another model family's ratio (Empty Latent Image: 8) is resized there to the
-    model's (FLUX.2, Wan 2.2: 16); without them the grid would sample at twice KSampler's size."""
-    takes = inspect.signature(comfy.sample.fix_empty_latent_channels).parameters
-    return {k: latent.get(k) for k in ("downscale_ratio_spacial", "downscale_ratio_temporal") if k in takes}
-
-
-def row_plans(row_axis: str, row_values: str, lambda_content_values: str, content, style):
-    """Row labels, rows, and cell(model, row, λs, positive, negative) → (model, positive, negative) of one cell."""
-    if row_axis == "lambda_content":
-        def plain(model, lc, ls, positive, negative):
-            return merge_onto(model, [content, style], [lc, ls]), positive, negative
-        values = parse_values(lambda_content_values, "lambda_content_values")
-        return values, values, plain
-    lcs = parse_values(lambda_content_values, "lambda_content_values")
-    if len(lcs) != 1:
-        raise ValueError(f"the rows sweep {row_axis}, so lambda_content_values is the one λc of every row, "
-                         f"not {len(lcs)} values.")
-    lc = lcs[0]
-    texts = [t.strip() for t in (row_values or "").split("|") if t.strip()]
-    if not texts:
-        raise ValueError(f"row_axis {row_axis}: give the rows in row_values, separated by '|'.")
-    if row_axis == "schedule":
-        # a row with numbers is a custom list of points; a word is a preset (an unknown one lists the presets)
-        plans = [resolve_schedule("custom", t) if any(c.isdigit() for c in t) else resolve_schedule(t) for t in texts]
-
-        def scheduled(model, plan, ls, positive, negative):
-            hooks = scheduled_hooks(model, [content, style], [lc, ls], plan)
-            return (model, comfy.hooks.set_hooks_for_conditioning(positive, hooks),
-                    comfy.hooks.set_hooks_for_conditioning(negative, hooks))
-        return texts, plans, scheduled
-    which = "content" if row_axis == "content_block_profile" else "style"
-    delta = content if which == "content" else style
-    profiles = [scaled_by_blocks(delta, parse_block_profile(t, delta.arch)) for t in texts]
-
-    def blocks(model, scaled, ls, positive, negative):
-        pair = [scaled, style] if which == "content" else [content, scaled]
-        return merge_onto(model, pair, [lc, ls]), positive, negative
-    return texts, profiles, blocks

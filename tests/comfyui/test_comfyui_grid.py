@@ -18,7 +18,7 @@ from test_comfyui_merge import merge_node
 
 
 def test_parse_values(pack):
-    parse = pack.module("nodes.grid_node").parse_values
+    parse = pack.module("nodes.services.lambda_grid").parse_values
     assert parse("0.5, 0.75,1.0", "x") == [0.5, 0.75, 1.0]
     assert parse("0.5:1.0:0.1", "x") == [0.5, 0.6, 0.7, 0.8, 0.9, 1.0]
     with pytest.raises(ValueError, match="commas"):
@@ -28,7 +28,7 @@ def test_parse_values(pack):
 
 
 def test_label_grid_places_cells_row_major_with_margins(pack):
-    label_grid = pack.module("nodes.grid_node").label_grid
+    label_grid = pack.module("nodes.services.lambda_grid").label_grid
     cells = torch.stack([torch.full((24, 32, 3), v) for v in (0.0, 0.25, 0.5, 0.75, 1.0, 0.1)])
     grid = label_grid(cells, [0.5, 1.0], [0.5, 0.75, 1.0])
     assert grid.shape[0] == 1 and grid.shape[-1] == 3
