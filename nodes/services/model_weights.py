@@ -40,6 +40,11 @@ def base_weight_getter(model) -> Callable[[str], torch.Tensor]:
     layers (ComfyUI 0.3: `scale_weight`; from 0.8: `QuantizedTensor`) go
     through their own `convert_weight`, the conversion ComfyUI applies before
     patching, and come back dequantized in fp32.
+
+    The same rule as ModelPatcher.get_key_patches (identical on every version
+    the pack supports), read per key: that method builds the whole state dict on
+    each call and hides "no conversion" behind an identity function, which would
+    force an fp32 copy of every weight where the stored one serves.
     """
     def get(key: str) -> torch.Tensor:
         full = DIFFUSION_PREFIX + key
