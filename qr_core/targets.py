@@ -15,10 +15,15 @@ from typing import Iterable, Mapping, Sequence
 
 from .errors import BasisMismatchError, TargetError
 
-ARCHITECTURES = ("sd15", "sdxl", "sd3", "flux", "flux2", "chroma", "qwen_image", "lumina2", "hidream", "wan",
-                 "longcat", "ovis", "mage_flow", "ernie", "krea2", "anima")
-KNOWN_MODELS = ("SD1.5, SDXL, SD3, FLUX, FLUX.2, Chroma, Qwen-Image, Lumina 2/Z-Image, HiDream, Wan, LongCat-Image, "
-                "Ovis-Image, Mage-Flow, ERNIE-Image, Krea 2, Anima")
+# Every architecture the tables below know: its id (in files, presets, block groups) → the models users know it by.
+ARCHITECTURE_NAMES = {
+    "sd15": "SD1.5", "sdxl": "SDXL", "sd3": "SD3", "flux": "FLUX", "flux2": "FLUX.2", "chroma": "Chroma",
+    "qwen_image": "Qwen-Image", "lumina2": "Lumina 2/Z-Image", "hidream": "HiDream", "wan": "Wan",
+    "longcat": "LongCat-Image", "ovis": "Ovis-Image", "mage_flow": "Mage-Flow", "ernie": "ERNIE-Image",
+    "krea2": "Krea 2", "anima": "Anima",
+}
+ARCHITECTURES = tuple(ARCHITECTURE_NAMES)
+KNOWN_MODELS = ", ".join(ARCHITECTURE_NAMES.values())
 PRESETS = ("paper", "paper-self-attention", "attention", "attention+mlp", "custom")
 _PREFIXES = ("model.diffusion_model.", "diffusion_model.")
 
