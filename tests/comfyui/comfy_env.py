@@ -63,6 +63,24 @@ def run_train(pack, model, basis, arch, copies=1, **overrides):
 
 
 @contextmanager
+def previews_shown():
+    """Yields a list that collects (step, format, size) of every preview image sent to ComfyUI's progress hook."""
+    import comfy.utils
+
+    shown = []
+
+    def hook(value, total, preview, node_id=None):
+        if preview is not None:
+            shown.append((value, preview[0], preview[1].size))
+
+    old, comfy.utils.PROGRESS_BAR_HOOK = comfy.utils.PROGRESS_BAR_HOOK, hook
+    try:
+        yield shown
+    finally:
+        comfy.utils.PROGRESS_BAR_HOOK = old
+
+
+@contextmanager
 def cancel_after_step(step: int):
     """Cancel a run as ComfyUI's Cancel button does, once its `step`-th optimizer step is done.
 

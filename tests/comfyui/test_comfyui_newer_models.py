@@ -25,7 +25,7 @@ import comfy.supported_models
 import comfy.utils
 import nodes
 
-from comfy_env import CPU, TRAIN_DEFAULTS, diffusion_weights, random_delta
+from comfy_env import CPU, TRAIN_DEFAULTS, diffusion_weights, previews_shown, random_delta
 from test_comfyui_merge import expected, merge_node, patched_weights
 
 # Most used first. Lumina 2 shares Z-Image's layout but has grouped-query attention (fewer k/v rows).
@@ -321,17 +321,8 @@ def test_previews_without_a_vae_are_cores_latent_to_rgb(pack, name):
     FLUX.2's factors are for 32 channels: its latent format's reshape turns 128 channels at 8×8 into 32 at 16×16."""
     model = tiny(name)
     basis = pack.node("QRLoRADecompose").execute(model, 4, "paper", "", "fast", False)[0]
-    shown = []
-
-    def hook(value, total, preview, node_id=None):
-        if preview is not None:
-            shown.append((value, preview[0], preview[1].size))
-
-    old, comfy.utils.PROGRESS_BAR_HOOK = comfy.utils.PROGRESS_BAR_HOOK, hook
-    try:
+    with previews_shown() as shown:
         out = train(pack, model, basis, name, steps=2, preview_every=1, preview_steps=2)
-    finally:
-        comfy.utils.PROGRESS_BAR_HOOK = old
     side = 16 if name == "flux2" else 8
     *each, last = shown
     assert each == [(1, "JPEG", (side, side)), (2, "JPEG", (side, side))]

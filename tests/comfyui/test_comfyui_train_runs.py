@@ -10,7 +10,7 @@ import torch
 import comfy.model_management
 import comfy.utils
 
-from comfy_env import cancel_after_step, decompose, run_train, tiny_model
+from comfy_env import cancel_after_step, decompose, previews_shown, run_train, tiny_model
 
 RUN = dict(steps=6, learning_rate=5e-3, lr_schedule="cosine", warmup_steps=2, gradient_accumulation=2,
            storage_dtype="bf16", batch_size=2)
@@ -131,17 +131,8 @@ def test_previews_at_the_requested_steps_leave_the_training_unchanged(pack, arch
     basis = decompose(pack, model)
     settings = dict(steps=5, learning_rate=5e-3, save_name="")
     plain = run_train(pack, model, basis, arch, **settings)
-    shown = []
-
-    def hook(value, total, preview, node_id=None):
-        if preview is not None:
-            shown.append((value, preview[0], preview[1].size))
-
-    old, comfy.utils.PROGRESS_BAR_HOOK = comfy.utils.PROGRESS_BAR_HOOK, hook
-    try:
+    with previews_shown() as shown:
         watched = run_train(pack, model, basis, arch, preview_every=2, preview_steps=3, **settings)
-    finally:
-        comfy.utils.PROGRESS_BAR_HOOK = old
     *each, last = shown
     assert [s[0] for s in each] == [2, 4, 5]  # every 2 steps, and after the last
     assert all(s[1] == "JPEG" and s[2] == (8, 8) for s in each)  # latent-to-RGB of an 8×8 latent
