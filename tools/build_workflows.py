@@ -14,7 +14,8 @@ files match the nodes exactly:
         # workflows: one from 0.8's nodes, one from 0.33's)
     python tools/build_workflows.py --thumbnails-only   # after tests/live wrote docs/workflow_*.png
 
-tests/live validates the result against a running ComfyUI and in a browser.
+tests/live validates the result against a running ComfyUI and in a browser. The recipes and the model-family
+table are here; tools/workflow_graph.py lays out the nodes, links, groups and blueprints.
 """
 
 from __future__ import annotations
