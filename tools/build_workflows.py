@@ -75,7 +75,7 @@ def graph(info: dict) -> Workflow:
 
 # --------------------------------------------------------------------------- model families
 
-# Step 1's note per family: `files` lists the model files and their folders.
+# Step 1's note per family (NOTE_MODELS_FP8: the 2025 models' fp8 files); `files`: the files and their folders.
 NOTE_MODELS = ("QR-LoRA on {label}: step 1 — models\n\n{files}\n\n(ComfyUI offers the downloads when the file is "
                "missing.) Memory: {vram}.\n\nDecompose splits each target weight into W = QR + W_comp once per "
                "model; the basis is cached in models/qr_lora/bases, so the next run starts in seconds.")
@@ -144,32 +144,37 @@ def one_encoder(label: str, unet: str, text_encoder: str, clip_type: str, vae: s
 # AuraFlow shift 3.1, cfg 2.5). FLUX.2 needs ComfyUI 0.8 (CLIPLoader type flux2, EmptyFlux2LatentImage);
 # Qwen-Image's nodes are in 0.3.64 already, where its workflow validates.
 FAMILIES = {
-    "sdxl": Family("SDXL", "sdxl", checkpoint("SDXL", "sd_xl_base_1.0.safetensors"), "≈24 GB for training at bf16",
-                   "EmptyLatentImage", 1024, 30, 7.0, "euler", "normal"),
+    "sdxl": Family("SDXL", "sdxl", checkpoint("SDXL", "sd_xl_base_1.0.safetensors"),
+                   vram="≈24 GB for training at bf16",
+                   latent="EmptyLatentImage", size=1024, steps=30, cfg=7.0, sampler="euler", scheduler="normal"),
     "sd35": Family("SD3.5 Large", "sd35", checkpoint("SD3.5 Large", "sd3.5_large_fp8_scaled.safetensors"),
-                   "≈40 GB for training (the fp8 checkpoint is dequantized per layer)",
-                   "EmptySD3LatentImage", 1024, 30, 4.0, "euler", "sgm_uniform"),
+                   vram="≈40 GB for training (the fp8 checkpoint is dequantized per layer)",
+                   latent="EmptySD3LatentImage", size=1024, steps=30, cfg=4.0, sampler="euler",
+                   scheduler="sgm_uniform"),
     "flux": Family("FLUX.1-dev", "flux_dev", flux1("default", "t5xxl_fp16.safetensors", "Load FLUX.1-dev"),
-                   "≈48–80 GB for training at bf16 (see the 24 GB variant)",
-                   "EmptySD3LatentImage", 1024, 28, 1.0, "euler", "simple", guidance=SAMPLE_GUIDANCE,
-                   train=dict(gradient_checkpointing=True)),
+                   vram="≈48–80 GB for training at bf16 (see the 24 GB variant)",
+                   latent="EmptySD3LatentImage", size=1024, steps=28, cfg=1.0, sampler="euler", scheduler="simple",
+                   guidance=SAMPLE_GUIDANCE, train=dict(gradient_checkpointing=True)),
     "flux_fp8": Family("FLUX.1-dev fp8 (24 GB)", "flux_dev_fp8_24gb",
                        flux1("fp8_e4m3fn", "t5xxl_fp8_e4m3fn_scaled.safetensors", "Load FLUX.1-dev (fp8 weights)"),
-                       "fits a 24 GB GPU: fp8 base weights, gradient checkpointing",
-                       "EmptySD3LatentImage", 1024, 28, 1.0, "euler", "simple", guidance=SAMPLE_GUIDANCE,
-                       train=dict(gradient_checkpointing=True)),
+                       vram="fits a 24 GB GPU: fp8 base weights, gradient checkpointing",
+                       latent="EmptySD3LatentImage", size=1024, steps=28, cfg=1.0, sampler="euler",
+                       scheduler="simple", guidance=SAMPLE_GUIDANCE, train=dict(gradient_checkpointing=True)),
     "flux2": Family("FLUX.2-dev", "flux2_dev",
                     one_encoder("FLUX.2-dev", "flux2_dev_fp8mixed.safetensors", "mistral_3_small_flux2_fp8.safetensors",
                                 "flux2", "flux2-vae.safetensors"),
-                    "≈80 GB for training (fp8 base weights, gradient checkpointing; 32 B parameters)",
-                    "EmptyFlux2LatentImage", 1024, 20, 1.0, "euler", "simple", guidance=4.0, requires="0.8.0",
-                    train=dict(gradient_checkpointing=True), note=NOTE_MODELS_FP8, note_height=320),
+                    vram="≈80 GB for training (fp8 base weights, gradient checkpointing; 32 B parameters)",
+                    latent="EmptyFlux2LatentImage", size=1024, steps=20, cfg=1.0, sampler="euler", scheduler="simple",
+                    guidance=4.0, requires="0.8.0", train=dict(gradient_checkpointing=True),
+                    note=NOTE_MODELS_FP8, note_height=320),
     "qwen_image": Family("Qwen-Image", "qwen_image",
                          one_encoder("Qwen-Image", "qwen_image_fp8_e4m3fn.safetensors",
-                                     "qwen_2.5_vl_7b_fp8_scaled.safetensors", "qwen_image", "qwen_image_vae.safetensors"),
-                         "≈48 GB for training (fp8 base weights, gradient checkpointing; 20 B parameters)",
-                         "EmptySD3LatentImage", 1328, 20, 2.5, "euler", "simple", shift=3.1,
-                         train=dict(gradient_checkpointing=True), note=NOTE_MODELS_FP8, note_height=320),
+                                     "qwen_2.5_vl_7b_fp8_scaled.safetensors", "qwen_image",
+                                     "qwen_image_vae.safetensors"),
+                         vram="≈48 GB for training (fp8 base weights, gradient checkpointing; 20 B parameters)",
+                         latent="EmptySD3LatentImage", size=1328, steps=20, cfg=2.5, sampler="euler",
+                         scheduler="simple", shift=3.1, train=dict(gradient_checkpointing=True),
+                         note=NOTE_MODELS_FP8, note_height=320),
 }
 
 
