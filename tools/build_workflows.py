@@ -14,7 +14,8 @@ files match the nodes exactly:
         # workflows: one from 0.8's nodes, one from 0.33's)
     python tools/build_workflows.py --thumbnails-only   # after tests/live wrote docs/workflow_*.png
 
-tests/live validates the result against a running ComfyUI and in a browser.
+tests/live validates the result against a running ComfyUI and in a browser. The recipes and the model-family
+table are here; tools/workflow_graph.py lays out the nodes, links, groups and blueprints.
 """
 
 from __future__ import annotations
@@ -23,16 +24,15 @@ import argparse
 import json
 import sys
 import urllib.request
-import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
+
+# A sibling module: `python tools/build_workflows.py` puts this folder first on sys.path.
+from workflow_graph import Workflow, blueprint, input_spec, link_to_widget
 
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "workflows"
-
-WIDGET_TYPES = {"INT", "FLOAT", "STRING", "BOOLEAN", "COMBO"}
-FRONTEND_ONLY = {"Note", "MarkdownNote"}
-PACK_ID = "qr-lora"  # the Registry id (pyproject [project].name)
 
 HF = "https://huggingface.co"
 MODELS = {
@@ -68,242 +68,209 @@ PANEL_EXTRA = {"QRLoRATrainDelta": 150, "QRLoRADecompose": 64, "QRLoRAMergeDelta
 GROUP_COLORS = {"models": "#3f789e", "content": "#88A", "style": "#a1309b", "merge": "#8A8", "extra": "#b58b2a"}
 
 
-def input_spec(info: dict, name: str) -> tuple[str, dict]:
-    """(type, options) of a node input from object_info; combos come back as ('COMBO', {'options': [...]})."""
-    for section in ("required", "optional"):
-        spec = info["input"].get(section, {}).get(name)
-        if spec is not None:
-            kind, opts = spec[0], (spec[1] if len(spec) > 1 else {}) or {}
-            if isinstance(kind, list):
-                return "COMBO", {**opts, "options": kind}
-            return kind, opts
-    raise KeyError(name)
+def graph(info: dict) -> Workflow:
+    """An empty workflow on these nodes that lists the pack's model downloads and leaves room for its panels."""
+    return Workflow(info, models=MODELS, panel_extra=PANEL_EXTRA)
 
 
-def ordered_inputs(info: dict) -> list[tuple[str, str, dict, bool]]:
-    """(name, type, options, optional) in the order the front end creates widgets and slots."""
-    out = []
-    for section in ("required", "optional"):
-        names = info.get("input_order", {}).get(section) or list(info["input"].get(section, {}))
-        for n in names:
-            kind, opts = input_spec(info, n)
-            out.append((n, kind, opts, section == "optional"))
-    return out
+# --------------------------------------------------------------------------- model families
+
+# Step 1's note per family (NOTE_MODELS_FP8: the 2025 models' fp8 files); `files`: the files and their folders.
+NOTE_MODELS = ("QR-LoRA on {label}: step 1 — models\n\n{files}\n\n(ComfyUI offers the downloads when the file is "
+               "missing.) Memory: {vram}.\n\nDecompose splits each target weight into W = QR + W_comp once per "
+               "model; the basis is cached in models/qr_lora/bases, so the next run starts in seconds.")
+NOTE_MODELS_FP8 = ("QR-LoRA on {label} (ComfyUI ≥ 0.8): step 1 — models\n\n{files}\n\n(ComfyUI offers the downloads "
+                   "when a file is missing.) Memory: {vram}; not yet measured on a GPU.\n\nDecompose reads the fp8 "
+                   "weights as stored and splits each target weight into W = QR + W_comp once per model; the basis is "
+                   "cached in models/qr_lora/bases.")
 
 
-def is_widget(kind: str, opts: dict) -> bool:
-    return kind in WIDGET_TYPES and not opts.get("forceInput")
+@dataclass(frozen=True)
+class Loader:
+    """One loader node: its type, widget values, offset below the first loader and title."""
+    type: str
+    values: dict
+    dy: int = 0
+    title: str | None = None
 
 
-def has_control(name: str, kind: str, opts: dict) -> bool:
-    """The front end adds a 'control after generate' widget (one more value) to these INT inputs."""
-    return kind == "INT" and (opts.get("control_after_generate") or name in ("seed", "noise_seed"))
+@dataclass(frozen=True)
+class Family:
+    """A model family's workflows: what differs between SDXL, SD3.5, FLUX.1, FLUX.2 and Qwen-Image is data here.
+
+    loaders: their MODEL, CLIP and VAE outputs are found by type; `guidance`: a FLUX-style model (FluxGuidance
+    on the prompts, a zeroed negative), the value it samples with; `shift`: ModelSamplingAuraFlow before
+    sampling; `requires`: the oldest ComfyUI with the family's nodes and options; `train`: Train ΔR settings
+    on top of TRAIN."""
+    label: str
+    stem: str  # its workflows are qr_lora_<stem>_train_merge / _use_trained
+    loaders: tuple[Loader, ...]
+    vram: str
+    latent: str
+    size: int
+    steps: int
+    cfg: float
+    sampler: str
+    scheduler: str
+    guidance: float | None = None
+    shift: float | None = None
+    requires: str | None = None
+    train: dict = field(default_factory=dict)
+    note: str = NOTE_MODELS
+    note_height: int = 300
 
 
-def widget_layout(info: dict) -> list[tuple[str, str, dict]]:
-    """The widgets_values slots of a node: (input name or '<name>:control' / '<name>:upload', type, options)."""
-    slots = []
-    for name, kind, opts, _ in ordered_inputs(info):
-        if not is_widget(kind, opts):
-            continue
-        slots.append((name, kind, opts))
-        if has_control(name, kind, opts):
-            slots.append((name + ":control", "CONTROL", {"options": ["fixed", "increment", "decrement", "randomize"]}))
-        if opts.get("image_upload"):
-            slots.append((name + ":upload", "UPLOAD", {}))
-    return slots
+def checkpoint(label: str, ckpt: str) -> tuple[Loader, ...]:
+    return (Loader("CheckpointLoaderSimple", {"ckpt_name": ckpt}, title=f"Load {label} checkpoint"),)
 
 
-class Workflow:
-    def __init__(self, object_info: dict):
-        self.info = object_info
-        self.nodes: list[dict] = []
-        self.links: list[list] = []
-        self.groups: list[dict] = []
-
-    def node(self, type_: str, pos, values: dict | None = None, *, title: str | None = None, size=None,
-             color: str | None = None, text: str | None = None) -> dict:
-        values = dict(values or {})
-        nid = len(self.nodes) + 1
-        node = {"id": nid, "type": type_, "pos": [float(pos[0]), float(pos[1])], "size": None, "flags": {},
-                "order": 0, "mode": 0, "inputs": [], "outputs": [], "properties": {}, "widgets_values": []}
-        if type_ in FRONTEND_ONLY:
-            node["widgets_values"] = [text or ""]
-            node["size"] = list(size or [360, 160])
-            node["color"], node["bgcolor"] = "#432", "#653"
-            self.nodes.append(node)
-            return node
-        info = self.info[type_]
-        n_widgets = 0
-        for name, kind, opts, optional in ordered_inputs(info):
-            if is_widget(kind, opts):
-                continue
-            slot = {"name": name, "type": kind, "link": None}
-            if optional:
-                slot["shape"] = 7
-            node["inputs"].append(slot)
-        for i, (kind, oname) in enumerate(zip(info["output"], info.get("output_name") or info["output"])):
-            node["outputs"].append({"name": oname, "type": kind, "links": [], "slot_index": i})
-        wv = []
-        for name, kind, opts in widget_layout(info):
-            if name.endswith(":control"):
-                wv.append(values.pop(name, "fixed"))
-            elif name.endswith(":upload"):
-                wv.append("image")
-            else:
-                wv.append(values.pop(name) if name in values else opts.get("default", _fallback(kind, opts)))
-                n_widgets += 2 if opts.get("multiline") else 1
-        if values:
-            raise KeyError(f"{type_}: unknown widget(s) {sorted(values)}")
-        node["widgets_values"] = wv
-        props = {"Node name for S&R": type_}
-        is_pack = type_.startswith("QRLoRA")
-        props["cnr_id"] = PACK_ID if is_pack else "comfy-core"
-        models = [{"name": v, "url": MODELS[v][0], "directory": MODELS[v][1]}
-                  for v in wv if isinstance(v, str) and v in MODELS]
-        if models:
-            props["models"] = models
-        node["properties"] = props
-        if title:
-            node["title"] = title
-        if color:
-            node["color"], node["bgcolor"] = color, _darker(color)
-        slots = max(len(node["inputs"]), len(node["outputs"]))
-        height = 36 + slots * 22 + n_widgets * 26 + (200 if type_ == "LoadImage" else 0) + (250 if type_ in ("SaveImage", "PreviewImage") else 0) + PANEL_EXTRA.get(type_, 0)
-        node["size"] = list(size or [340, height])
-        self.nodes.append(node)
-        return node
-
-    def link(self, src: dict, out: int | str, dst: dict, inp: str) -> None:
-        if isinstance(out, str):
-            out = next(i for i, o in enumerate(src["outputs"]) if o["name"] == out)
-        slot = next(i for i, s in enumerate(dst["inputs"]) if s["name"] == inp)
-        kind = src["outputs"][out]["type"]
-        lid = len(self.links) + 1
-        self.links.append([lid, src["id"], out, dst["id"], slot, kind])
-        src["outputs"][out]["links"].append(lid)
-        dst["inputs"][slot]["link"] = lid
-
-    def group(self, title: str, nodes: list[dict], color: str, pad: int = 30) -> None:
-        x0 = min(n["pos"][0] for n in nodes) - pad
-        y0 = min(n["pos"][1] for n in nodes) - pad - 40
-        x1 = max(n["pos"][0] + n["size"][0] for n in nodes) + pad
-        y1 = max(n["pos"][1] + n["size"][1] for n in nodes) + pad
-        self.groups.append({"id": len(self.groups) + 1, "title": title, "bounding": [x0, y0, x1 - x0, y1 - y0],
-                            "color": color, "font_size": 24, "flags": {}})
-
-    def to_json(self, name: str) -> dict:
-        for order, n in enumerate(self.nodes):
-            n["order"] = order
-        return {"id": str(uuid.uuid5(uuid.NAMESPACE_URL, f"qr-lora/workflows/{name}")), "revision": 0, "last_node_id": len(self.nodes), "last_link_id": len(self.links),
-                "nodes": self.nodes, "links": self.links, "groups": self.groups, "config": {},
-                "extra": {"ds": {"scale": 0.62, "offset": [120, 160]}, "frontendVersion": "1.27.10"},
-                "version": 0.4}
+def flux1(weight_dtype: str, t5: str, title: str) -> tuple[Loader, ...]:
+    """FLUX.1-dev: the diffusion model, CLIP-L + T5 (DualCLIPLoader type flux) and the ae VAE."""
+    return (Loader("UNETLoader", {"unet_name": "flux1-dev.safetensors", "weight_dtype": weight_dtype}, title=title),
+            Loader("DualCLIPLoader", {"clip_name1": "clip_l.safetensors", "clip_name2": t5, "type": "flux",
+                                      "device": "default"}, 150),
+            Loader("VAELoader", {"vae_name": "ae.safetensors"}, 340))
 
 
-def _fallback(kind: str, opts: dict):
-    return {"INT": 0, "FLOAT": 0.0, "STRING": "", "BOOLEAN": False}.get(kind, (opts.get("options") or [""])[0])
+def one_encoder(label: str, unet: str, text_encoder: str, clip_type: str, vae: str) -> tuple[Loader, ...]:
+    """The 2025 models: one diffusion model (fp8 file, weights as stored), one LLM text encoder (CLIPLoader of
+    the model's type), one VAE."""
+    return (Loader("UNETLoader", {"unet_name": unet, "weight_dtype": "default"}, title=f"Load {label}"),
+            Loader("CLIPLoader", {"clip_name": text_encoder, "type": clip_type, "device": "default"}, 150),
+            Loader("VAELoader", {"vae_name": vae}, 320))
 
 
-def _darker(color: str) -> str:
-    c = color.lstrip("#")
-    if len(c) == 3:
-        c = "".join(ch * 2 for ch in c)
-    r, g, b = (int(c[i:i + 2], 16) for i in (0, 2, 4))
-    return "#%02x%02x%02x" % (int(r * 0.7), int(g * 0.7), int(b * 0.7))
-
-
-# --------------------------------------------------------------------------- model loaders per architecture
-
-ARCHS = {
-    "sdxl": dict(label="SDXL", ckpt="sd_xl_base_1.0.safetensors", latent="EmptyLatentImage", size=1024, steps=30,
-                 cfg=7.0, sampler="euler", scheduler="normal", vram="≈24 GB for training at bf16"),
-    "sd35": dict(label="SD3.5 Large", ckpt="sd3.5_large_fp8_scaled.safetensors", latent="EmptySD3LatentImage",
-                 size=1024, steps=30, cfg=4.0, sampler="euler", scheduler="sgm_uniform",
-                 vram="≈40 GB for training (the fp8 checkpoint is dequantized per layer)"),
-    "flux": dict(label="FLUX.1-dev", unet="flux1-dev.safetensors", weight_dtype="default", t5="t5xxl_fp16.safetensors",
-                 latent="EmptySD3LatentImage", size=1024, steps=28, cfg=1.0, sampler="euler", scheduler="simple",
-                 vram="≈48–80 GB for training at bf16 (see the 24 GB variant)"),
-    "flux_fp8": dict(label="FLUX.1-dev fp8 (24 GB)", unet="flux1-dev.safetensors", weight_dtype="fp8_e4m3fn",
-                     t5="t5xxl_fp8_e4m3fn_scaled.safetensors", latent="EmptySD3LatentImage", size=1024, steps=28,
-                     cfg=1.0, sampler="euler", scheduler="simple",
-                     vram="fits a 24 GB GPU: fp8 base weights, gradient checkpointing"),
+# FLUX.2 and Qwen-Image generate as ComfyUI's example workflows for them do (FLUX.2: guidance 4; Qwen-Image:
+# AuraFlow shift 3.1, cfg 2.5). FLUX.2 needs ComfyUI 0.8 (CLIPLoader type flux2, EmptyFlux2LatentImage);
+# Qwen-Image's nodes are in 0.3.64 already, where its workflow validates.
+FAMILIES = {
+    "sdxl": Family("SDXL", "sdxl", checkpoint("SDXL", "sd_xl_base_1.0.safetensors"),
+                   vram="≈24 GB for training at bf16",
+                   latent="EmptyLatentImage", size=1024, steps=30, cfg=7.0, sampler="euler", scheduler="normal"),
+    "sd35": Family("SD3.5 Large", "sd35", checkpoint("SD3.5 Large", "sd3.5_large_fp8_scaled.safetensors"),
+                   vram="≈40 GB for training (the fp8 checkpoint is dequantized per layer)",
+                   latent="EmptySD3LatentImage", size=1024, steps=30, cfg=4.0, sampler="euler",
+                   scheduler="sgm_uniform"),
+    "flux": Family("FLUX.1-dev", "flux_dev", flux1("default", "t5xxl_fp16.safetensors", "Load FLUX.1-dev"),
+                   vram="≈48–80 GB for training at bf16 (see the 24 GB variant)",
+                   latent="EmptySD3LatentImage", size=1024, steps=28, cfg=1.0, sampler="euler", scheduler="simple",
+                   guidance=SAMPLE_GUIDANCE, train=dict(gradient_checkpointing=True)),
+    "flux_fp8": Family("FLUX.1-dev fp8 (24 GB)", "flux_dev_fp8_24gb",
+                       flux1("fp8_e4m3fn", "t5xxl_fp8_e4m3fn_scaled.safetensors", "Load FLUX.1-dev (fp8 weights)"),
+                       vram="fits a 24 GB GPU: fp8 base weights, gradient checkpointing",
+                       latent="EmptySD3LatentImage", size=1024, steps=28, cfg=1.0, sampler="euler",
+                       scheduler="simple", guidance=SAMPLE_GUIDANCE, train=dict(gradient_checkpointing=True)),
+    "flux2": Family("FLUX.2-dev", "flux2_dev",
+                    one_encoder("FLUX.2-dev", "flux2_dev_fp8mixed.safetensors", "mistral_3_small_flux2_fp8.safetensors",
+                                "flux2", "flux2-vae.safetensors"),
+                    vram="≈80 GB for training (fp8 base weights, gradient checkpointing; 32 B parameters)",
+                    latent="EmptyFlux2LatentImage", size=1024, steps=20, cfg=1.0, sampler="euler", scheduler="simple",
+                    guidance=4.0, requires="0.8.0", train=dict(gradient_checkpointing=True),
+                    note=NOTE_MODELS_FP8, note_height=320),
+    "qwen_image": Family("Qwen-Image", "qwen_image",
+                         one_encoder("Qwen-Image", "qwen_image_fp8_e4m3fn.safetensors",
+                                     "qwen_2.5_vl_7b_fp8_scaled.safetensors", "qwen_image",
+                                     "qwen_image_vae.safetensors"),
+                         vram="≈48 GB for training (fp8 base weights, gradient checkpointing; 20 B parameters)",
+                         latent="EmptySD3LatentImage", size=1328, steps=20, cfg=2.5, sampler="euler",
+                         scheduler="simple", shift=3.1, train=dict(gradient_checkpointing=True),
+                         note=NOTE_MODELS_FP8, note_height=320),
 }
 
 
-def loaders(wf: Workflow, arch: str, x: float, y: float):
-    """Model, CLIP and VAE loader nodes; returns (model_src, clip_src, vae_src, nodes) as (node, slot) pairs."""
-    a = ARCHS[arch]
-    if "ckpt" in a:
-        ck = wf.node("CheckpointLoaderSimple", (x, y), {"ckpt_name": a["ckpt"]}, title=f"Load {a['label']} checkpoint")
-        return (ck, 0), (ck, 1), (ck, 2), [ck]
-    unet = wf.node("UNETLoader", (x, y), {"unet_name": a["unet"], "weight_dtype": a["weight_dtype"]},
-                   title="Load FLUX.1-dev" + (" (fp8 weights)" if a["weight_dtype"] != "default" else ""))
-    clip = wf.node("DualCLIPLoader", (x, y + 150),
-                   {"clip_name1": "clip_l.safetensors", "clip_name2": a["t5"], "type": "flux", "device": "default"})
-    vae = wf.node("VAELoader", (x, y + 340), {"vae_name": "ae.safetensors"})
-    return (unet, 0), (clip, 0), (vae, 0), [unet, clip, vae]
+def loaders(wf: Workflow, family: str, x: float, y: float):
+    """The family's loader nodes; returns (model_src, clip_src, vae_src, nodes), sources as (node, slot) pairs."""
+    nodes = [wf.node(ld.type, (x, y + ld.dy), ld.values, title=ld.title) for ld in FAMILIES[family].loaders]
+
+    def source(kind: str):
+        return next((n, i) for n in nodes for i, o in enumerate(n["outputs"]) if o["type"] == kind)
+
+    return source("MODEL"), source("CLIP"), source("VAE"), nodes
 
 
-def is_flux(arch: str) -> bool:
-    return arch.startswith("flux")
+def nodes_missing(info: dict, family: str) -> list[str]:
+    """Nodes and text-encoder types the family's workflow needs that this /object_info lacks (an older ComfyUI)."""
+    f = FAMILIES[family]
+    needed = [ld.type for ld in f.loaders] + [f.latent] + (["ModelSamplingAuraFlow"] if f.shift is not None else [])
+    missing = [n for n in dict.fromkeys(needed) if n not in info]
+    for ld in f.loaders:
+        clip_type = ld.values.get("type")
+        if clip_type and ld.type in info and clip_type not in input_spec(info[ld.type], "type")[1].get("options", []):
+            missing.append(f"{ld.type} type {clip_type}")
+    return missing
 
 
-def prompt(wf: Workflow, arch: str, clip, text: str, pos, title: str, color: str | None = None,
-           guidance: float = SAMPLE_GUIDANCE):
-    """CLIPTextEncode (+ FluxGuidance for FLUX); returns (node, slot) of the conditioning and the nodes."""
+def note_models(family: str) -> str:
+    f = FAMILIES[family]
+    files = [v for ld in f.loaders for v in ld.values.values() if v in MODELS]
+    lines = "\n".join(f"- {name} → models/{MODELS[name][1]}/" for name in files)
+    return f.note.format(label=f.label, files=lines, vram=f.vram)
+
+
+@dataclass
+class Prompt:
+    cond: tuple  # (node, slot) of the conditioning to sample or train with
+    encoder: dict  # the CLIPTextEncode node
+    nodes: list
+
+
+def prompt(wf: Workflow, family: str, clip, text: str, pos, title: str, color: str | None = None,
+           guidance: float | None = None) -> Prompt:
+    """CLIPTextEncode (+ FluxGuidance for a FLUX-style family, `guidance` or the family's own)."""
     enc = wf.node("CLIPTextEncode", pos, {"text": text}, title=title, color=color, size=[340, 130])
     wf.link(clip[0], clip[1], enc, "clip")
-    if not is_flux(arch):
-        return (enc, 0), [enc]
+    f = FAMILIES[family]
+    if f.guidance is None:
+        return Prompt((enc, 0), enc, [enc])
+    guidance = f.guidance if guidance is None else guidance
     label = "FluxGuidance (training: 1, as the official code)" if guidance == TRAIN_GUIDANCE else None
     g = wf.node("FluxGuidance", (pos[0], pos[1] + 160), {"guidance": guidance}, title=label)
     wf.link(enc, 0, g, "conditioning")
-    return (g, 0), [enc, g]
+    return Prompt((g, 0), enc, [enc, g])
 
 
-def train_branch(wf: Workflow, arch: str, kind: str, model, basis, clip, vae, x: float, y: float,
-                 image: str, text: str, trigger: str, save: str):
-    """LoadImage → ImageScale (512) → VAEEncode → Train ΔR with the prompt; returns the Train node and all nodes."""
+def train_branch(wf: Workflow, family: str, kind: str, model, basis, clip, vae, x: float, y: float,
+                 image: str, text: str, trigger: str, save: str, name: str | None = None):
+    """LoadImage → ImageScale (512) → VAEEncode → Train ΔR with the prompt; returns the Train node and all nodes.
+
+    kind: content or style (the colour); name: what the titles call the ΔR (default: the kind)."""
+    name = name or kind
     color = "#335" if kind == "content" else "#535"
-    img = wf.node("LoadImage", (x, y), {"image": image}, title=f"{kind.capitalize()} image (upload yours)")
+    img = wf.node("LoadImage", (x, y), {"image": image}, title=f"{name.capitalize()} image (upload yours)")
     scale = wf.node("ImageScale", (x, y + 380), {"upscale_method": "lanczos", "width": TRAIN_PX, "height": TRAIN_PX,
                                                  "crop": "center"}, title=f"Resize to {TRAIN_PX} px")
     enc = wf.node("VAEEncode", (x, y + 560))
     wf.link(img, 0, scale, "image")
     wf.link(scale, 0, enc, "pixels")
     wf.link(vae[0], vae[1], enc, "vae")
-    cond, cnodes = prompt(wf, arch, clip, text, (x + 380, y), f"{kind.capitalize()} prompt", color, TRAIN_GUIDANCE)
+    p = prompt(wf, family, clip, text, (x + 380, y), f"{name.capitalize()} prompt", color, TRAIN_GUIDANCE)
     settings = dict(TRAIN, trigger_words=trigger, save_name=save)
-    if is_flux(arch) or arch in NEWER_ARCHS:
-        settings["gradient_checkpointing"] = True
-    if arch == "flux_fp8":
-        settings["save_every"] = 100
-    train = wf.node("QRLoRATrainDelta", (x + 760, y), settings, title=f"Train {kind} ΔR")
+    settings.update(FAMILIES[family].train)
+    train = wf.node("QRLoRATrainDelta", (x + 760, y), settings, title=f"Train {name} ΔR")
     wf.link(model[0], model[1], train, "model")
     wf.link(basis[0], basis[1], train, "basis")
     wf.link(enc, 0, train, "latent")
-    wf.link(cond[0], cond[1], train, "positive")
-    return train, [img, scale, enc, train] + cnodes
+    wf.link(p.cond[0], p.cond[1], train, "positive")
+    return train, [img, scale, enc, train] + p.nodes
 
 
-def sampler_chain(wf: Workflow, arch: str, model, clip, vae, x: float, y: float, text: str, prefix: str,
+def sampler_chain(wf: Workflow, family: str, model, clip, vae, x: float, y: float, text: str, prefix: str,
                   hooks=None):
-    """Prompt → KSampler (on `model`) → VAEDecode → SaveImage; returns the nodes.
+    """Prompt → KSampler (on `model`, the family's settings) → VAEDecode → SaveImage; returns the nodes.
 
     `hooks`: a HOOKS output set on both conditionings (core Cond Pair Set Props) before the sampler."""
-    a = ARCHS[arch]
-    pos, pnodes = prompt(wf, arch, clip, text, (x, y), "Merged prompt", "#232")
-    nodes_ = list(pnodes)
-    if is_flux(arch):
+    f = FAMILIES[family]
+    p = prompt(wf, family, clip, text, (x, y), "Merged prompt", "#232")
+    pos = p.cond
+    nodes_ = list(p.nodes)
+    if f.guidance is not None:
         neg = wf.node("ConditioningZeroOut", (x, y + 280), title="Negative (FLUX: none)")
-        wf.link(pnodes[0], 0, neg, "conditioning")
-        negative = (neg, 0)
+        wf.link(p.encoder, 0, neg, "conditioning")
     else:
-        n = wf.node("CLIPTextEncode", (x, y + 170), {"text": "blurry, low quality"}, title="Negative prompt",
-                    color="#322", size=[340, 110])
-        wf.link(clip[0], clip[1], n, "clip")
-        neg, negative = n, (n, 0)
+        neg = wf.node("CLIPTextEncode", (x, y + 170), {"text": "blurry, low quality"}, title="Negative prompt",
+                      color="#322", size=[340, 110])
+        wf.link(clip[0], clip[1], neg, "clip")
+    negative = (neg, 0)
     nodes_.append(neg)
     if hooks is not None:
         props = wf.node("PairConditioningSetProperties", (x, y + 560), {"strength": 1.0, "set_cond_area": "default"},
@@ -313,9 +280,9 @@ def sampler_chain(wf: Workflow, arch: str, model, clip, vae, x: float, y: float,
         wf.link(hooks[0], hooks[1], props, "hooks")
         pos, negative = (props, 0), (props, 1)
         nodes_.append(props)
-    lat = wf.node(a["latent"], (x, y + 400), {"width": a["size"], "height": a["size"], "batch_size": 1})
-    ks = wf.node("KSampler", (x + 380, y), {"seed": 42, "seed:control": "fixed", "steps": a["steps"], "cfg": a["cfg"],
-                                            "sampler_name": a["sampler"], "scheduler": a["scheduler"], "denoise": 1.0})
+    lat = wf.node(f.latent, (x, y + 400), {"width": f.size, "height": f.size, "batch_size": 1})
+    ks = wf.node("KSampler", (x + 380, y), {"seed": 42, "seed:control": "fixed", "steps": f.steps, "cfg": f.cfg,
+                                            "sampler_name": f.sampler, "scheduler": f.scheduler, "denoise": 1.0})
     wf.link(model[0], model[1], ks, "model")
     wf.link(pos[0], pos[1], ks, "positive")
     wf.link(negative[0], negative[1], ks, "negative")
@@ -335,15 +302,6 @@ def decompose(wf: Workflow, model, x, y):
     return d
 
 
-def note_models(arch: str) -> str:
-    a = ARCHS[arch]
-    files = [a["ckpt"]] if "ckpt" in a else [a["unet"], "clip_l.safetensors", a["t5"], "ae.safetensors"]
-    lines = "\n".join(f"- {f} → models/{MODELS[f][1]}/" for f in files)
-    return (f"QR-LoRA on {a['label']}: step 1 — models\n\n{lines}\n\n(ComfyUI offers the downloads when the file is "
-            f"missing.) Memory: {a['vram']}.\n\nDecompose splits each target weight into W = QR + W_comp once per "
-            f"model; the basis is cached in models/qr_lora/bases, so the next run starts in seconds.")
-
-
 NOTE_TRAIN = ("Steps 2 and 3 — train two ΔR, one image each (paper settings: rank 64, lr 1e-4, 500 steps, {px} px).\n\n"
               "Upload your content image (e.g. your dog) and a style reference. The prompts carry the trigger words "
               "'<c>' and '<s>'; any rare word works if you use it again in the merged prompt.\n\n"
@@ -355,23 +313,22 @@ NOTE_MERGE = ("Step 4 — merge and generate: W' = W + Q(λc·ΔR_content + λs�
               "models/qr_lora) or mute them (Ctrl+M) after the first run.")
 
 
-def train_merge(info: dict, arch: str) -> dict:
-    """Train content and style ΔR, merge them and generate (the newer models: their loaders and sampling)."""
-    newer = NEWER_ARCHS.get(arch)
-    wf = Workflow(info)
-    model, clip, vae, lnodes = (newer_loaders if newer else loaders)(wf, arch, 0, 0)
+def train_merge(info: dict, family: str) -> dict:
+    """Train content and style ΔR, merge them and generate."""
+    f = FAMILIES[family]
+    wf = graph(info)
+    model, clip, vae, lnodes = loaders(wf, family, 0, 0)
     d = decompose(wf, model, 0, 520)
-    note1 = wf.node("Note", (0, 880), text=(newer_note_models if newer else note_models)(arch),
-                    size=[340, 320 if newer else 300])
+    note1 = wf.node("Note", (0, 880), text=note_models(family), size=[340, f.note_height])
     wf.group("Step 1 · Models and decomposition", lnodes + [d, note1], GROUP_COLORS["models"])
     basis = (d, 0)
     base_model = (d, 1)
-    tc, cnodes = train_branch(wf, arch, "content", base_model, basis, clip, vae, 480, 0, "content_dog.png",
-                              CONTENT_PROMPT, "<c> dog", f"{arch}_content_dog")
+    tc, cnodes = train_branch(wf, family, "content", base_model, basis, clip, vae, 480, 0, "content_dog.png",
+                              CONTENT_PROMPT, "<c> dog", f"{family}_content_dog")
     wf.group("Step 2 · Content ΔR: 'a photo of a <c> dog'", cnodes, GROUP_COLORS["content"])
     # Below the content branch, whose Train ΔR node is the tallest (938 px with its panel).
-    ts, snodes = train_branch(wf, arch, "style", base_model, basis, clip, vae, 480, 1060, "style_reference.png",
-                              STYLE_PROMPT, "<s> style", f"{arch}_style")
+    ts, snodes = train_branch(wf, family, "style", base_model, basis, clip, vae, 480, 1060, "style_reference.png",
+                              STYLE_PROMPT, "<s> style", f"{family}_style")
     wf.group("Step 3 · Style ΔR: 'a cat in <s> style'", snodes, GROUP_COLORS["style"])
     wf.node("Note", (1680, 0), text=NOTE_TRAIN.format(px=TRAIN_PX, every=TRAIN["save_every"]), size=[340, 280])
     merge = wf.node("QRLoRAMergeDeltas", (1680, 820), {"lambda_content": 1.0, "lambda_style": 1.0,
@@ -382,17 +339,16 @@ def train_merge(info: dict, arch: str) -> dict:
     wf.link(ts, 0, merge, "style")
     note3 = wf.node("Note", (1680, 1240), text=NOTE_MERGE, size=[340, 260])
     sampled, extra = (merge, 0), []
-    if newer and newer["shift"] is not None:  # Qwen-Image's example samples with AuraFlow's shift
-        shift = wf.node("ModelSamplingAuraFlow", (1680, 1540), {"shift": newer["shift"]})
+    if f.shift is not None:
+        shift = wf.node("ModelSamplingAuraFlow", (1680, 1540), {"shift": f.shift})
         wf.link(merge, 0, shift, "model")
         sampled, extra = (shift, 0), [shift]
-    chain = newer_sampler_chain if newer else sampler_chain
-    gen = chain(wf, arch, sampled, clip, vae, 2080, 820, MERGE_PROMPT, f"qr_lora/{arch}_merge")
+    gen = sampler_chain(wf, family, sampled, clip, vae, 2080, 820, MERGE_PROMPT, f"qr_lora/{family}_merge")
     wf.group("Step 4 · Merge (λc, λs) and generate: 'a <c> dog in <s> style'", [merge, note3] + extra + gen,
              GROUP_COLORS["merge"])
-    out = wf.to_json(f"train_merge_{arch}")
-    if newer and newer["requires"]:
-        out["extra"][REQUIRES_KEY] = newer["requires"]
+    out = wf.to_json(f"train_merge_{family}")
+    if f.requires:
+        out["extra"][REQUIRES_KEY] = f.requires
     return out
 
 
@@ -406,7 +362,7 @@ def load_trained_pair(wf, model, y: int, content_title: str, style_title: str):
 
 
 def lambda_grid(info: dict) -> dict:
-    wf = Workflow(info)
+    wf = graph(info)
     model, clip, vae, lnodes = loaders(wf, "sdxl", 0, 0)
     lc, ls = load_trained_pair(wf, model, 200, "Content ΔR", "Style ΔR")
     note = wf.node("Note", (0, 620), size=[340, 330], text=(
@@ -441,7 +397,7 @@ def lambda_grid(info: dict) -> dict:
 
 def lambda_schedule(info: dict) -> dict:
     """Two trained ΔR as weight hooks whose λ follows a schedule over the sampling steps (content early, style late)."""
-    wf = Workflow(info)
+    wf = graph(info)
     model, clip, vae, lnodes = loaders(wf, "sdxl", 0, 0)
     lc, ls = load_trained_pair(wf, model, 200, "Content ΔR", "Style ΔR")
     note = wf.node("Note", (0, 620), size=[340, 360], text=(
@@ -467,7 +423,7 @@ def lambda_schedule(info: dict) -> dict:
 
 
 def nway(info: dict) -> dict:
-    wf = Workflow(info)
+    wf = graph(info)
     model, clip, vae, lnodes = loaders(wf, "sdxl", 0, 0)
     d = decompose(wf, model, 0, 200)
     lc, ls = load_trained_pair(wf, model, 540, "Content ΔR (<c> dog)", "Style ΔR (<s> style)")
@@ -478,10 +434,7 @@ def nway(info: dict) -> dict:
         "3. The merged prompt uses all three trigger words. Lower a λ if one attribute dominates."))
     wf.group("Step 1 · Model, basis and the two trained ΔR", lnodes + [d, lc, ls, note], GROUP_COLORS["models"])
     tx, xnodes = train_branch(wf, "sdxl", "content", (d, 1), (d, 0), clip, vae, 480, 0, "attribute_hat.png",
-                              "a photo of a <a> hat", "<a> hat", "sdxl_attribute_hat")
-    xnodes[0]["title"] = "Attribute image (upload yours)"
-    xnodes[4]["title"] = "Attribute prompt"
-    tx["title"] = "Train attribute ΔR"
+                              "a photo of a <a> hat", "<a> hat", "sdxl_attribute_hat", name="attribute")
     wf.group("Step 2 · Third attribute ΔR: 'a photo of a <a> hat'", xnodes, GROUP_COLORS["extra"])
     merge = wf.node("QRLoRAMergeDeltas", (480, 880), {"lambda_content": 1.0, "lambda_style": 0.9,
                                                       "lambda_extra_1": 0.8, "lambda_extra_2": 1.0,
@@ -496,83 +449,20 @@ def nway(info: dict) -> dict:
     return wf.to_json("nway")
 
 
-# --------------------------------------------------------------------------- the 2025 models
-
-# One diffusion model, one LLM text encoder (CLIPLoader with the model's type), one VAE; generation as in
-# ComfyUI's example workflows for these models (FLUX.2: guidance 4; Qwen-Image: AuraFlow shift 3.1, cfg 2.5).
-NEWER_ARCHS = {
-    "flux2": dict(label="FLUX.2-dev", unet="flux2_dev_fp8mixed.safetensors", text_encoder="mistral_3_small_flux2_fp8.safetensors",
-                  clip_type="flux2", vae="flux2-vae.safetensors", latent="EmptyFlux2LatentImage", size=1024, steps=20,
-                  cfg=1.0, sampler="euler", scheduler="simple", guidance=4.0, shift=None, requires="0.8.0",
-                  vram="≈80 GB for training (fp8 base weights, gradient checkpointing; 32 B parameters)"),
-    "qwen_image": dict(label="Qwen-Image", unet="qwen_image_fp8_e4m3fn.safetensors",
-                       text_encoder="qwen_2.5_vl_7b_fp8_scaled.safetensors", clip_type="qwen_image",
-                       vae="qwen_image_vae.safetensors", latent="EmptySD3LatentImage", size=1328, steps=20, cfg=2.5,
-                       sampler="euler", scheduler="simple", guidance=None, shift=3.1, requires=None,
-                       vram="≈48 GB for training (fp8 base weights, gradient checkpointing; 20 B parameters)"),
-}
-# requires: the oldest ComfyUI with the workflow's nodes and options (FLUX.2: CLIPLoader type flux2 and
-# EmptyFlux2LatentImage came with 0.8; Qwen-Image's are in 0.3.64 already, where its workflow validates).
-# sampler_chain reads the generation settings from ARCHS.
-ARCHS.update({k: {f: a[f] for f in ("label", "latent", "size", "steps", "cfg", "sampler", "scheduler")}
-              for k, a in NEWER_ARCHS.items()})
-
-
-def newer_nodes_missing(info: dict, arch: str) -> list[str]:
-    """Nodes and options the newer model's workflow needs that this /object_info lacks (an older ComfyUI)."""
-    a = NEWER_ARCHS[arch]
-    types = info.get("CLIPLoader", {}).get("input", {}).get("required", {}).get("type", [[]])[0]
-    needed = ["CLIPLoader", a["latent"]] + (["ModelSamplingAuraFlow"] if a["shift"] is not None else [])
-    missing = [n for n in needed if n not in info]
-    return missing + ([f"CLIPLoader type {a['clip_type']}"] if a["clip_type"] not in types else [])
-
-
-def newer_loaders(wf: Workflow, arch: str, x: float, y: float):
-    """UNETLoader (fp8 file, weights as stored), CLIPLoader of the model's type and VAELoader."""
-    a = NEWER_ARCHS[arch]
-    unet = wf.node("UNETLoader", (x, y), {"unet_name": a["unet"], "weight_dtype": "default"}, title=f"Load {a['label']}")
-    clip = wf.node("CLIPLoader", (x, y + 150), {"clip_name": a["text_encoder"], "type": a["clip_type"],
-                                                 "device": "default"})
-    vae = wf.node("VAELoader", (x, y + 320), {"vae_name": a["vae"]})
-    return (unet, 0), (clip, 0), (vae, 0), [unet, clip, vae]
-
-
-def newer_note_models(arch: str) -> str:
-    a = NEWER_ARCHS[arch]
-    lines = "\n".join(f"- {f} → models/{MODELS[f][1]}/" for f in (a["unet"], a["text_encoder"], a["vae"]))
-    return (f"QR-LoRA on {a['label']} (ComfyUI ≥ 0.8): step 1 — models\n\n{lines}\n\n(ComfyUI offers the downloads "
-            f"when a file is missing.) Memory: {a['vram']}; not yet measured on a GPU.\n\nDecompose reads the fp8 "
-            f"weights as stored and splits each target weight into W = QR + W_comp once per model; the basis is "
-            f"cached in models/qr_lora/bases.")
-
-
-def newer_sampler_chain(wf: Workflow, arch: str, model, clip, vae, x: float, y: float, text: str, prefix: str):
-    """sampler_chain with the model's latent, guidance and cfg (ARCHS holds the older models only)."""
-    a = NEWER_ARCHS[arch]
-    nodes_ = sampler_chain(wf, arch, model, clip, vae, x, y, text, prefix)
-    if a["guidance"] is not None:  # FLUX.2: the prompt's FluxGuidance carries the sampling guidance
-        for n in nodes_:
-            if n["type"] == "FluxGuidance":
-                n["widgets_values"][0] = a["guidance"]
-    return nodes_
-
-
-def use_trained(info: dict, arch: str) -> dict:
+def use_trained(info: dict, family: str) -> dict:
     """Load the two ΔR a train-and-merge workflow saved → Merge (λc, λs) → sample: generating needs no retraining."""
-    wf = Workflow(info)
-    tag = {"sdxl": "sdxl", "sd35": "sd35", "flux": "flux"}[arch]
-    trainer_workflow = {"sdxl": "qr_lora_sdxl_train_merge", "sd35": "qr_lora_sd35_train_merge",
-                        "flux": "qr_lora_flux_dev_train_merge"}[arch]
-    model, clip, vae, lnodes = loaders(wf, arch, 0, 0)
+    wf = graph(info)
+    trainer_workflow = f"qr_lora_{FAMILIES[family].stem}_train_merge"
+    model, clip, vae, lnodes = loaders(wf, family, 0, 0)
     y = 520
-    lc = wf.node("QRLoRALoadDelta", (0, y), {"delta_file": f"{tag}_content_dog.safetensors"},
+    lc = wf.node("QRLoRALoadDelta", (0, y), {"delta_file": f"{family}_content_dog.safetensors"},
                  title="Content ΔR (<c> dog)")
-    ls = wf.node("QRLoRALoadDelta", (0, y + 200), {"delta_file": f"{tag}_style.safetensors"},
+    ls = wf.node("QRLoRALoadDelta", (0, y + 200), {"delta_file": f"{family}_style.safetensors"},
                  title="Style ΔR (<s> style)")
     for n in (lc, ls):
         wf.link(model[0], model[1], n, "model")
     note = wf.node("Note", (0, y + 420), size=[340, 330], text=(
-        f"Use two trained ΔR on {ARCHS[arch]['label']}: no training, no Decompose.\n\n"
+        f"Use two trained ΔR on {FAMILIES[family].label}: no training, no Decompose.\n\n"
         f"1. Train them once with '{trainer_workflow}' (they land in "
         "models/qr_lora/), or pick any ΔR pair trained on this model.\n"
         "2. Load ΔR shows each file's architecture, rank and trigger words; it refuses a file made for another "
@@ -585,9 +475,9 @@ def use_trained(info: dict, arch: str) -> dict:
     wf.link(model[0], model[1], merge, "model")
     wf.link(lc, 0, merge, "content")
     wf.link(ls, 0, merge, "style")
-    gen = sampler_chain(wf, arch, (merge, 0), clip, vae, 880, 0, MERGE_PROMPT, f"qr_lora/{tag}_use_trained")
+    gen = sampler_chain(wf, family, (merge, 0), clip, vae, 880, 0, MERGE_PROMPT, f"qr_lora/{family}_use_trained")
     wf.group("Step 2 · Merge (λc, λs) and generate: 'a <c> dog in <s> style'", [merge] + gen, GROUP_COLORS["merge"])
-    return wf.to_json(f"use_trained_{arch}")
+    return wf.to_json(f"use_trained_{family}")
 
 
 # The dataset workflows use ComfyUI's dataset nodes (comfy_extras/nodes_dataset.py), which arrived after 0.3.64.
@@ -598,16 +488,6 @@ DATASET_WORKFLOWS = {"qr_lora_sdxl_dataset_train": ("0.8.0", "0.33.0"),
                      "qr_lora_sdxl_dataset_train_comfyui_0_33": ("0.33.0", None)}
 REQUIRES_KEY = "qr_lora_requires_comfyui"  # in a workflow's "extra": the oldest ComfyUI that has all its nodes
 BELOW_KEY = "qr_lora_requires_comfyui_below"  # in "extra": the first ComfyUI it does not fit (another file does)
-
-
-def link_to_widget(wf: Workflow, src: dict, out: int | str, dst: dict, name: str) -> None:
-    """Link into a widget input (a STRING list into Make Training Dataset's texts), as the front end saves it:
-    an input slot that names its widget, the widget's value kept in widgets_values. Where the input has no
-    widget (0.33's texts) its plain slot is linked."""
-    if not any(s["name"] == name for s in dst["inputs"]):
-        kind, _ = input_spec(wf.info[dst["type"]], name)
-        dst["inputs"].append({"name": name, "type": kind, "widget": {"name": name}, "link": None})
-    wf.link(src, out, dst, name)
 
 
 def dataset_versions_text(name: str) -> str:
@@ -623,7 +503,7 @@ def dataset_versions_text(name: str) -> str:
 def dataset_train(info: dict, name: str) -> dict:
     """Several captioned images (a folder in ComfyUI/input) → ComfyUI's dataset nodes → one Train ΔR run → a sample."""
     since, below = DATASET_WORKFLOWS[name]
-    wf = Workflow(info)
+    wf = graph(info)
     model, clip, vae, lnodes = loaders(wf, "sdxl", 0, 0)
     d = decompose(wf, model, 0, 200)
     # Where Save/Load Training Dataset keep the encoded list: 0.33 added a datasets folder that Load lists.
@@ -671,92 +551,41 @@ def dataset_train(info: dict, name: str) -> dict:
     return out
 
 
+@dataclass(frozen=True)
+class Recipe:
+    """A workflow's builder; `family`: its model family (the file is for the family's ComfyUI, whose
+    /object_info must have its nodes); since/below: the ComfyUI versions it is for, where they are its own."""
+    build: Callable[[dict], dict]
+    family: str | None = None
+    since: str | None = None
+    below: str | None = None
+
+
+def family_recipe(build: Callable[[dict, str], dict], family: str) -> Recipe:
+    return Recipe(lambda info: build(info, family), family)
+
+
 WORKFLOWS = {
-    "qr_lora_sdxl_train_merge": lambda info: train_merge(info, "sdxl"),
-    "qr_lora_sd35_train_merge": lambda info: train_merge(info, "sd35"),
-    "qr_lora_flux_dev_train_merge": lambda info: train_merge(info, "flux"),
-    "qr_lora_flux_dev_fp8_24gb_train_merge": lambda info: train_merge(info, "flux_fp8"),
-    "qr_lora_sdxl_lambda_grid": lambda_grid,
-    "qr_lora_sdxl_nway_composition": nway,
-    "qr_lora_sdxl_lambda_schedule": lambda_schedule,
-    "qr_lora_flux2_dev_train_merge": lambda info: train_merge(info, "flux2"),
-    "qr_lora_qwen_image_train_merge": lambda info: train_merge(info, "qwen_image"),
-    "qr_lora_sdxl_use_trained": lambda info: use_trained(info, "sdxl"),
-    "qr_lora_sd35_use_trained": lambda info: use_trained(info, "sd35"),
-    "qr_lora_flux_dev_use_trained": lambda info: use_trained(info, "flux"),
-    **{name: (lambda info, name=name: dataset_train(info, name)) for name in DATASET_WORKFLOWS},
+    **{f"qr_lora_{FAMILIES[f].stem}_train_merge": family_recipe(train_merge, f) for f in ("sdxl", "sd35", "flux", "flux_fp8")},
+    "qr_lora_sdxl_lambda_grid": Recipe(lambda_grid),
+    "qr_lora_sdxl_nway_composition": Recipe(nway),
+    "qr_lora_sdxl_lambda_schedule": Recipe(lambda_schedule),
+    **{f"qr_lora_{FAMILIES[f].stem}_train_merge": family_recipe(train_merge, f) for f in ("flux2", "qwen_image")},
+    **{f"qr_lora_{FAMILIES[f].stem}_use_trained": family_recipe(use_trained, f) for f in ("sdxl", "sd35", "flux")},
+    **{name: Recipe(lambda info, name=name: dataset_train(info, name), None, *span)
+       for name, span in DATASET_WORKFLOWS.items()},
 }
 
 
 # --------------------------------------------------------------------------- subgraph blueprints (ComfyUI ≥ 0.8)
 # ComfyUI ≥ 0.8 lists custom_nodes/<pack>/subgraphs/*.json at GET /global_subgraphs (app/subgraph_manager.py);
-# the front end offers each under "Subgraph Blueprints", named after its file. A blueprint is a workflow whose
-# root graph is one node of a subgraph type, defined in definitions.subgraphs (what the front end's "Publish
-# subgraph" saves).
+# the front end offers each under "Subgraph Blueprints", named after its file.
 SUBGRAPHS_OUT = ROOT / "subgraphs"
-SUBGRAPH_INPUT_ID, SUBGRAPH_OUTPUT_ID = -10, -20
-
-
-def blueprint(name: str, description: str, wf: Workflow, inputs: list, outputs: list, promoted: list) -> dict:
-    """A subgraph blueprint of `wf`'s nodes.
-
-    inputs: (name, type, [(node, input name), …]) fed from the subgraph's input node;
-    outputs: (name, type, node, output slot) to its output node;
-    promoted: (node, widget name) shown on the blueprint node itself (properties.proxyWidgets).
-    """
-    def uid(what: str) -> str:
-        return str(uuid.uuid5(uuid.NAMESPACE_URL, f"qr-lora/subgraphs/{name}/{what}"))
-
-    links = [{"id": l[0], "origin_id": l[1], "origin_slot": l[2], "target_id": l[3], "target_slot": l[4],
-              "type": l[5]} for l in wf.links]
-    next_link = len(links) + 1
-    sg_inputs, sg_outputs = [], []
-    for i, (iname, kind, targets) in enumerate(inputs):
-        ids = []
-        for node, inp in targets:
-            slot = next(k for k, sl in enumerate(node["inputs"]) if sl["name"] == inp)
-            links.append({"id": next_link, "origin_id": SUBGRAPH_INPUT_ID, "origin_slot": i, "target_id": node["id"],
-                          "target_slot": slot, "type": kind})
-            node["inputs"][slot]["link"] = next_link
-            ids.append(next_link)
-            next_link += 1
-        sg_inputs.append({"id": uid(f"in/{iname}"), "name": iname, "type": kind, "linkIds": ids,
-                          "localized_name": iname})
-    for j, (oname, kind, node, slot) in enumerate(outputs):
-        links.append({"id": next_link, "origin_id": node["id"], "origin_slot": slot, "target_id": SUBGRAPH_OUTPUT_ID,
-                      "target_slot": j, "type": kind})
-        node["outputs"][slot]["links"].append(next_link)
-        sg_outputs.append({"id": uid(f"out/{oname}"), "name": oname, "type": kind, "linkIds": [next_link],
-                           "localized_name": oname})
-        next_link += 1
-    for order, n in enumerate(wf.nodes):
-        n["order"] = order
-    x0 = min(n["pos"][0] for n in wf.nodes)
-    y0 = min(n["pos"][1] for n in wf.nodes)
-    x1 = max(n["pos"][0] + n["size"][0] for n in wf.nodes)
-    sg_id = uid("definition")
-    definition = {
-        "id": sg_id, "version": 1, "name": name, "revision": 0, "config": {},
-        "state": {"lastGroupId": 0, "lastNodeId": len(wf.nodes), "lastLinkId": next_link - 1, "lastRerouteId": 0},
-        "inputNode": {"id": SUBGRAPH_INPUT_ID, "bounding": [x0 - 220, y0, 120, 40 + 20 * len(inputs)]},
-        "outputNode": {"id": SUBGRAPH_OUTPUT_ID, "bounding": [x1 + 100, y0, 120, 40 + 20 * len(outputs)]},
-        "inputs": sg_inputs, "outputs": sg_outputs, "widgets": [], "nodes": wf.nodes, "groups": [], "links": links,
-        "extra": {}}
-    root_id = len(wf.nodes) + 1
-    root = {"id": root_id, "type": sg_id, "pos": [0.0, 0.0], "size": [340, 60 + 26 * (len(inputs) + len(promoted))],
-            "flags": {}, "order": 0, "mode": 0, "title": name,
-            "inputs": [{"name": i["name"], "type": i["type"], "link": None} for i in sg_inputs],
-            "outputs": [{"name": o["name"], "type": o["type"], "links": []} for o in sg_outputs],
-            "properties": {"proxyWidgets": [[str(n["id"]), w] for n, w in promoted], "cnr_id": PACK_ID},
-            "widgets_values": []}
-    return {"id": uid("blueprint"), "revision": 0, "last_node_id": root_id, "last_link_id": 0, "nodes": [root],
-            "links": [], "groups": [], "config": {}, "definitions": {"subgraphs": [definition]},
-            "extra": {"BlueprintDescription": description}, "version": 0.4}
 
 
 def train_blueprint(info: dict) -> dict:
     """Image → resize → VAE Encode → Train ΔR with a given prompt: one ΔR from one image, as one node."""
-    wf = Workflow(info)
+    wf = graph(info)
     scale = wf.node("ImageScale", (0, 0), {"upscale_method": "lanczos", "width": TRAIN_PX, "height": TRAIN_PX,
                                           "crop": "center"}, title=f"Resize to {TRAIN_PX} px")
     enc = wf.node("VAEEncode", (0, 200))
@@ -779,7 +608,7 @@ def train_blueprint(info: dict) -> dict:
 
 def merge_blueprint(info: dict) -> dict:
     """Two ΔR files → Merge (λc, λs) → the model to sample: generating from trained ΔR, as one node."""
-    wf = Workflow(info)
+    wf = graph(info)
     lc = wf.node("QRLoRALoadDelta", (0, 0), {"delta_file": "sdxl_content_dog.safetensors"}, title="Content ΔR")
     ls = wf.node("QRLoRALoadDelta", (0, 200), {"delta_file": "sdxl_style.safetensors"}, title="Style ΔR")
     merge = wf.node("QRLoRAMergeDeltas", (380, 0), {"lambda_content": 1.0, "lambda_style": 1.0,
@@ -864,10 +693,10 @@ def merged_object_info(sources: list[Source]) -> dict:
 
 def version_range(name: str) -> tuple[str | None, str | None]:
     """(the oldest ComfyUI, the first newer one it does not fit) a workflow is written for; None: unbounded."""
-    if name in DATASET_WORKFLOWS:
-        return DATASET_WORKFLOWS[name]
-    arch = NEWER_WORKFLOWS.get(name)
-    return (NEWER_ARCHS[arch]["requires"] if arch else None), None
+    recipe = WORKFLOWS[name]
+    if recipe.family is not None:
+        return FAMILIES[recipe.family].requires, None
+    return recipe.since, recipe.below
 
 
 def oldest_in_range(sources: list[Source], since: str | None, below: str | None) -> Source | None:
@@ -876,9 +705,6 @@ def oldest_in_range(sources: list[Source], since: str | None, below: str | None)
             and (since is None or version_tuple(s.version) >= version_tuple(since))
             and (below is None or version_tuple(s.version) < version_tuple(below))]
     return min(fits, key=lambda s: version_tuple(s.version), default=None)
-
-
-NEWER_WORKFLOWS = {"qr_lora_flux2_dev_train_merge": "flux2", "qr_lora_qwen_image_train_merge": "qwen_image"}
 
 
 def main(argv=None) -> int:
@@ -903,7 +729,7 @@ def main(argv=None) -> int:
     info = merged_object_info(sources)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    for name, build in WORKFLOWS.items():
+    for name, recipe in WORKFLOWS.items():
         if args.only and name not in args.only:
             continue
         since, below = version_range(name)
@@ -916,11 +742,10 @@ def main(argv=None) -> int:
                         "a saved copy names its version as VERSION=FILE)")
                 continue
             source = chosen.info
-        arch = NEWER_WORKFLOWS.get(name)
-        if arch and (missing := newer_nodes_missing(source, arch)):
+        if recipe.family and (missing := nodes_missing(source, recipe.family)):
             print(f"skipped {name}: needs a newer ComfyUI (this server lacks {', '.join(missing)})")
             continue
-        (out / f"{name}.json").write_text(json.dumps(build(source), indent=2, ensure_ascii=False) + "\n")
+        (out / f"{name}.json").write_text(json.dumps(recipe.build(source), indent=2, ensure_ascii=False) + "\n")
         print("wrote", out / f"{name}.json")
     SUBGRAPHS_OUT.mkdir(exist_ok=True)
     for name, build in BLUEPRINTS.items():
