@@ -63,8 +63,12 @@ def test_flux_trains_with_kitchen_rope_as_with_comfyui_reference_rope(pack, monk
     monkeypatch.setattr(comfy.ldm.flux.math, "apply_rope", comfyui_reference_rope())
     reference = run_train(pack, model, basis, "flux", steps=6)
     assert torch.allclose(torch.tensor(kitchen[2]["loss"]), torch.tensor(reference[2]["loss"]), rtol=1e-5)
+    # The two RoPEs are the same math in another operation order: float rounding apart. Adam divides each
+    # gradient entry by its own running scale, so entries whose gradient is near zero carry that rounding
+    # into ΔR (seen: up to 3.8e-6 on ΔR entries of 0.06); a wrong RoPE moves the losses themselves,
+    # checked to 1e-5 above.
     for name, d in reference[0].delta.items():
-        assert torch.allclose(kitchen[0].delta[name], d, rtol=1e-4, atol=1e-7), name
+        assert torch.allclose(kitchen[0].delta[name], d, rtol=1e-4, atol=3e-5), name
 
 
 def comfy_globals() -> dict:
