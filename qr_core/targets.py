@@ -24,6 +24,8 @@ ARCHITECTURE_NAMES = {
 }
 ARCHITECTURES = tuple(ARCHITECTURE_NAMES)
 # Architectures whose bases, merges and exports work but whose training Train ΔR cannot run: why, and the way out.
+# LTX-2 does run on a plain video latent, but wrongly: without the sampler's `latent_shapes` ComfyUI 0.33's LTXAV
+# takes the batch's first sample as the video and its second as the audio (av_model.separate_audio_and_video_latents).
 UNTRAINABLE = {
     "ltx2": "LTX-2 denoises video and audio latents packed together (ComfyUI's LTXAV latent), which Train ΔR "
             "does not build: its trainer feeds one plain latent per sample. Decompose, Merge and Export work on "
