@@ -120,18 +120,25 @@ NEWER_CONFIGS = {
                   patch_spatial=2, patch_temporal=1, model_channels=64, num_blocks=2, num_heads=2, mlp_ratio=2.0,
                   crossattn_emb_channels=32, pos_emb_cls="rope3d", pos_emb_learnable=True, use_adaln_lora=True,
                   adaln_lora_dim=16),
+    # LTX-2 (ComfyUI's LTXAV): video width 64 (2 heads of 32), audio width 32; detection reads the block
+    # count and the cross-attention's shape only, the rest is the sketch's. Its text connectors: 1 block.
+    "ltx2": dict(image_model="ltxav", in_channels=128, audio_in_channels=128, cross_attention_dim=64,
+                 audio_cross_attention_dim=32, attention_head_dim=32, audio_attention_head_dim=16,
+                 num_attention_heads=2, audio_num_attention_heads=2, caption_channels=32, num_layers=2,
+                 connector_attention_head_dim=16, connector_num_attention_heads=2, connector_num_layers=1),
     # Lens has no table in the pack (its keys include Qwen-Image's txt_norm): the tests check it is refused.
     "lens": dict(image_model="lens", in_channels=128, out_channels=32, num_layers=1, num_attention_heads=1,
                  enc_hidden_dim=32, multi_layer_encoder_feature=False, selected_layer_index=(0,)),
 }
 NEWER_ARCH = {"flux2": "flux2", "chroma": "chroma", "qwen_image": "qwen_image", "zimage": "lumina2",
               "lumina2": "lumina2", "hidream": "hidream", "wan21": "wan", "wan22": "wan", "longcat": "longcat",
-              "ovis": "ovis", "mage_flow": "mage_flow", "ernie": "ernie", "krea2": "krea2", "anima": "anima", "lens": None}
+              "ovis": "ovis", "mage_flow": "mage_flow", "ernie": "ernie", "krea2": "krea2", "anima": "anima", "ltx2": "ltx2",
+              "lens": None}
 # Ovis-Image has no config class of its own: ComfyUI loads it as FLUX (schnell: no guidance input).
 NEWER_CLASSES = {"flux2": "Flux2", "chroma": "Chroma", "qwen_image": "QwenImage", "zimage": "ZImage",
                  "lumina2": "Lumina2", "hidream": "HiDream", "wan21": "WAN21_T2V", "wan22": "WAN22_T2V",
                  "longcat": "LongCatImage", "ovis": "FluxSchnell", "mage_flow": "MageFlow", "ernie": "ErnieImage",
-                 "krea2": "Krea2", "anima": "Anima", "lens": "Lens"}
+                 "krea2": "Krea2", "anima": "Anima", "ltx2": "LTXAV", "lens": "Lens"}
 # Models built from a shared config class that only a later ComfyUI's FLUX can build: the FluxParams field.
 NEEDS_FLUX_PARAM = {"ovis": "yak_mlp"}
 for _name, _sketch in NEWER_CONFIGS.items():

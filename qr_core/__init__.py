@@ -15,7 +15,8 @@ from .bases.fingerprint import fingerprint_tensors, fingerprint_weights
 from .errors import (AdapterStateError, BasisMismatchError, DeltaFileError, NonFiniteLossError, QRLoRAError,
                      RuntimeSupportError, SettingError, TargetError)
 from .merging.merge import PatchTerm, export_lora, lora_state_dict, merge, merged_delta
-from .targets import ARCHITECTURES, PRESETS, CoreModel, Target, TargetSet, detect_architecture, select_targets
+from .targets import (ARCHITECTURES, PRESETS, CoreModel, Target, TargetSet, check_trainable, detect_architecture,
+                      select_targets)
 from .training.loop import TrainResult, TrainSettings, train
 
 __version__ = "0.1.0"
@@ -23,7 +24,7 @@ __version__ = "0.1.0"
 __all__ = [
     "ARCHITECTURES", "PRESETS", "AdapterStateError", "Basis", "BasisCache", "BasisMismatchError", "CoreModel", "DecomposeSettings", "DeltaFileError",
     "NonFiniteLossError", "PatchTerm", "QRAdapter", "QRDelta", "QRLoRAError", "RuntimeSupportError", "SettingError", "Target", "TargetError", "TargetSet",
-    "TrainResult", "TrainSettings", "captured_energy", "check_basis", "decompose", "default_cache_dir", "delta_similarity",
+    "TrainResult", "TrainSettings", "captured_energy", "check_basis", "check_trainable", "decompose", "default_cache_dir", "delta_similarity",
     "detect_architecture", "export_lora", "fingerprint_tensors", "fingerprint_weights", "frozen", "get_basis",
     "lora_state_dict", "merge", "merged_delta", "select_targets", "summarize", "train",
 ]

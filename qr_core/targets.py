@@ -13,16 +13,24 @@ import re
 from dataclasses import dataclass, field
 from typing import Iterable, Mapping, Sequence
 
-from .errors import BasisMismatchError, TargetError
+from .errors import BasisMismatchError, RuntimeSupportError, TargetError
 
 # Every architecture the tables below know: its id (in files, presets, block groups) → the models users know it by.
 ARCHITECTURE_NAMES = {
     "sd15": "SD1.5", "sdxl": "SDXL", "sd3": "SD3", "flux": "FLUX", "flux2": "FLUX.2", "chroma": "Chroma",
     "qwen_image": "Qwen-Image", "lumina2": "Lumina 2/Z-Image", "hidream": "HiDream", "wan": "Wan",
     "longcat": "LongCat-Image", "ovis": "Ovis-Image", "mage_flow": "Mage-Flow", "ernie": "ERNIE-Image",
-    "krea2": "Krea 2", "anima": "Anima",
+    "krea2": "Krea 2", "anima": "Anima", "ltx2": "LTX-2",
 }
 ARCHITECTURES = tuple(ARCHITECTURE_NAMES)
+# Architectures whose bases, merges and exports work but whose training Train ΔR cannot run: why, and the way out.
+# LTX-2 does run on a plain video latent, but wrongly: without the sampler's `latent_shapes` ComfyUI 0.33's LTXAV
+# takes the batch's first sample as the video and its second as the audio (av_model.separate_audio_and_video_latents).
+UNTRAINABLE = {
+    "ltx2": "LTX-2 denoises video and audio latents packed together (ComfyUI's LTXAV latent), which Train ΔR "
+            "does not build: its trainer feeds one plain latent per sample. Decompose, Merge and Export work on "
+            "LTX-2; train its ΔR elsewhere or wait for a version of the pack that builds LTX-2's latents.",
+}
 KNOWN_MODELS = ", ".join(ARCHITECTURE_NAMES.values())
 PRESETS = ("paper", "paper-self-attention", "attention", "attention+mlp", "custom")
 _PREFIXES = ("model.diffusion_model.", "diffusion_model.")
@@ -163,6 +171,7 @@ _CORE_ARCHITECTURES = {
     "Flux": "flux", "Flux2": "flux2", "Chroma": "chroma",
     "QwenImage": "qwen_image", "Lumina2": "lumina2", "HiDream": "hidream", "WAN21_T2V": "wan",
     "LongCatImage": "longcat", "MageFlow": "mage_flow", "ErnieImage": "ernie", "Krea2": "krea2", "Anima": "anima",
+    "LTXAV": "ltx2",  # LTX-2's audio+video DiT; LTX-Video (LTXV, its base class) has no table here
 }
 
 
@@ -201,6 +210,12 @@ def detect_architecture(keys: Iterable[str] | Mapping[str, Sequence[int]], core:
         # SDXL conditions on pooled text and image size through `label_emb`; SD1.x/2.x do not.
         return "sdxl" if "label_emb.0.0.weight" in keys else "sd15"
     return None
+
+
+def check_trainable(arch: str) -> None:
+    """Refuse to train an architecture in UNTRAINABLE, naming the problem and the way out."""
+    if arch in UNTRAINABLE:
+        raise RuntimeSupportError(f"Train ΔR cannot train {ARCHITECTURE_NAMES[arch]}: {UNTRAINABLE[arch]}")
 
 
 def _detect_by_shape(shapes: Mapping[str, tuple]) -> str | None:
@@ -298,6 +313,7 @@ _NEWER_MARKERS = (
     ("krea2", "txtfusion.projector.weight"),
     ("ernie", "layers.0.mlp.linear_fc2.weight"),
     ("anima", "llm_adapter.blocks.0.cross_attn.q_proj.weight"),  # Cosmos-Predict2's blocks + a text adapter
+    ("ltx2", "audio_adaln_single.linear.weight"),  # LTX-2: LTX-Video's blocks with an audio stream
 )
 
 
@@ -431,13 +447,36 @@ def _anima_candidates(shapes: Mapping[str, tuple]) -> list[_Candidate]:
     return out
 
 
+def _ltx2_candidates(shapes: Mapping[str, tuple]) -> list[_Candidate]:
+    """LTX-2 (ComfyUI's LTXAV): one stack of blocks, each with a video stream (self-attention attn1,
+    cross-attention to the text attn2, MLP ff), an audio stream of the same design (audio_attn1/2, audio_ff)
+    and attention between them (audio_to_video_attn, video_to_audio_attn). The video stream is the SD
+    UNet's and Wan's attn1/attn2 design, so `paper` takes both of its attentions, as on Wan. The audio
+    stream and the cross-modal attention are left out of `paper`: the paper separates an image's content
+    and style, which the video stream carries; `attention` and `attention+mlp` take every block's
+    attention (audio and cross-modal too) and MLPs. The optional per-head attention gates (to_gate_logits,
+    one row per head) gate outputs rather than project them: `custom` only."""
+    out = []
+    projections = ("to_q", "to_k", "to_v", "to_out.0")
+    for n in _block_numbers(shapes, "transformer_blocks."):
+        p = f"transformer_blocks.{n}."
+        out += _wholes(shapes, p + "attn1.", projections, {"attn", "paper", "self-attn"})
+        out += _wholes(shapes, p + "attn2.", projections, {"attn", "paper"})
+        out += _wholes(shapes, p + "ff.net.", ("0.proj", "2"), {"mlp"})
+        for attn in ("audio_attn1", "audio_attn2", "audio_to_video_attn", "video_to_audio_attn"):
+            out += _wholes(shapes, p + attn + ".", projections, {"attn"})
+        out += _wholes(shapes, p + "audio_ff.net.", ("0.proj", "2"), {"mlp"})
+    return out
+
+
 _CANDIDATES = {"flux": _flux_candidates, "sd3": _sd3_candidates, "sdxl": _unet_candidates, "sd15": _unet_candidates,
                # FLUX.2 and Chroma keep FLUX.1's block keys (fused qkv; single blocks' linear1 = q, k, v, MLP in).
                "flux2": _flux_candidates, "chroma": _flux_candidates, "qwen_image": _qwen_image_candidates,
                "lumina2": _lumina2_candidates, "hidream": _hidream_candidates, "wan": _wan_candidates,
                # LongCat-Image and Ovis-Image are FLUX.1's blocks (Ovis with gated MLPs); Mage-Flow is Qwen-Image's.
                "longcat": _flux_candidates, "ovis": _flux_candidates, "mage_flow": _qwen_image_candidates,
-               "ernie": _ernie_candidates, "krea2": _krea2_candidates, "anima": _anima_candidates}
+               "ernie": _ernie_candidates, "krea2": _krea2_candidates, "anima": _anima_candidates,
+               "ltx2": _ltx2_candidates}
 
 _PRESET_TAGS = {
     "paper": lambda tags: "paper" in tags,
@@ -488,7 +527,7 @@ def select_targets(shapes: Mapping[str, Sequence[int]], preset: str = "paper", r
                 "QR-LoRA adapts Linear layers only: narrow the regex."
             )
     else:
-        if preset == "paper-self-attention" and arch not in ("sd15", "sdxl", "wan", "anima"):
+        if preset == "paper-self-attention" and arch not in ("sd15", "sdxl", "wan", "anima", "ltx2"):
             raise TargetError(f"preset 'paper-self-attention' is the SD1.5/SDXL UNet reading of the paper; for {arch} use 'paper'.")
         keep = _PRESET_TAGS[preset]
         chosen = [c.target for c in candidates if keep(c.tags)]

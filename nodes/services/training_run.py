@@ -14,7 +14,7 @@ import comfy.model_management
 import comfy.utils
 import torch
 
-from ...qr_core import NonFiniteLossError, QRAdapter, QRDelta, TrainSettings, merge
+from ...qr_core import NonFiniteLossError, QRAdapter, QRDelta, TrainSettings, check_trainable, merge
 from ...qr_core.training.dataset import pair_dataset
 from ...qr_core.training.loop import OPTIMIZERS
 from . import folders, model_weights, server
@@ -79,6 +79,7 @@ class RunOutcome:
 def train_delta(model, basis, latents: list, conds: list, run: RunSettings, resume: QRDelta | None = None,
                 preview_conds=None, vae=None, node_id=None) -> RunOutcome:
     """Train one ΔR of `basis` on `model` from paired latents and conditionings, with the run's files."""
+    check_trainable(basis.arch)
     model_weights.check_fits([basis], model)
     if resume is not None and run.mode != "delta_r":
         raise ValueError("resuming is possible in 'ΔR only' mode; set mode to 'ΔR only' or disconnect resume.")

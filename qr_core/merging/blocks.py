@@ -72,6 +72,7 @@ BLOCK_GROUPS: dict[str, tuple[BlockGroup, ...]] = {
                          help="the text-fusion blocks before the joint blocks (text only)"),
               *_thirds(r"^blocks\.(\d+)\.", "the single-stream blocks")),
     "anima": _thirds(r"^blocks\.(\d+)\.", "the DiT blocks"),
+    "ltx2": _thirds(r"^transformer_blocks\.(\d+)\.", "the audio+video blocks"),
 }
 
 

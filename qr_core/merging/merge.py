@@ -137,6 +137,7 @@ _LORA_ARCH = {  # kohya's ss_base_model_version and the model spec's architectur
     "ernie": ("ernie_image", "ernie-image/lora"),
     "krea2": ("krea2", "krea-2/lora"),
     "anima": ("anima", "anima/lora"),
+    "ltx2": ("ltx2", "ltx-2/lora"),
 }
 # The model spec's implementation names the code whose module names the keys follow (ComfyUI's keys are
 # the reference implementations'), and its resolution the model's native one.

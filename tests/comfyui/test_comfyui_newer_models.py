@@ -50,6 +50,7 @@ FULL_COUNTS = {
     "ernie": (108, 144, 252),  # ERNIE-Image: 36 layers, width 4096 (ComfyUI's defaults)
     "anima": (224, 224, 280),  # Anima (Cosmos-Predict2 2B): 28 blocks, width 2048
     "krea2": (116, 160, 256),  # Krea 2: 28 blocks + 2 + 2 text-fusion blocks, width 6144 (ComfyUI's defaults)
+    "ltx2": (384, 1152, 1344),  # LTX-2: 48 audio+video blocks, video width 4096, audio 2048 (ComfyUI's defaults)
 }
 FULL_SKETCHES = {
     "flux2": dict(comfy_models.NEWER_CONFIGS["flux2"], in_channels=128, out_channels=128, context_in_dim=15360,
@@ -80,6 +81,7 @@ FULL_SKETCHES = {
     "mage_flow": dict(image_model="mage_flow", in_channels=128, out_channels=128, num_layers=12),
     "ernie": dict(image_model="ernie"),
     "krea2": dict(image_model="krea2"),
+    "ltx2": dict(image_model="ltxav"),
     "anima": dict(comfy_models.NEWER_CONFIGS["anima"], model_channels=2048, num_blocks=28, num_heads=16, mlp_ratio=4.0,
                   crossattn_emb_channels=1024, adaln_lora_dim=256),
 }
@@ -222,9 +224,13 @@ def test_decompose_train_merge_export(pack, comfy_root, name, caplog):
     assert kitchen is None or all(vars(kitchen)[k] is v for k, v in kernels.items())
     assert not model.patches
     comfy.model_management.unload_all_models()  # as the next sampling would: training left its clone loaded
+    check_merge_and_export(pack, comfy_root, model, basis, delta, before, name, caplog)
 
-    # Merge: W + Q(λc ΔRc + λs ΔRs) exactly on the targets, nothing else; unpatch restores every bit.
-    content, style = delta, random_delta(pack, basis, 2, "style")
+
+def check_merge_and_export(pack, comfy_root, model, basis, content, before, name, caplog):
+    """Merge is W + Q(λc ΔRc + λs ΔRs) exactly on the targets, nothing else, and unpatching restores every bit;
+    Export → the stock loader: every key of the file maps to a weight, and the weights equal Merge's."""
+    style = random_delta(pack, basis, 2, "style")
     merged = merge_node(pack, model, content, style, 0.8, 0.6)
     got = patched_weights(merged)
     want = expected(before, [content, style], [0.8, 0.6])
@@ -237,7 +243,6 @@ def test_decompose_train_merge_export(pack, comfy_root, name, caplog):
     restored = diffusion_weights(model)
     assert all(torch.equal(restored[k], before[k]) for k in before), "unpatching did not restore the weights"
 
-    # Export → the stock loader: every key of the file maps to a weight, and the weights equal Merge's.
     lora_name = f"newer_{name}"
     pack.node("QRLoRAExportLoRA").execute(content=content, style=style, lambda_content=0.8, lambda_style=0.6,
                                           lambda_extra_1=1.0, lambda_extra_2=1.0, allow_mixed_bases=False,
@@ -252,6 +257,34 @@ def test_decompose_train_merge_export(pack, comfy_root, name, caplog):
     stock = patched_weights(loaded)
     for k in got:
         assert torch.allclose(stock[k], got[k], atol=1e-6, rtol=1e-5), k
+
+
+def test_ltx2_decompose_merge_export_and_training_refused(pack, comfy_root, caplog):
+    """LTX-2 (ComfyUI's LTXAV): its presets, Merge and Export as for the other models; Train ΔR refuses it
+    with the reason (packed audio+video latents) and the way out, before touching the model."""
+    name = "ltx2"
+    model = tiny(name)
+    qr_core, model_weights = pack.module("qr_core"), pack.module("nodes.services.model_weights")
+    shapes = model_weights.model_shapes(model)
+    assert model_weights.core_model(model).classes[0] == "LTXAV"
+    assert qr_core.detect_architecture(shapes, model_weights.core_model(model)) == "ltx2"
+    assert qr_core.detect_architecture(shapes) == "ltx2"
+    paper = qr_core.select_targets(shapes, "paper")
+    assert paper.names() == [f"transformer_blocks.{n}.{a}.{p}" for n in range(2) for a in ("attn1", "attn2")
+                             for p in ("to_q", "to_k", "to_v", "to_out.0")]  # the video stream's attentions
+    basis = pack.node("QRLoRADecompose").execute(model, 4, "attention+mlp", "", "fast", False)[0]
+    assert basis.arch == "ltx2" and basis.targets.names() == qr_core.select_targets(shapes, "attention+mlp").names()
+    assert len(basis.targets) == 2 * (6 * 4 + 4)  # 6 attentions (video, audio, cross-modal) + 2 MLPs per block
+    for t in basis.targets:
+        q = basis.q[t.name]
+        assert torch.allclose(q.T @ q, torch.eye(4), atol=1e-4), t.name
+    before = diffusion_weights(model)
+    content = random_delta(pack, basis, 1, "content")
+    with pytest.raises(qr_core.RuntimeSupportError, match=r"cannot train LTX-2: .*packed together.*Decompose, "
+                                                          r"Merge and Export work .*train its ΔR elsewhere"):
+        train(pack, model, basis, "wan21", steps=1)  # a plain video latent: refused all the same
+    assert not model.patches
+    check_merge_and_export(pack, comfy_root, model, basis, content, before, name, caplog)
 
 
 @pytest.mark.parametrize("name", ["lens"])
@@ -294,7 +327,7 @@ def test_fp8_checkpoint_basis_is_the_stored_weights_in_fp32(pack, name):
     assert all(torch.equal(before[k].float(), after[k].float()) and before[k].dtype == after[k].dtype for k in before)
 
 
-@pytest.mark.parametrize("name", ["qwen_image", "wan21", "flux2"])
+@pytest.mark.parametrize("name", ["qwen_image", "wan21", "flux2", "ltx2"])
 def test_kohya_names_load_in_the_stock_loader(pack, comfy_root, name, caplog):
     """kohya's `lora_unet_<key with _>` names: ComfyUI maps them for every model from its own keys."""
     model = tiny(name)
