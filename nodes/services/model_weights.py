@@ -60,6 +60,12 @@ def base_weight_getter(model) -> Callable[[str], torch.Tensor]:
     return get
 
 
+def is_dynamic(model) -> bool:
+    """Whether `model` runs with ComfyUI's dynamic VRAM (`ModelPatcher.is_dynamic()`, ComfyUI ≥ 0.12)."""
+    method = getattr(model, "is_dynamic", None)
+    return bool(method()) if callable(method) else False
+
+
 def check_fits(items: Iterable[QRDelta | Basis], model) -> None:
     """Refuse ΔR or bases made for another architecture or model size (the model's shapes are read once)."""
     shapes = model_shapes(model)

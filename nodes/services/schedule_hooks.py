@@ -14,7 +14,7 @@ import comfy.hooks
 
 from ...qr_core import QRDelta, RuntimeSupportError, merge
 from ...qr_core.merging.lambda_schedule import Schedule
-from .model_weights import check_fits
+from .model_weights import check_fits, is_dynamic
 from .patches import lora_patches
 
 
@@ -53,8 +53,7 @@ def hooks_on_dynamic_vram(model, where: str) -> str | None:
     other custom loaders) make that raise. Checked before sampling, so the
     user learns the way out instead of ComfyUI's internal error.
     """
-    is_dynamic = getattr(model, "is_dynamic", None)
-    if not (callable(is_dynamic) and is_dynamic()):
+    if not is_dynamic(model):
         return None
     reloadable = callable(getattr(model, "get_non_dynamic_delegate", None)) and (
         getattr(model, "cached_patcher_init", None) is not None

@@ -34,6 +34,8 @@ import torch
 
 import comfy.model_management
 
+from .model_weights import is_dynamic
+
 
 def _rope1(x: torch.Tensor, freqs_cis: torch.Tensor) -> torch.Tensor:
     """FLUX's rotary embedding in plain torch (what ComfyUI runs without comfy-kitchen)."""
@@ -130,8 +132,7 @@ def weights_need_recompute(model) -> bool:
     the weight again right where it is used. The second is what ComfyUI's own
     trainer does; it costs one more forward matmul per layer in backward.
     """
-    is_dynamic = getattr(model, "is_dynamic", None)
-    return bool(is_dynamic()) if callable(is_dynamic) else False
+    return is_dynamic(model)
 
 
 def recast_inference_casts(root: torch.nn.Module) -> int:
