@@ -30,11 +30,15 @@ from ..merging.merge import add_to_weights, export_lora, merge
 from ..targets import select_targets
 from ..training.loop import TrainSettings
 from .model import load_world_model
+from .merges import QR, PairRun, merge_modes
 from .tasks import content_task, merged_prompt, patched_model, sample_images, style_task, train_qr
 
 CONTENT = ("heart", "sketch")  # held-out shape <c>, and the seen style its reference is painted in
 STYLE = ("tiger", "circle")  # held-out style <s>, and the seen shape its reference shows
 LAMBDAS = (0.0, 0.5, 0.75, 1.0)
+# The λ schedule and block profile of the overview's "λ over steps" and "λ per block" rows: the ones
+# bench/disentangle.py chose for ΔR on its selection pairs (bench/results/disentangle.md).
+DEMO_PLANS = {QR: {"schedule": "content-early", "blocks": "content double only"}}
 
 
 def loss_curve_png(curves: dict[str, list[float]], path: Path, width: int = 480, height: int = 240) -> None:
@@ -171,15 +175,21 @@ def sample_pictures(model, targets, tasks: dict, trained: dict, lambdas, samples
     refs = torch.stack([tasks["content"].image, tasks["style"].image])
     scenes.save_png(scenes.image_grid(refs, 2, scale=4), out / "references.png")
     rows = {
-        f"base model: {prompt}": (model, prompt),
-        f"content ΔR: {tasks['content'].prompt}": (patched_model(model, targets, [(uc, 1.0)]), tasks["content"].prompt),
-        f"style ΔR: {tasks['style'].prompt}": (patched_model(model, targets, [(us, 1.0)]), tasks["style"].prompt),
-        f"merged λ={lambdas}: {prompt}": (patched_model(model, targets, [(uc, lambdas[0]), (us, lambdas[1])]), prompt),
+        f"base model: {prompt}": (model, prompt, None),
+        f"content ΔR: {tasks['content'].prompt}": (patched_model(model, targets, [(uc, 1.0)]), tasks["content"].prompt,
+                                                   None),
+        f"style ΔR: {tasks['style'].prompt}": (patched_model(model, targets, [(us, 1.0)]), tasks["style"].prompt, None),
     }
-    names = ["base", "content_only", "style_only", "merged"]
+    # every ΔR merge mode of the world's table (plain sum, λ over steps, λ per block, and those added later)
+    pair = PairRun(model, targets, tasks["content"], tasks["style"], {QR: (trained["content"], trained["style"])}, seed)
+    report["merge_modes"] = list(merge_modes(DEMO_PLANS, families=(QR,)))
+    for name, mode in merge_modes(DEMO_PLANS, families=(QR,)).items():
+        m, at = mode(pair, *lambdas)
+        rows[f"{name} λ={lambdas}: {prompt}"] = (m, prompt, at)
+    names = ["base", "content_only", "style_only", "merged"] + [f"merged_{i}" for i in range(1, len(rows) - 3)]
     panel = []
-    for name, (label, (m, p)) in zip(names, rows.items()):
-        imgs = sample_images(m, p, samples, seed=1000 + seed, steps=sample_steps)
+    for name, (label, (m, p, at)) in zip(names, rows.items()):
+        imgs = sample_images(m, p, samples, seed=1000 + seed, steps=sample_steps, model_at=at)
         scenes.save_png(scenes.image_grid(imgs, samples, scale=4), out / f"{name}.png")
         panel.append(imgs)
     scenes.labeled_rows([refs, *panel], ["references: content \"" + tasks["content"].prompt + "\", style \""
@@ -192,7 +202,8 @@ def sample_pictures(model, targets, tasks: dict, trained: dict, lambdas, samples
     scenes.save_png(scenes.image_grid(torch.stack(grid), len(LAMBDAS), scale=4), out / "lambda_grid.png")
     report["images"] = {"references.png": "content reference, style reference",
                         **{f"{n}.png": label for n, label in zip(names, rows)},
-                        "overview.png": "references, then base, content only, style only, merged (labelled rows)",
+                        "overview.png": "references, then base, content only, style only and every ΔR merge mode "
+                                        "(labelled rows)",
                         "lambda_grid.png": f"rows λs = {LAMBDAS}, columns λc = {LAMBDAS}, prompt \"{prompt}\"",
                         "loss_curves.png": "training loss of both ΔR"}
     return panel
@@ -209,6 +220,8 @@ def score_samples(panel: list[torch.Tensor], tasks: dict, report: dict) -> None:
     c, s = tasks["content"], tasks["style"]
     report["scores_merged"] = scorer.score(panel[3], c.image, s.image, c.shape, s.style)
     report["scores_base"] = scorer.score(panel[0], c.image, s.image, c.shape, s.style)
+    report["scores_modes"] = {m: scorer.score(imgs, c.image, s.image, c.shape, s.style)
+                              for m, imgs in zip(report["merge_modes"], panel[3:])}
 
 
 def format_report(r: dict, out: Path) -> str:
@@ -228,11 +241,10 @@ def format_report(r: dict, out: Path) -> str:
         f"  cosine(ΔR_content, ΔR_style) over targets: max {c['max']:.3f}, mean {c['mean']:.3f}, min {c['min']:.3f}",
         f"  exported LoRA reloaded with plain LoRA arithmetic: max |error| {r['lora_reload_max_abs_error']:.2e}",
     ]
-    for key, label in (("scores_base", "base model"), ("scores_merged", "merged ΔR")):
-        if key in r:
-            s = r[key]
-            lines.append(f"  {label:<11} on the merged prompt: P(shape=<c>) {s['p_shape']:.2f}, P(style=<s>) "
-                         f"{s['p_style']:.2f}, content sim {s['content_sim']:.2f}, style sim {s['style_sim']:.2f}")
+    scored = ([("base model", r["scores_base"])] if "scores_base" in r else []) + list(r.get("scores_modes", {}).items())
+    for label, s in scored:
+        lines.append(f"  {label:<30} on the merged prompt: P(shape=<c>) {s['p_shape']:.2f}, P(style=<s>) "
+                     f"{s['p_style']:.2f}, content sim {s['content_sim']:.2f}, style sim {s['style_sim']:.2f}")
     lines.append("  images: references.png, base.png, content_only.png, style_only.png, merged.png, overview.png, "
                  "lambda_grid.png, loss_curves.png")
     return "\n".join(lines)

@@ -28,7 +28,7 @@ from .mini_flux import MiniFlux, MiniFluxConfig
 
 ASSET = Path(__file__).parent / "assets" / "world_model.safetensors"
 
-WORLD_CONFIG = MiniFluxConfig(in_channels=3, patch=4, hidden=128, heads=4, mlp_ratio=4.0, depth=2, depth_single=2,
+WORLD_CONFIG = MiniFluxConfig(in_channels=3, patch=4, hidden=96, heads=4, mlp_ratio=4.0, depth=2, depth_single=2,
                               context_dim=32, latent_size=scenes.SIZE, vec_in_dim=32)
 
 
@@ -128,25 +128,29 @@ def pretrain(out: str | Path, s: PretrainSettings = PretrainSettings(), config: 
         log(f"resumed from {ckpt_path} at step {start}")
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    shapes, styles = scenes.SEEN_SHAPES, scenes.SEEN_STYLES
-    probe = [scenes.prompt_for(sh, st) for sh, st in zip(shapes, styles)]
+    shapes, styles, held_out = scenes.SEEN_SHAPES, scenes.SEEN_STYLES, scenes.HELD_OUT_PAIRS
+    probe = [scenes.prompt_for(sh, st) for sh, st in held_out]
     t0, losses = time.perf_counter(), []
+    scorer = None
 
     def write(step: int):
         meta = {"config": json.dumps(config.to_json()), "steps": str(step), "seed": str(s.seed),
                 "settings": json.dumps(s.__dict__), "command": command, "machine": describe_machine(),
                 "objective": "rectified flow (SD3/FLUX): v = noise - x0, t ~ logit-normal(0, 1), 10% empty prompts",
-                "weights": f"EMA {s.ema}", "world": json.dumps({"seen_shapes": shapes, "seen_styles": styles,
-                                                                 "size": scenes.SIZE}),
+                "weights": f"EMA {s.ema}, stored as float16",
+                "world": json.dumps({"seen_shapes": shapes, "seen_styles": styles, "held_out_pairs": held_out,
+                                     "size": scenes.SIZE}),
                 "train_seconds": f"{prior_seconds + time.perf_counter() - t0:.0f}"}
-        save_file({k: v.contiguous() for k, v in ema.items()}, str(out), meta)
+        # float16 halves the shipped file; sampling runs in float32 (load_world_model) and differs by < 1e-3
+        save_file({k: v.half().contiguous() if v.is_floating_point() else v.contiguous() for k, v in ema.items()},
+                  str(out), meta)
         save_resume_state(ckpt_path, model, ema, opt, step, prior_seconds + time.perf_counter() - t0)
 
     model.train()
     for step in range(start, s.steps):
         g = torch.Generator().manual_seed(s.seed * 1_000_003 + step)
         seeds = torch.randint(2**31 - 1, (s.batch,), generator=g).tolist()
-        x0, prompts, _ = scenes.batch(seeds, shapes=shapes, styles=styles)
+        x0, prompts, _ = scenes.batch(seeds, shapes=shapes, styles=styles, exclude=held_out)
         lr = s.lr * min(1.0, (step + 1) / s.warmup)
         if 0 < s.decay_start <= step:
             lr *= (s.steps - step) / (s.steps - s.decay_start)
@@ -171,8 +175,32 @@ def pretrain(out: str | Path, s: PretrainSettings = PretrainSettings(), config: 
                 m.load_state_dict(ema)
                 imgs = generate(m, probe, seed=0)
                 scenes.save_png(scenes.image_grid(imgs, len(probe), scale=3), str(out) + f".step{step + 1}.png")
+                try:
+                    from .encoder import Scorer
+                    scorer = scorer or Scorer()
+                    comp = composition_scores(m, held_out, scorer, n=4, steps=20)
+                    log(f"held-out pairs at step {step + 1}: P(shape) {comp['p_shape']:.3f} "
+                        f"P(style) {comp['p_style']:.3f} (argmax {comp['shape_acc']:.3f} / {comp['style_acc']:.3f})")
+                except FileNotFoundError:
+                    pass
             log(f"wrote {out} at step {step + 1}")
     return out
+
+
+@torch.no_grad()
+def composition_scores(model, pairs, scorer, n: int = 8, seed: int = 0, steps: int = 20, guidance: float = 3.0) -> dict:
+    """The base model on "a <shape> in <style> style" for each (shape, style) in `pairs`, `n` samples each:
+    the world encoder's mean P(shape), P(style) and argmax accuracies, overall and per pair."""
+    per_pair = {}
+    for k, (sh, st) in enumerate(pairs):
+        imgs = generate(model, [scenes.prompt_for(sh, st)] * n, seed=seed * 1000 + k, steps=steps, guidance=guidance)
+        _, _, ps, pt = scorer.embed(imgs)
+        i, j = scenes.SHAPES.index(sh), list(scenes.STYLES).index(st)
+        per_pair[f"{sh}/{st}"] = {"p_shape": float(ps[:, i].mean()), "p_style": float(pt[:, j].mean()),
+                                  "shape_acc": float((ps.argmax(1) == i).float().mean()),
+                                  "style_acc": float((pt.argmax(1) == j).float().mean())}
+    keys = ("p_shape", "p_style", "shape_acc", "style_acc")
+    return {**{k: sum(v[k] for v in per_pair.values()) / len(per_pair) for k in keys}, "per_pair": per_pair}
 
 
 def sample_sheet(model, path, seed: int = 0, steps: int = 24, guidance: float = 3.0) -> torch.Tensor:

@@ -65,6 +65,12 @@ STYLES = {s.name: s for s in (
 HELD_OUT_STYLES = ("tiger", "neon", "candy")
 SEEN_STYLES = tuple(s for s in STYLES if s not in HELD_OUT_STYLES)
 
+# Combinations of a seen shape and a seen style that pretraining never shows (not even under a shape-only or
+# style-only prompt): whether the base draws them tests that it composes what it knows. One per seen shape and
+# one per seen style, so each shape and each style keeps 7 of its 8 partners.
+HELD_OUT_PAIRS = (("circle", "ocean"), ("square", "mint"), ("triangle", "sketch"), ("diamond", "zebra"),
+                  ("cross", "sunset"), ("ring", "crimson"), ("hexagon", "checker"), ("moon", "polka"))
+
 
 @dataclass(frozen=True)
 class Pose:
@@ -208,15 +214,19 @@ class Sample:
 
 
 def sample(seed: int, shapes=SEEN_SHAPES, styles=SEEN_STYLES, p_shape_only: float = 0.15,
-           p_style_only: float = 0.05, p_empty: float = 0.1) -> Sample:
+           p_style_only: float = 0.05, p_empty: float = 0.1, exclude=()) -> Sample:
     """A deterministic training sample from its seed: shape, style, pose and a prompt in the paper's template.
 
     With probability `p_shape_only` the prompt names the shape only (its style is then any seen style),
     `p_style_only` the style only, `p_empty` nothing (classifier-free guidance's unconditional branch).
+    (shape, style) pairs in `exclude` are redrawn from the same generator.
     """
     g = torch.Generator().manual_seed(seed)
-    shape = shapes[int(torch.randint(len(shapes), (1,), generator=g))]
-    style = styles[int(torch.randint(len(styles), (1,), generator=g))]
+    while True:
+        shape = shapes[int(torch.randint(len(shapes), (1,), generator=g))]
+        style = styles[int(torch.randint(len(styles), (1,), generator=g))]
+        if (shape, style) not in exclude:
+            break
     pose = random_pose(g)
     u = float(torch.rand(1, generator=g))
     if u < p_empty:

@@ -193,10 +193,11 @@ def scheduled_models(model: MiniFlux, targets: TargetSet, content: dict[str, tor
 
 def ziplora_merge(model: MiniFlux, targets: TargetSet, content: Trained, style: Trained, content_task_: Task,
                   style_task_: Task, steps: int = 100, lr: float = 1e-2, lam: float = 0.01, batch: int = 4,
-                  seed: int = 0) -> tuple[dict[str, torch.Tensor], list[float]]:
+                  seed: int = 0, parts: bool = False):
     """ZipLoRA (Shah et al. 2023): learn per-column merger vectors m_c, m_s (ΔW_m = ΔW_c·diag(m_c) + ΔW_s·diag(m_s))
     so the merged model reproduces each LoRA model's output on its own task, with λ·Σ|cos(columns of the two
-    scaled updates)| pushing the two apart. Returns the merged dense updates (target name -> ΔW) and the losses."""
+    scaled updates)| pushing the two apart. Returns the merged dense updates (target name -> ΔW) and the losses;
+    with `parts`, the two scaled updates (ΔW_c·diag(m_c), ΔW_s·diag(m_s)) instead of their sum, to weight by λc, λs."""
     from torch.func import functional_call
 
     by_name = {t.name: t for t in targets}
@@ -242,4 +243,7 @@ def ziplora_merge(model: MiniFlux, targets: TargetSet, content: Trained, style: 
             opt.step()
             losses.append(float(total.detach()))
     with torch.no_grad():
+        if parts:
+            return ({n: (content.updates[n] * mc[n][None]).detach() for n in names},
+                    {n: (style.updates[n] * ms[n][None]).detach() for n in names}), losses
         return {n: v.detach() for n, v in merged_updates().items()}, losses
