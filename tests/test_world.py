@@ -2,8 +2,10 @@
 
 import importlib.util
 import json
+import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -91,21 +93,43 @@ def test_short_fine_tune_lowers_the_loss_for_both_adapters():
                        weights["double_blocks.0.img_attn.qkv.weight"])
 
 
-def test_disentangle_benchmark_runs_at_a_tiny_setting(tmp_path):
+def load_bench():
     spec = importlib.util.spec_from_file_location("disentangle", ROOT / "bench" / "disentangle.py")
     bench = importlib.util.module_from_spec(spec)
+    sys.modules["disentangle"] = bench  # its dataclasses look their module up there
     spec.loader.exec_module(bench)
-    res = bench.main(["--tiny", "--out", str(tmp_path), "--prefix", "t"])
+    return bench
+
+
+def test_disentangle_benchmark_runs_at_a_quick_setting(tmp_path):
+    bench = load_bench()
+    res = bench.main(["--quick", "--out", str(tmp_path), "--prefix", "t"])
     md = (tmp_path / "t.md").read_text()
-    assert "QR-LoRA ΔR merged" in md and "LoRA merged" in md and "λ ablation" in md
-    assert (tmp_path / "t_lambda_grid.png").stat().st_size > 0
+    assert "## Fronts" in md and "ΔR addition at (1, 1)" in md and "Minus LoRA addition" in md
+    assert (tmp_path / "t_grid.png").stat().st_size > 0
+    # matplotlib is the bench extra (.ci/run installs it); without it the tables are still written
+    assert (tmp_path / "t_fronts.png").exists() == (importlib.util.find_spec("matplotlib") is not None)
     js = json.loads((tmp_path / "t.json").read_text())
-    assert set(js["table"]) >= {"QR-LoRA ΔR merged", "LoRA merged", "base model (no adapter)"}
+    assert {"base model (no adapter)", "LoRA addition at (1, 1)", "ΔR addition at (1, 1)"} <= set(js["table"])
     assert res["params"]["QR-LoRA ΔR"] < res["params"]["LoRA"]
     best = js["selection"]["best"]
     assert set(best) == {"QR-LoRA ΔR", "LoRA"} and all(set(b) == {"schedule", "blocks"} for b in best.values())
     assert {p[:2] for p in map(tuple, js["selection"]["pairs"])}.isdisjoint({p[:2] for p in map(tuple, js["pairs"])})
-    assert "λ over steps and λ per block vs plain addition" in md and len(js["plan_diffs"]) == 4
+    modes = set(js["modes"])
+    assert {"LoRA addition", "ΔR addition", "ZipLoRA"} <= modes and sum("λ over steps" in m for m in modes) == 2
+    # every mode swept over the whole grid for every pair × seed, and a front with an interval per threshold
+    assert len(js["sweep"]) == len(modes) * len(js["grid"]) ** 2 * len(js["units"])
+    for kind in ("p", "sim"):
+        for m, v in js["fronts"][kind].items():
+            assert all(lo - 1e-9 <= f <= hi + 1e-9 for f, lo, hi in zip(v["front"], v["lo"], v["hi"]))
+            assert ("vs_baseline" in v) == (m != "LoRA addition")
+
+
+def test_front_takes_the_best_shape_among_points_reaching_the_style_threshold():
+    bench = load_bench()
+    style = np.array([0.95, 0.7, 0.4])
+    shape = np.array([0.1, 0.6, 0.9])
+    assert bench.front_values(style, shape, (0.3, 0.5, 0.9, 0.99)).tolist() == [0.9, 0.6, 0.1, 0.0]
 
 
 def test_pretraining_resume_state_round_trips_without_pickles(tmp_path):
