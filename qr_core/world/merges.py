@@ -107,6 +107,64 @@ def merge_modes(best: dict | None = None, zip_steps: int = 100, triangular: bool
 
 
 def later_modes() -> dict[str, MergeMode]:
-    """Merge modes whose engine code is not in this checkout yet (K-LoRA, row-side decorrelation of ΔR):
-    each joins the table here once its module exists."""
-    return {}
+    """Merge modes from engine modules found by import (K-LoRA, row-side decorrelation of ΔR): a checkout
+    without them measures the rest."""
+    modes = {}
+    try:
+        from ..merging import klora as _klora
+    except ImportError:
+        _klora = None
+    if _klora is not None:
+        pattern = _klora.DEFAULT_PATTERN
+        for family, short in ((QR, "ΔR"), (LORA, "LoRA")):
+            modes[f"{short} K-LoRA ({pattern})"] = MergeMode(
+                family, partial(klora_merge, pattern=pattern),
+                "per layer and step the adapter with the larger top-K |ΔW| sum (K = r_c·r_s), the reference's "
+                "time scaling and balance factor")
+    try:
+        from ..merging import decorrelate as _decorrelate
+    except ImportError:
+        _decorrelate = None
+    if _decorrelate is not None:
+        for how in (_decorrelate.STYLE, _decorrelate.BOTH):
+            modes[f"ΔR decorrelated ({how})"] = MergeMode(QR, partial(decorrelated_merge, how=how),
+                                                          "row-side: ΔR_s·(I − P_row(ΔR_c))" if how == _decorrelate.STYLE
+                                                          else "row-side, each off the other's row space")
+    return modes
+
+
+def _rank(t: Trained) -> int:
+    return t.lora.rank if t.lora is not None else next(iter(t.delta.delta.values())).shape[0]
+
+
+def klora_merge(p: PairRun, c: Trained, s: Trained, lc: float, ls: float, pattern: str) -> Patch:
+    """K-LoRA on the dense updates (ΔW = Q·ΔR or B·A, K = r_c·r_s); the world's progress at noise level t is 1 − t.
+    The plan does not depend on λ, so it is computed once per pair and family."""
+    from ..merging.klora import KLoRAMerge, klora_plan
+
+    key = ("klora", id(c), id(s), pattern)
+    if key not in p.cache:
+        p.cache[key] = klora_plan(c.updates, s.updates, pattern, ranks=(_rank(c), _rank(s)))
+    merge = KLoRAMerge(p.cache[key], c.updates, s.updates, lc, ls)
+    copies: dict = {}
+
+    def model_at(t: float):
+        progress = 1.0 - t
+        k = merge.key(progress)
+        if k not in copies:
+            copies[k] = patched_model(p.model, p.targets, merge.parts(progress))
+        return copies[k]
+    return p.model, model_at
+
+
+def decorrelated_merge(p: PairRun, c: Trained, s: Trained, lc: float, ls: float, how: str) -> Patch:
+    """Row-side decorrelation of the two ΔR (once per pair), then plain addition."""
+    from ..merging.decorrelate import decorrelate
+    from .tasks import qr_updates
+
+    key = ("decorrelate", id(c), id(s), how)
+    if key not in p.cache:
+        dc, ds = decorrelate(c.delta, s.delta, how)
+        p.cache[key] = (qr_updates(dc), qr_updates(ds))
+    cu, su = p.cache[key]
+    return patched_model(p.model, p.targets, [(cu, lc), (su, ls)]), None
