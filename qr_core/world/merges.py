@@ -138,13 +138,17 @@ def _rank(t: Trained) -> int:
 
 
 def klora_merge(p: PairRun, c: Trained, s: Trained, lc: float, ls: float, pattern: str) -> Patch:
-    """K-LoRA on the dense updates (ΔW = Q·ΔR or B·A, K = r_c·r_s); the world's progress at noise level t is 1 − t.
-    The plan does not depend on λ, so it is computed once per pair and family."""
+    """K-LoRA on the dense updates (ΔW = Q·ΔR or B·A, K = r_c·r_s), choosing on the attention layers as the paper
+    and Merge ΔR's default (`klora_layers` "attention"; the other targets get both updates, added). The world's
+    progress at noise level t is 1 − t. The plan does not depend on λ: computed once per pair and family."""
     from ..merging.klora import KLoRAMerge, klora_plan
+    from ..targets import select_targets
 
     key = ("klora", id(c), id(s), pattern)
     if key not in p.cache:
-        p.cache[key] = klora_plan(c.updates, s.updates, pattern, ranks=(_rank(c), _rank(s)))
+        shapes = {k: v.shape for k, v in p.model.state_dict().items()}
+        attention = {t.name for t in select_targets(shapes, "attention")}
+        p.cache[key] = klora_plan(c.updates, s.updates, pattern, layers=attention, ranks=(_rank(c), _rank(s)))
     merge = KLoRAMerge(p.cache[key], c.updates, s.updates, lc, ls)
     copies: dict = {}
 
