@@ -260,7 +260,11 @@ def run(args) -> dict:
                       None)
     decompose_s = time.perf_counter() - t0
     selection = select_plans(model, basis, targets, scorer, args) if args.plans else None
-    modes = merge_modes(selection["best"] if selection else None, args.zip_steps, args.triangular)
+    best = selection["best"] if selection else None
+    if args.chosen:  # choices made on the selection pairs by an earlier run (args.chosen_from says which)
+        schedule, blocks = args.chosen
+        best = {f: {"schedule": schedule, "blocks": blocks} for f in PLAN_METHODS}
+    modes = merge_modes(best, args.zip_steps, args.triangular)
     if args.only:
         modes = {n: m for n, m in modes.items() if n == BASELINE or any(o in n for o in args.only)}
     if BASELINE not in modes:
@@ -432,6 +436,9 @@ def write_markdown(res: dict, args, path: Path, command: str) -> None:
     for m, v in res["table"].items():
         L.append(f"| {m} | " + " | ".join(fmt(v[k]) for k in METRICS) + " |")
     L += plan_markdown(res)
+    if args.chosen:
+        L += ["", f"λ over steps `{args.chosen[0]}` and λ per block `{args.chosen[1]}`: chosen on the selection pairs "
+              f"(never the reported ones) by an earlier run on the same model, {args.chosen_from or '(not recorded)'}."]
     L += ["", "## Matrix statistics (paper Fig. 2 / Table 4): |cosine| between the content and style adapters, "
           "per target", "", "| pair of matrices | mean over targets × runs | max |", "|---|---|---|"]
     for k, v in res["matrix"].items():
@@ -473,6 +480,9 @@ def main(argv=None):
                    help="skip the Q+R runs (trained Q similarity) on the first pair")
     p.add_argument("--no-plans", dest="plans", action="store_false",
                    help="skip λ over steps / λ per block (chosen on SELECT_PAIRS)")
+    p.add_argument("--chosen", nargs=2, metavar=("SCHEDULE", "PROFILE"),
+                   help="with --no-plans: the schedule and block profile an earlier run chose on the selection pairs")
+    p.add_argument("--chosen-from", default="", help="where that choice is recorded (written into the results)")
     p.add_argument("--select-pairs", type=int, default=len(SELECT_PAIRS))
     p.add_argument("--select-seeds", type=int, default=1)
     p.add_argument("--out", default=str(Path(__file__).parent / "results"))
