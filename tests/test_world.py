@@ -46,6 +46,27 @@ def test_world_is_deterministic_and_splits_held_out_concepts():
     assert torch.equal(e[0], e[1]) and not torch.equal(e[0], encode(["a star"])[0])
 
 
+def test_pretraining_data_leaves_out_the_held_out_pairs_but_not_their_shapes_and_styles():
+    held = set(scenes.HELD_OUT_PAIRS)
+    assert all(sh in scenes.SEEN_SHAPES and st in scenes.SEEN_STYLES for sh, st in held)
+    assert len({sh for sh, _ in held}) == len(held) == len({st for _, st in held})  # one per shape and per style
+    drawn = {(s.shape, s.style) for s in scenes.batch(range(600), exclude=scenes.HELD_OUT_PAIRS)[2]}
+    assert not drawn & held
+    assert {sh for sh, _ in drawn} == set(scenes.SEEN_SHAPES) and {st for _, st in drawn} == set(scenes.SEEN_STYLES)
+    # without `exclude` the same seeds draw what they always drew
+    assert [s.prompt for s in scenes.batch(range(20))[2]] == [scenes.sample(i).prompt for i in range(20)]
+
+
+def test_composition_scores_of_the_base_on_pairs():
+    from qr_core.world.model import composition_scores
+
+    model, _ = load_world_model()
+    res = composition_scores(model, scenes.HELD_OUT_PAIRS[:2], Scorer(), n=2, steps=4)
+    assert set(res["per_pair"]) == {"circle/ocean", "square/mint"}
+    assert all(0 <= res[k] <= 1 for k in ("p_shape", "p_style", "shape_acc", "style_acc"))
+    assert res["p_style"] == pytest.approx(sum(v["p_style"] for v in res["per_pair"].values()) / 2)
+
+
 def test_shipped_encoder_knows_the_world():
     enc = load_encoder()
     x, _, samples = scenes.batch(range(-64, 0), shapes=scenes.SHAPES, styles=tuple(scenes.STYLES))
