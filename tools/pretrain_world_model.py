@@ -1,11 +1,16 @@
 """Pretrain the world's text-to-image flow model and write qr_core/world/assets/world_model.safetensors.
 
-    python tools/pretrain_world_model.py --steps 5000 --decay-start 2500 --seed 0 --threads 1
+    nice -n 19 python tools/pretrain_world_model.py --steps 30000 --decay-start 30000 --ema 0.998 --warmup 200 \
+        --seed 0 --threads 1 --sample-every 500     # world v2's run (bench/results/world_model.md)
 
 Resumable: rerunning continues from `<out>.ckpt` (safetensors, not committed). The EMA
 weights at the last step are written to --out with the command, the machine,
-the steps and the seed in the safetensors metadata; a sample grid (one seen
-shape per seen style) is written next to it every --sample-every steps.
+the steps and the seed in the safetensors metadata (float16). The held-out
+shape×style pairs (`scenes.HELD_OUT_PAIRS`) never appear in the data; every
+--sample-every steps a sample grid of them is written next to --out and the
+log prints the world encoder's P(shape) and P(style) on them (composition).
+Constant LR until --decay-start: a run can be resumed with a smaller --steps
+and --decay-start at the step reached to decay from there.
 """
 
 from __future__ import annotations

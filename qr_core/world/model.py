@@ -211,9 +211,21 @@ def sample_sheet(model, path, seed: int = 0, steps: int = 24, guidance: float = 
     return imgs
 
 
-if __name__ == "__main__":  # python -m qr_core.world.model OUT.png: the shipped model's sample sheet
+if __name__ == "__main__":
+    # python -m qr_core.world.model OUT.png: the shipped model's sample sheet;
+    # python -m qr_core.world.model composition [MODEL]: its P(shape), P(style) on the held-out pairs (8 samples each)
     torch.set_num_threads(1)
-    sample_sheet(load_world_model()[0], sys.argv[1] if len(sys.argv) > 1 else "world_model_samples.png")
+    if sys.argv[1:2] == ["composition"]:
+        from .encoder import Scorer
+
+        model, meta = load_world_model(sys.argv[2] if len(sys.argv) > 2 else ASSET)
+        t0 = time.perf_counter()
+        res = composition_scores(model, scenes.HELD_OUT_PAIRS, Scorer(), n=8)
+        print(json.dumps({"steps": meta.get("steps"), "held_out_pairs_in_pretraining":
+                          "held_out_pairs" not in json.loads(meta.get("world", "{}")),
+                          "seconds": round(time.perf_counter() - t0, 1), **res}, indent=1))
+    else:
+        sample_sheet(load_world_model()[0], sys.argv[1] if len(sys.argv) > 1 else "world_model_samples.png")
 
 
 def save_resume_state(path: Path, model: torch.nn.Module, ema: dict, opt: torch.optim.Optimizer, step: int,
