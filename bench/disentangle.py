@@ -221,7 +221,7 @@ def plot_fronts(res: dict, path: Path, grid_cells) -> bool:
             ax.scatter(px, py, s=10, color=col, alpha=0.45)
             line = front_values(px, py, taus)
             lw = 2.6 if m == BASELINE else 1.6
-            ax.step(taus, line, where="post", color=col, lw=lw, label=m)
+            ax.step(taus, line, where="post", color=col, lw=lw, label=m.replace("⟂", "orth."))  # not in DejaVu
             band = res["front_bands"][kind][m]
             ax.fill_between(taus, band["lo"], band["hi"], step="post", color=col, alpha=0.12)
         ax.set_xlabel(f"{titles[kind][0]} (at least)")
@@ -249,6 +249,43 @@ def front_bands(sweep, modes, grid_cells, units, fr: dict, n_boot: int = 500, se
 
 # ---- the run --------------------------------------------------------------------------------------------
 
+class Partial:
+    """Each measured pair × seed appended to a JSON-lines file as it finishes (the first one's sample images
+    beside it), so an interrupted run resumes where it stopped and --report-only reports what is done."""
+
+    def __init__(self, path: Path):
+        self.path, self.image_path = path, path.with_suffix(".images.safetensors")
+        self.done = {}
+        if path.exists():
+            for line in path.read_text().splitlines():
+                rec = json.loads(line)
+                self.done[rec["unit"]] = rec
+
+    def add(self, unit: str, rec: dict, images: dict | None) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        if images:
+            from safetensors.torch import save_file
+
+            save_file({f"{m}|{lc}|{ls}": v.contiguous() for (m, lc, ls), v in images.items()}, str(self.image_path))
+        with self.path.open("a") as f:
+            f.write(json.dumps({"unit": unit, **rec}, default=str) + "\n")
+
+    def images(self) -> dict:
+        from safetensors.torch import load_file
+
+        if not self.image_path.exists():
+            return {}
+        out = {}
+        for k, v in load_file(str(self.image_path)).items():
+            m, lc, ls = k.rsplit("|", 2)
+            out[(m, float(lc), float(ls))] = v
+        return out
+
+    def remove(self) -> None:
+        self.path.unlink(missing_ok=True)
+        self.image_path.unlink(missing_ok=True)
+
+
 def run(args) -> dict:
     torch.set_num_threads(args.threads)
     model, meta = load_world_model(args.model)
@@ -271,16 +308,31 @@ def run(args) -> dict:
         raise SystemExit(f"the merge-mode table lacks the baseline {BASELINE!r}")
     families = list(dict.fromkeys([QR, LORA] + [m.family for m in modes.values()]))
     grid_cells = [(lc, ls) for lc in args.grid for ls in args.grid]
-    rows, sweep, mats, qmats, images, curves, units = [], [], [], [], {}, {}, []
+    rows, sweep, mats, qmats, images, curves, units, params = [], [], [], [], {}, {}, [], {}
+    partial = Partial(Path(args.out) / f"{args.prefix}.partial.jsonl")
     pairs = PAIRS[: args.pairs]
     for pi, (c_shape, s_style, ref_style, ref_shape) in enumerate(pairs):
         for seed in range(args.seeds):
+            label = f"{c_shape}+{s_style}/seed{seed}"
+            if label in partial.done:  # measured by an earlier, interrupted run with the same arguments
+                rec = partial.done[label]
+                rows += rec["rows"]
+                sweep += rec["sweep"]
+                mats += rec["mats"]
+                qmats += rec["qmats"]
+                curves.update(rec["curves"])
+                params = rec["params"]
+                images.update(partial.images() if pi == 0 and seed == 0 else {})
+                units.append(label)
+                continue
+            if args.report_only:
+                continue
+            start = {"rows": len(rows), "sweep": len(sweep), "mats": len(mats), "qmats": len(qmats)}
             ct = content_task(c_shape, ref_style, pose_seed=seed)
             st = style_task(s_style, ref_shape, pose_seed=seed)
             prompt = merged_prompt(ct, st)
             p = PairRun(model, targets, ct, st, train_pair(model, basis, targets, ct, st, args, seed, families), seed)
             _, cref_mask = scenes.render(ct.shape, ct.style, ct.pose, with_mask=True)
-            label = f"{c_shape}+{s_style}/seed{seed}"
             units.append(label)
             print(f"[{label}] trained in " + ", ".join(
                 f"{m}: {a.seconds:.0f}+{b.seconds:.0f} s" for m, (a, b) in p.adapters.items()), flush=True)
@@ -328,6 +380,12 @@ def run(args) -> dict:
                                   "Q_c vs Q₀": cos(qq[0].extra["q"][t.name], basis.q[t.name]),
                                   "Q_s vs Q₀": cos(qq[1].extra["q"][t.name], basis.q[t.name])})
             params = {m: a.params for m, (a, _) in p.adapters.items()}
+            partial.add(label, {"rows": rows[start["rows"]:], "sweep": sweep[start["sweep"]:],
+                                "mats": mats[start["mats"]:], "qmats": qmats[start["qmats"]:],
+                                "curves": {k: v for k, v in curves.items() if k.startswith(label)}, "params": params},
+                        images if pi == 0 and seed == 0 else None)
+    if not units:
+        raise SystemExit("no pair × seed measured yet: nothing to report")
     for name in modes:  # the Table 1 analogue: every mode at (1, 1)
         rows += [{"pair": r["unit"], "method": f"{name} at (1, 1)", **{k: r[k] for k in METRICS}}
                  for r in sweep if r["mode"] == name and r["lc"] == 1.0 and r["ls"] == 1.0]
@@ -416,6 +474,9 @@ def write_markdown(res: dict, args, path: Path, command: str) -> None:
          f"Setting: rank {args.rank} on the {res['targets']} 'paper' targets, {args.steps} steps at LR {args.lr} "
          f"(AdamW, one image, 4 noise draws per step), {args.samples} samples × {args.sample_steps} Euler steps "
          f"with CFG 3 per cell; pairs {args.pairs} × seeds {args.seeds}; (λc, λs) grid {tuple(args.grid)}².  ",
+         f"Measured: {len(res['units'])} of the {args.pairs * args.seeds} pairs × seeds ({', '.join(res['units'])})"
+         + (" — an interrupted run, reported with --report-only." if len(res["units"]) < args.pairs * args.seeds
+            else ".") + "  ",
          "Trainable parameters per adapter: " + ", ".join(f"{m} {n:,}" for m, n in res["params"].items())
          + f". One-off decomposition: {res['decompose_seconds']:.2f} s.", "",
          "Pairs (content shape, style, content reference's style, style reference's shape): "
@@ -485,6 +546,8 @@ def main(argv=None):
     p.add_argument("--chosen-from", default="", help="where that choice is recorded (written into the results)")
     p.add_argument("--select-pairs", type=int, default=len(SELECT_PAIRS))
     p.add_argument("--select-seeds", type=int, default=1)
+    p.add_argument("--report-only", action="store_true",
+                   help="measure nothing new: report the pairs × seeds an interrupted run left in <out>/<prefix>.partial.jsonl")
     p.add_argument("--out", default=str(Path(__file__).parent / "results"))
     p.add_argument("--prefix", default="disentangle")
     p.add_argument("--note", default="", help="free text recorded next to the machine (e.g. load)")
@@ -503,13 +566,16 @@ def main(argv=None):
     res["wall_seconds"] = time.perf_counter() - t0
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
-    write_grid(res["images"], list(res["modes"]), tuple(a.grid), out / f"{a.prefix}_grid.png")
+    if res["images"]:
+        write_grid(res["images"], list(res["modes"]), tuple(a.grid), out / f"{a.prefix}_grid.png")
     res["plotted"] = plot_fronts(res, out / f"{a.prefix}_fronts.png", None)
     write_markdown(res, a, out / f"{a.prefix}.md", command)
     js = {k: v for k, v in res.items() if k != "images"}
     js["command"], js["machine"] = command, describe_machine()
     (out / f"{a.prefix}.json").write_text(json.dumps(js, indent=1, default=str))
     print((out / f"{a.prefix}.md").read_text())
+    if len(res["units"]) == a.pairs * a.seeds:
+        Partial(out / f"{a.prefix}.partial.jsonl").remove()
     return res
 
 
