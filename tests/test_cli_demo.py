@@ -72,6 +72,12 @@ def test_demo_runs_end_to_end_and_merges_with_the_cli(capsys, tmp_path):
     for name in ("references", "content_only", "style_only", "merged", "lambda_grid", "loss_curves"):
         assert (tmp_path / "demo" / f"{name}.png").stat().st_size > 0
     assert report["lora_reload_max_abs_error"] < 1e-2
+    # the overview has a row per ΔR merge mode of the world's table, each scored
+    modes = report["scores_modes"]
+    assert list(modes) == report["merge_modes"] and (tmp_path / "demo" / "overview.png").stat().st_size > 0
+    assert {"ΔR addition", "ΔR K-LoRA (s*)", "ΔR decorrelated (style ⟂ content)"} <= set(modes)
+    assert any(m.startswith("ΔR λ over steps") for m in modes) and any(m.startswith("ΔR λ per block") for m in modes)
+    assert all(0 <= v["p_shape"] <= 1 for v in modes.values())
     assert report["params"]["delta_r_per_adapter"] < report["params"]["lora_same_rank"]
     assert report["timings_s"]["decompose_warm"] < report["timings_s"]["decompose_cold"]
     assert -1 <= report["delta_r_cosine"]["min"] <= report["delta_r_cosine"]["max"] <= 1

@@ -297,7 +297,7 @@ def labeled_rows(rows: list[torch.Tensor], labels: list[str], scale: int = 3, la
     y = 0
     for tile, label in zip(tiles, labels):
         canvas.paste(tile, (label_width, y))
-        label = label.replace("ΔR", "dR").replace("λ", "lambda")  # Pillow's default font has no Greek
+        label = label.replace("ΔR", "dR").replace("λ", "lambda").replace("⟂", "orth.")  # Pillow's default font: no Greek
         words, line, lines = label.split(), "", []
         for word in words:  # wrap at ~36 characters
             if len(line) + len(word) > 36:
