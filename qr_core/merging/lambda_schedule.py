@@ -46,7 +46,8 @@ class Schedule:
 
 
 # Factors of (λc, λs) from each progress on. Content layout forms in the first, noisy steps and texture in the
-# last ones (the hypothesis, measured in bench/results/disentangle.md), hence the shapes below.
+# last ones (the hypothesis, measured in bench/results/disentangle.md and disentangle_points_v1.md),
+# hence the shapes below.
 PRESETS: dict[str, tuple[tuple[float, float, float], ...]] = {
     "constant": ((0.0, 1.0, 1.0),),
     "style-late": ((0.0, 1.0, 0.0), (0.3, 1.0, 1.0)),
