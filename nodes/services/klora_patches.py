@@ -2,7 +2,7 @@
 
 The adapters come as ComfyUI patch dicts (patch key -> weight adapter): a ΔR's stock LoRA patches, or what
 `comfy.lora.load_lora` makes of a LoRA file. The plan (qr_core.merging.klora) is computed once here; the step
-reaches it through two of ComfyUI's own mechanisms, so every sampler and memory mode works alike:
+reaches it through two of ComfyUI's own mechanisms, so that any sampler and ComfyUI's offloading work with it:
 - an APPLY_MODEL wrapper maps the call's sigma to its step in the sampler's `sample_sigmas` (progress n/N);
 - a weight wrapper per planned weight (`add_weight_wrapper`, as ComfyUI's trainer uses) adds, in each forward
   and after ComfyUI's own patches, the patch of the adapter the plan picks at that progress.
@@ -18,8 +18,10 @@ import uuid
 import torch
 
 import comfy.lora
+import comfy.lora_convert
 import comfy.model_management
 import comfy.patcher_extension
+import comfy.utils
 import comfy.weight_adapter
 
 from ...qr_core import TargetError, select_targets
@@ -168,9 +170,6 @@ def klora_onto(model, content: dict, style: dict, lambda_content: float, lambda_
 def lora_file_patches(model, path: str) -> dict:
     """A LoRA file's diffusion-model patches, keyed as ComfyUI's own LoRA loader keys them (kohya, diffusers, PEFT
     and ComfyUI namings; text-encoder layers are left out: K-LoRA acts on the diffusion model)."""
-    import comfy.lora_convert
-    import comfy.utils
-
     if not str(path).lower().endswith(".safetensors"):
         raise ValueError(f"{path}: K-LoRA reads .safetensors LoRA files only (a .pt/.ckpt file can run code when "
                          "loaded); convert it or pick another file.")

@@ -133,7 +133,7 @@ def check_calls(calls, reference, original):
 
 # --- ΔR: Merge ΔR's K-LoRA mode ---
 
-def delta_updates(delta, scale_by=None):
+def delta_updates(delta):
     out = {}
     for t in delta.targets:
         full = delta.targets.shapes[t.key][0]
@@ -270,9 +270,12 @@ def write_lora(path, model, prefix, names, rank, seed, alpha=None, strengths=Non
         factor = float(torch.empty(1).uniform_(0.3, 3.0, generator=g)) if strengths else 1.0
         up = torch.randn(b - a, rank, generator=g) * 0.1 * factor
         down = torch.randn(rank, cols, generator=g) * 0.1
-        tensors[f"{stem}.{names[0]}"], tensors[f"{stem}.{names[1]}"] = up, down
         scale = 1.0
-        if alpha is not None:
+        if names == ("diff",):  # a full-rank patch format: ComfyUI's own patch math gives its ΔW
+            tensors[f"{stem}.diff"] = up @ down
+        else:
+            tensors[f"{stem}.{names[0]}"], tensors[f"{stem}.{names[1]}"] = up, down
+        if alpha is not None and names != ("diff",):
             tensors[f"{stem}.alpha"] = torch.tensor(float(alpha))
             scale = alpha / rank
         updates[unit] = up @ down * scale
@@ -287,6 +290,7 @@ FORMATS = {  # (key prefix, (up name, down name)) — what ComfyUI's loader read
     "diffusers-flux": ("transformer.", ("lora_B.weight", "lora_A.weight")),
     "simpletuner": ("lycoris_", ("lora_up.weight", "lora_down.weight")),
     "comfyui": ("diffusion_model.", ("lora_up.weight", "lora_down.weight")),
+    "diff": ("lora_unet_", ("diff",)),  # ΔW stored whole (rank 2 here): scored from its dense ΔW, K by its rank
 }
 
 
@@ -294,6 +298,7 @@ FORMATS = {  # (key prefix, (up name, down name)) — what ComfyUI's loader read
     ("sdxl", "kohya", "diffusers", "attention", "s*"),
     ("sdxl", "comfyui", "kohya", "all", "s"),
     ("flux", "diffusers-flux", "simpletuner", "attention", "s*"),
+    ("sd15", "kohya", "diff", "all", "s*"),
 ])
 def test_lora_files_weights_per_step_equal_the_reference(pack, comfy_root, arch, content_format, style_format,
                                                           layers, pattern):
