@@ -38,8 +38,10 @@ def main(argv=None):
     p.add_argument("--sample-every", type=int, default=500)
     a = p.parse_args(argv)
     s = PretrainSettings(a.steps, a.batch, a.lr, a.warmup, a.ema, a.decay_start, a.seed, a.threads)
-    command = "python tools/pretrain_world_model.py " + " ".join(
-        shlex.quote(x) for x in (argv if argv is not None else sys.argv[1:]) if not x.startswith("--out"))
+    args = list(argv if argv is not None else sys.argv[1:])
+    # the output path is this machine's, not part of the recipe: drop "--out X" and "--out=X"
+    kept = [x for i, x in enumerate(args) if not x.startswith("--out") and not (i and args[i - 1] == "--out")]
+    command = "python tools/pretrain_world_model.py " + " ".join(shlex.quote(x) for x in kept)
     pretrain(a.out, s, sample_every=a.sample_every, command=command,
              log=lambda m: print(m, flush=True))
 
