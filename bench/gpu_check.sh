@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The GPU check: every figure only a GPU can give, in one run of about 9 minutes on one H200.
 #   decompose bench (SDXL, FLUX, FLUX.2 and Qwen-Image target sets: exact vs fast, warm cache), full-size train step of SDXL and
-#   FLUX against ComfyUI's built-in LoRA trainer, λ re-apply of SDXL and FLUX against two stock LoRA loaders (ComfyUI 0.8);
+#   FLUX against ComfyUI's built-in LoRA trainer (and full-size SDXL against 0.33's bypass mode), λ re-apply of SDXL and FLUX against two stock LoRA loaders (ComfyUI 0.8);
 #   dynamic VRAM on ComfyUI 0.33: Train ΔR, Merge ΔR and λ over Steps on a ModelPatcherDynamic (bench/dynamic_vram.py).
 # Run from the repository root on the device machine, with .gpu/ carried (bench/prepare_gpu_check.sh makes it):
 #   run(command="bash bench/gpu_check.sh", carry=[".gpu"], timeout_s=600)
@@ -41,6 +41,8 @@ step env COMFYUI_PATH="$COMFYUI_033" "$PYTHON_033" bench/dynamic_vram.py --devic
 if [ -n "$QUICK" ]; then
   step python3 bench/decompose.py --device "$DEVICE" --sets sdxl,flux,flux2,qwen_image --quick --out-dir "$OUT_DIR"
   step python3 bench/train_step.py --device "$DEVICE" --quick --out-dir "$OUT_DIR"
+  step env COMFYUI_PATH="$COMFYUI_033" "$PYTHON_033" bench/train_step.py --device "$DEVICE" --quick \
+    --mechanisms floor qr_bypass comfy_bypass --out-dir "$OUT_DIR"
   step python3 bench/merge_reapply.py --device "$DEVICE" --quick --out-dir "$OUT_DIR"
 else
   step python3 bench/decompose.py --device "$DEVICE" --sets sdxl,flux --samples-per-shape 2 --out-dir "$OUT_DIR"
@@ -50,6 +52,9 @@ else
   # Full size: the adapters alone (five full-size FLUX models, the built-in loop's two included, do not fit one GPU).
   step python3 bench/train_step.py --device "$DEVICE" --size full --arch sdxl flux --steps 3 --warmup 2 --pairs 5 \
     --mechanisms floor qr_bypass comfy_lora_wrapper --out-dir "$OUT_DIR"
+  # The strongest baseline, 0.33's bypass mode (SDXL only: the whole script must stay under the tool's 10 minutes).
+  step env COMFYUI_PATH="$COMFYUI_033" "$PYTHON_033" bench/train_step.py --device "$DEVICE" --size full --arch sdxl \
+    --steps 3 --warmup 2 --pairs 3 --mechanisms floor qr_bypass comfy_bypass --out-dir "$OUT_DIR"
   step python3 bench/merge_reapply.py --device "$DEVICE" --arch sdxl flux --dtype bf16 --changes 3 \
     --out-dir "$OUT_DIR"
 fi
