@@ -579,7 +579,7 @@ WORKFLOWS = {
 
 # --------------------------------------------------------------------------- subgraph blueprints (ComfyUI ≥ 0.8)
 # ComfyUI ≥ 0.8 lists custom_nodes/<pack>/subgraphs/*.json at GET /global_subgraphs (app/subgraph_manager.py);
-# the front end offers each under "Subgraph Blueprints", named after its file.
+# the front end offers each under "Subgraph Blueprints", named after its file (see BLUEPRINTS).
 SUBGRAPHS_OUT = ROOT / "subgraphs"
 
 
@@ -626,7 +626,11 @@ def merge_blueprint(info: dict) -> dict:
         promoted=[(lc, "delta_file"), (ls, "delta_file"), (merge, "lambda_content"), (merge, "lambda_style")])
 
 
-BLUEPRINTS = {"QR-LoRA Train ΔR from an image": train_blueprint, "QR-LoRA Merge two ΔR files": merge_blueprint}
+# File name (what the front end shows: it names the node and the blueprint after the file, whatever the JSON
+# says) → builder. ASCII on purpose: `git ls-files` quotes other names, and comfy-cli's `comfy node pack`, which
+# lists the package's files with it, then drops them from the Registry zip as "not found". Inside, the JSON
+# keeps the "ΔR" name, shown when the file is opened as a workflow.
+BLUEPRINTS = {"QR-LoRA Train DeltaR from an image": train_blueprint, "QR-LoRA Merge two DeltaR files": merge_blueprint}
 
 
 def thumbnails(out: Path, docs: Path = ROOT / "docs", width: int = 640) -> int:
