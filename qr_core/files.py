@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import struct
 import tempfile
 from pathlib import Path
@@ -39,6 +40,26 @@ def atomic_save(tensors: Mapping[str, torch.Tensor], path: str | os.PathLike, me
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+
+def copy_new(source: str | os.PathLike, target: str | os.PathLike) -> bool:
+    """Copy `source` to `target` unless something is there already; True when it copied.
+
+    Never replaces a file, even one that appears between a check and the write: the target is created
+    exclusively (O_EXCL). A copy that fails half-way removes the file it created, so no stub stays behind.
+    """
+    target = Path(target)
+    try:
+        out = open(target, "xb")
+    except FileExistsError:
+        return False
+    try:
+        with out, open(source, "rb") as src:
+            shutil.copyfileobj(src, out)
+    except BaseException:
+        target.unlink(missing_ok=True)
+        raise
+    return True
 
 
 def read_header(path: str | os.PathLike) -> tuple[dict, dict[str, str]]:
