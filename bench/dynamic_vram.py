@@ -1,4 +1,4 @@
-"""Dynamic VRAM check: Train ΔR, Merge ΔR and λ over Steps on a model ComfyUI loads as a ModelPatcherDynamic.
+"""Dynamic VRAM check: Train ΔR, Merge ΔR (added and K-LoRA) and λ over Steps on a model ComfyUI loads as a ModelPatcherDynamic.
 
 Dynamic VRAM (ComfyUI ≥ 0.12 with comfy-aimdo, the default on NVIDIA) keeps weights in RAM, mapped from the
 file, and casts them per layer into reused GPU buffers. ComfyUI builds a plain ModelPatcher wherever the load
@@ -8,6 +8,8 @@ by ComfyUI's Load Diffusion Model path twice, with and without dynamic VRAM, and
 - Train ΔR: losses and ΔR equal within float tolerance; no parameter or buffer of the shared model gets new
   memory (no copy of the frozen weights); the peak resident memory of the run against the file's size;
 - Merge ΔR: the sampled latent equal (patches applied at cast time);
+- K-LoRA (Merge ΔR's merge_mode): the sampled latent equal (its per-step choice reaches the layers through
+  weight wrappers, which dynamic VRAM calls at cast time; a cast reused across steps would show here);
 - λ over Steps: the sampled latent equal (ComfyUI samples hooks on a non-dynamic copy it reloads from the file);
   the same model without a reload path (as GGUF loaders leave it) is refused by the node with the named error,
   where ComfyUI's own guider would fail inside sampling;
@@ -227,6 +229,14 @@ def main(argv=None) -> int:
               for name, m in (("plain", plain), ("dynamic", dynamic))}
     same, diff = close(sample(merged["dynamic"], cond, cond), sample(merged["plain"], cond, cond))
     check("merge: same sample", same, max_abs_diff=diff)
+
+    other = pack_module(pack, "qr_core.adapters.delta").random_delta(basis, 7, 0.05, "style")
+    klora = {name: node["QRLoRAMergeDeltas"].execute(m, content=delta, style=other, lambda_content=1.0,
+                                                     lambda_style=1.0, lambda_extra_1=1.0, lambda_extra_2=1.0,
+                                                     merge_mode="K-LoRA s*", klora_layers="all")[0]
+             for name, m in (("plain", plain), ("dynamic", dynamic))}
+    same, diff = close(sample(klora["dynamic"], cond, cond), sample(klora["plain"], cond, cond))
+    check("K-LoRA: same sample", same, max_abs_diff=diff)
 
     def hooks(model):
         return node["QRLoRAScheduleHooks"].execute(model, content=delta, style=delta, lambda_content=1.0,

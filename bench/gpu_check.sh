@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The GPU check: every figure only a GPU can give, in one run of about 9 minutes on one H200.
 #   decompose bench (SDXL, FLUX, FLUX.2 and Qwen-Image target sets: exact vs fast, warm cache), full-size train step of SDXL and
-#   FLUX against ComfyUI's built-in LoRA trainer (and full-size SDXL against 0.33's bypass mode), λ re-apply of SDXL and FLUX against two stock LoRA loaders (ComfyUI 0.8);
-#   dynamic VRAM on ComfyUI 0.33: Train ΔR, Merge ΔR and λ over Steps on a ModelPatcherDynamic (bench/dynamic_vram.py).
+#   FLUX against ComfyUI's built-in LoRA trainer (and full-size SDXL against 0.33's bypass mode), λ re-apply of SDXL and
+#   FLUX against two stock LoRA loaders (ComfyUI 0.8); dynamic VRAM on ComfyUI 0.33: Train ΔR, Merge ΔR (added and
+#   K-LoRA) and λ over Steps on a ModelPatcherDynamic (bench/dynamic_vram.py).
 # Run from the repository root on the device machine, with .gpu/ carried (bench/prepare_gpu_check.sh makes it):
 #   run(command="bash bench/gpu_check.sh", carry=[".gpu"], timeout_s=600)
 # Results go to $OUT (the device tool brings them back) or bench/results/; commit them with the machine named.

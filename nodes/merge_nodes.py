@@ -8,8 +8,11 @@ from ..qr_core import QRDelta
 from ..qr_core.adapters.delta import DTYPES
 from ..qr_core.merging.merge import DEFAULT_NAMING, NAMING_HELP, NAMINGS, export_merge
 from ..qr_core.merging.lambda_schedule import resolve_schedule
+from ..qr_core.merging import decorrelate as decorrelation
+from ..qr_core.merging.klora import PATTERNS
 from .services import folders
-from .services.patches import merge_onto
+from .services.klora_patches import LAYERS, LAYERS_HELP
+from .services.patches import klora_merge_onto, merge_onto
 from .services.schedule_hooks import hooks_on_dynamic_vram, scheduled_hooks
 from .lambda_inputs import block_inputs, schedule_inputs, with_block_profiles
 from .options import check_options
@@ -58,6 +61,34 @@ def collect_blocks(kwargs: dict) -> tuple[list[QRDelta], list[float]]:
     return collect(with_block_profiles(kwargs))
 
 
+MERGE_MODES = ("add",) + tuple(f"K-LoRA {p}" for p in PATTERNS)
+
+
+def merge_mode_inputs() -> list:
+    """Merge ΔR's ways of combining content and style (defaults: the paper's plain addition, no decorrelation)."""
+    return [
+        io.Combo.Input("merge_mode", options=list(MERGE_MODES), default="add", optional=True,
+                       tooltip="add: W + Q(λc·ΔR_c + λs·ΔR_s) (paper eq. 7). K-LoRA (training-free, CVPR 2025): per "
+                               "layer and sampling step either λc·QΔR_c or λs·QΔR_s, the one with the larger top-K "
+                               "|ΔW| sum, style weighted up over the steps (s*: the reference's default, more style; "
+                               "s: more texture detail). Extras are added in either mode."),
+        io.Combo.Input("klora_layers", options=list(LAYERS), default="attention", optional=True,
+                       tooltip="Where K-LoRA chooses. " + LAYERS_HELP + "."),
+        io.Combo.Input("decorrelate", options=list(decorrelation.MODES), default=decorrelation.OFF, optional=True,
+                       tooltip="Row-side decorrelation before merging (both ΔR share span(Q), so only the input "
+                               "directions they read can be separated): " + decorrelation.MODES_HELP + "."),
+    ]
+
+
+def decorrelated(kwargs: dict, mode: str) -> dict:
+    """The node's inputs with content and style ΔR decorrelated (before block profiles: the projector is scale-free)."""
+    if mode == decorrelation.OFF or kwargs.get("content") is None or kwargs.get("style") is None:
+        return kwargs
+    kwargs = dict(kwargs)
+    kwargs["content"], kwargs["style"] = decorrelation.decorrelate(kwargs["content"], kwargs["style"], mode)
+    return kwargs
+
+
 def _summary(deltas, weights) -> str:
     return " + ".join(f"{w:g}·{d.name or 'ΔR'}" for d, w in zip(deltas, weights))
 
@@ -72,15 +103,23 @@ class QRMergeDeltas(io.ComfyNode):
             description="Applies λc·ΔR_content + λs·ΔR_style (+ extras) as W + Q(Σλ ΔR) patches on a copy of the "
                         "model; the original model, other LoRAs and memory management are untouched.",
             inputs=[io.Model.Input("model", tooltip="The base model the ΔR were trained on.")] + mix_inputs()
-            + block_inputs(),
+            + block_inputs() + merge_mode_inputs(),
             outputs=[io.Model.Output(display_name="MODEL", tooltip="The model with the merged ΔR applied.")],
         )
 
     @classmethod
-    def execute(cls, model, allow_mixed_bases=False, **kwargs) -> io.NodeOutput:
-        deltas, weights = collect_blocks(kwargs)
-        patched = merge_onto(model, deltas, weights, allow_mixed_bases)
-        return io.NodeOutput(patched, ui=ui.PreviewText(_summary(deltas, weights)))
+    def execute(cls, model, allow_mixed_bases=False, merge_mode="add", klora_layers="attention",
+                decorrelate=decorrelation.OFF, **kwargs) -> io.NodeOutput:
+        check_options(cls, {"merge_mode": merge_mode, "klora_layers": klora_layers, "decorrelate": decorrelate})
+        deltas, weights = collect_blocks(decorrelated(kwargs, decorrelate))
+        text = _summary(deltas, weights) + (f"; decorrelated: {decorrelate}" if decorrelate != decorrelation.OFF else "")
+        if merge_mode == "add":
+            return io.NodeOutput(merge_onto(model, deltas, weights, allow_mixed_bases), ui=ui.PreviewText(text))
+        if kwargs.get("content") is None or kwargs.get("style") is None:
+            raise ValueError("K-LoRA chooses between a content and a style ΔR: connect both.")
+        patched, plan = klora_merge_onto(model, deltas, weights, merge_mode.split()[-1], klora_layers,
+                                         allow_mixed_bases)
+        return io.NodeOutput(patched, ui=ui.PreviewText(f"{text}\n{plan.describe()}"))
 
 
 class QRExportLoRA(io.ComfyNode):

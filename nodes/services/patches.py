@@ -42,3 +42,17 @@ def merge_onto(model, deltas: list[QRDelta], weights: list[float], allow_mixed_b
     """A patched clone of `model` with W + Σ λᵢ Q ΔRᵢ on every target."""
     check_fits(deltas, model)
     return apply_terms(model, merge(deltas, weights, allow_mixed_bases))
+
+
+def klora_merge_onto(model, deltas: list[QRDelta], weights: list[float], pattern: str, layers: str,
+                     allow_mixed_bases: bool = False):
+    """(a clone of `model` with K-LoRA between deltas[0], the content, and deltas[1], the style, its plan);
+    further ΔR are added as Merge adds them. The plan scores Q·ΔR per target, computed once here."""
+    from .klora_patches import klora_onto
+
+    check_fits(deltas, model)
+    content, style = (lora_patches(merge([d], [1.0])) for d in deltas[:2])
+    patched, plan = klora_onto(model, content, style, weights[0], weights[1], pattern, layers)
+    if len(deltas) > 2:
+        patched.add_patches(lora_patches(merge(deltas[2:], weights[2:], allow_mixed_bases)), 1.0)
+    return patched, plan

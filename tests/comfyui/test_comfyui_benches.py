@@ -73,5 +73,5 @@ def test_dynamic_vram_check_runs_its_steps_on_a_cpu(tmp_path):
     r = json.loads(js.read_text())
     assert r["dynamic"] is False and "CPU" in r["why_not"]
     assert {"train: same losses and ΔR", "train: no frozen weight copied", "merge: same sample",
-            "λ over steps: same sample"} <= set(r["checks"])
+            "K-LoRA: same sample", "λ over steps: same sample"} <= set(r["checks"])
     assert all(c["ok"] for c in r["checks"].values()), r["checks"]
