@@ -14,7 +14,7 @@ from typing import Callable
 
 from ...qr_core import QRAdapter, QRDelta
 from ...qr_core.errors import QRLoRAError
-from ...qr_core.training.snapshots import prune, snapshot_path
+from ...qr_core.training.snapshots import other_runs_files, prune, snapshot_path
 from ...qr_core.training.state import TrainState, state_path_for
 from . import folders
 
@@ -26,6 +26,19 @@ def relative_name(path: Path) -> str:
         return path.resolve().relative_to(root).as_posix()
     except ValueError:
         return path.name
+
+
+def run_save_path(save_name: str, overwrite: bool, run_id: str) -> tuple[Path | None, str]:
+    """Where run `run_id` saves its final ΔR (None: it does not save), and a note when that is not save_name.
+
+    A name whose files (final, state, snapshots) were all written by this run is its own: an exact resume
+    writes on there. Any other file under the name is kept unless `overwrite`: the run then takes the next
+    numbered name, so its snapshots and pruning never touch another run's files either.
+    """
+    if not save_name.strip():
+        return None, ""
+    return folders.save_path(folders.FOLDER, save_name, overwrite,
+                             in_use=lambda path: bool(other_runs_files(path, run_id)))
 
 
 class RunFiles:
