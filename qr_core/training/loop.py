@@ -85,12 +85,11 @@ def make_optimizer(params: Sequence[torch.nn.Parameter], s: TrainSettings) -> to
         return _optional_module("prodigy").Prodigy(params, lr=s.lr, weight_decay=s.weight_decay,
                                                    safeguard_warmup=s.warmup_steps > 0)
     if s.optimizer == "adamw8bit":
-        bnb = _optional_module("adamw8bit")
         devices = {p.device.type for p in params}
         if devices - {"cuda"}:
             raise RuntimeSupportError(f"AdamW 8-bit (bitsandbytes) trains parameters on a CUDA GPU; these are on "
                                       f"{', '.join(sorted(devices))}: pick AdamW.")
-        return bnb.optim.AdamW8bit(params, lr=s.lr, weight_decay=s.weight_decay)
+        return _optional_module("adamw8bit").optim.AdamW8bit(params, lr=s.lr, weight_decay=s.weight_decay)
     return torch.optim.Adam(params, lr=s.lr)
 
 
