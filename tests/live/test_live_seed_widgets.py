@@ -81,3 +81,32 @@ def test_a_saved_control_value_is_kept_on_load(comfy_server, page):
         return node.widgets.find(w => w.name === 'seed').linkedWidgets[0].value;
     }""")
     assert value == "increment", comfy_server.version
+
+
+# Train ΔR's widget values as a workflow saved them from 2026-11-29 to 2026-12-02 (noise_draws and
+# storage_dtype were required then, before seed), and the value each widget must show after loading.
+SAVED_2026_11_29 = [400, 0.0002, "Adam", 2, 3, 77, "increment", "logit-normal", "x0", "fp32", "fp16", True,
+                    "ΔR only", True, "<c> cat", "old_run", 50, "cosine", 5, 2, 4, False, 10, 6]
+EXPECTED = {"steps": 400, "learning_rate": 0.0002, "optimizer": "Adam", "batch_size": 2, "noise_draws": 3,
+            "seed": 77, "timestep_sampling": "logit-normal", "loss_space": "x0", "training_dtype": "fp32",
+            "storage_dtype": "fp16", "gradient_checkpointing": True, "triangular": True, "trigger_words": "<c> cat",
+            "save_name": "old_run", "save_every": 50, "lr_schedule": "cosine", "warmup_steps": 5,
+            "gradient_accumulation": 2, "keep_last": 4, "save_training_state": False, "preview_every": 10,
+            "preview_steps": 6, "overwrite": False}
+
+
+def test_a_workflow_saved_with_the_older_widget_order_loads_by_name(comfy_server, page):
+    page.evaluate("() => window.app.graph.clear()")
+    page.evaluate(ADD_AND_READ, "QRLoRATrainDelta")
+    workflow = page.evaluate("() => window.app.graph.serialize()")
+    workflow["nodes"][0]["widgets_values"] = SAVED_2026_11_29
+    page.evaluate("async (wf) => { await window.app.loadGraphData(wf, true, true, 'older_order'); }", workflow)
+    page.wait_for_timeout(500)
+    shown = page.evaluate("""() => {
+        const node = window.app.graph.nodes.find(n => n.type === 'QRLoRATrainDelta');
+        const out = Object.fromEntries(node.widgets.map(w => [w.name, w.value]));
+        out.control = node.widgets.find(w => w.name === 'seed').linkedWidgets[0].value;
+        return out;
+    }""")
+    assert {k: shown.get(k) for k in EXPECTED} == EXPECTED, comfy_server.version
+    assert shown["control"] == "increment"
