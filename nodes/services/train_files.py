@@ -4,11 +4,12 @@ A run named `content` writes `content_step000100.safetensors`… (the newest
 `keep_last` kept), `content.safetensors` at the end, and
 `content.state.safetensors`: the training state of the newest file saved,
 which lets a later run continue it exactly (see qr_core.training.state).
+Files under the name that another run (or the user) made are never touched:
+the run then saves as `content_00001_…` (run_save_path).
 """
 
 from __future__ import annotations
 
-import uuid
 from pathlib import Path
 from typing import Callable
 
@@ -45,11 +46,11 @@ class RunFiles:
     """The files of one training run; `save` is called with the state of the step it saves."""
 
     def __init__(self, final_path: Path | None, adapter: QRAdapter, trigger_words: str, record: dict,
-                 storage_dtype: str, keep_last: int, save_state: bool, identity: dict, run_id: str | None = None):
+                 storage_dtype: str, keep_last: int, save_state: bool, identity: dict, run_id: str):
         self.final_path, self.adapter, self.trigger_words = final_path, adapter, trigger_words
         self.record, self.storage_dtype, self.keep_last = record, storage_dtype, keep_last
         self.save_state, self.identity = save_state, identity
-        self.run_id = run_id or uuid.uuid4().hex
+        self.run_id = run_id
         self.state_path = state_path_for(final_path) if final_path is not None and save_state else None
 
     def delta(self, done: int, final_loss: float | None) -> QRDelta:

@@ -91,8 +91,8 @@ def train_delta(model, basis, latents: list, conds: list, run: RunSettings, resu
     identity = {"basis_fingerprint": basis.fingerprint, "rank": basis.rank, "targets": len(basis.targets),
                 "mode": run.mode, "triangular": run.triangular, "optimizer": settings.optimizer}
     state, resume_note = find_state(resume) if resume is not None else (None, "")
-    run_id = state.record.get("run_id") if state is not None else None
-    run_id = run_id or uuid.uuid4().hex
+    # An exact resume continues its run: the same run id, so the run's own files are written on.
+    run_id = (state.record.get("run_id") if state is not None else None) or uuid.uuid4().hex
     save_path, name_note = run_save_path(run.save_name, run.overwrite, run_id)
     if state is not None:
         state.check_identity(identity, f"the training state of {resume.name}")
