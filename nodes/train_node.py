@@ -52,7 +52,8 @@ class QRTrainDelta(io.ComfyNode):
                                                           "conditioning list pairs each caption with its image)."),
                 io.Int.Input("steps", default=500, min=1, max=100000, tooltip="Optimisation steps (paper: 500)."),
                 io.Float.Input("learning_rate", default=1e-4, min=1e-7, max=1.0, step=1e-6,
-                               tooltip="Learning rate (paper: 1e-4)."),
+                               tooltip="Learning rate (paper: 1e-4). Prodigy: 1.0 (it scales Prodigy's own "
+                                       "step-size estimate)."),
                 io.Combo.Input("optimizer", options=list(OPTIMIZERS.values()), default="AdamW",
                                tooltip=optimizer_help()),
                 io.Int.Input("batch_size", default=1, min=1, max=64,
