@@ -623,7 +623,8 @@ def merge_blueprint(info: dict) -> dict:
         wf,
         inputs=[("model", "MODEL", [(merge, "model"), (lc, "model"), (ls, "model")])],
         outputs=[("MODEL", "MODEL", merge, 0)],
-        promoted=[(lc, "delta_file"), (ls, "delta_file"), (merge, "lambda_content"), (merge, "lambda_style")])
+        promoted=[(lc, "delta_file", "content_delta"), (ls, "delta_file", "style_delta"), (merge, "lambda_content"),
+                  (merge, "lambda_style")])
 
 
 BLUEPRINTS = {"QR-LoRA Train ΔR from an image": train_blueprint, "QR-LoRA Merge two ΔR files": merge_blueprint}
