@@ -284,9 +284,9 @@ function nodeOutputStore() {
 function showOutputNotPreviews(executionId, node, output) {
   const store = nodeOutputStore();
   if (!store?.setNodeOutputsByExecutionId) return;
-  const root = app.rootGraph ?? app.graph;
+  const inSubgraph = node.graph && node.graph !== (app.rootGraph ?? app.graph);
   if (store.revokePreviewsByLocatorId) {  // at once (revokePreviewsByExecutionId waits 400 ms from 1.4x)
-    store.revokePreviewsByLocatorId(node.graph && node.graph !== root ? `${node.graph.id}:${node.id}` : String(node.id));
+    store.revokePreviewsByLocatorId(inSubgraph ? `${node.graph.id}:${node.id}` : String(node.id));
   } else {
     store.revokePreviewsByExecutionId?.(executionId);
   }

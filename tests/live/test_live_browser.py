@@ -406,8 +406,9 @@ def test_subgraph_blueprints_insert_in_the_real_front_end(browser_page, comfy_se
         [...names, ...names].forEach((name, i) => {{
             const def = defs.find(d => d.display_name === name);  // keyed by the server's id
             const bp = JSON.parse(JSON.stringify(store.getBlueprint(def.name)));  // a copy: insertion changes it
+            const x = 60 + 520 * i + (i >= names.length ? 3000 : 0);  // the second copies off the picture
             const made = canvas._deserializeItems({{nodes: bp.nodes, subgraphs: bp.definitions?.subgraphs}},
-                                                  {{position: [60 + 420 * (i % names.length), 80 + 420 * (i >= names.length)]}});
+                                                  {{position: [x, 80]}});
             const node = made.nodes.values().next().value;
             out.push({{name, title: node.title, isSubgraph: !!node.subgraph,
                        inner: node.subgraph ? node.subgraph.nodes.map(n => ({{type: n.type, title: n.title,
@@ -415,7 +416,7 @@ def test_subgraph_blueprints_insert_in_the_real_front_end(browser_page, comfy_se
                            widgets: Object.fromEntries((n.widgets || []).map(w => [w.name, w.value]))}})) : [],
                        widgets: (node.widgets || []).map(w => w.name)}});
         }});
-        canvas.ds.scale = 0.8; canvas.ds.offset = [20, 20]; canvas.setDirty(true, true);
+        canvas.ds.scale = 1.1; canvas.ds.offset = [20, 20]; canvas.setDirty(true, true);
         return out;
     }}""", names)
     info = comfy_server.object_info
