@@ -638,7 +638,8 @@ def merge_blueprint(info: dict) -> dict:
         wf,
         inputs=[("model", "MODEL", [(merge, "model"), (lc, "model"), (ls, "model")])],
         outputs=[("MODEL", "MODEL", merge, 0)],
-        promoted=[(lc, "delta_file"), (ls, "delta_file"), (merge, "lambda_content"), (merge, "lambda_style")])
+        promoted=[(lc, "delta_file", "content_delta"), (ls, "delta_file", "style_delta"), (merge, "lambda_content"),
+                  (merge, "lambda_style")])
 
 
 # File name (what the front end shows: it names the node and the blueprint after the file, whatever the JSON

@@ -30,6 +30,9 @@ PACK_DIR = Path(__file__).resolve().parents[2]
 LIVE_DIR = Path(__file__).resolve().parent
 DOCS_DIR = PACK_DIR / "docs"
 START_TIMEOUT_S = float(os.environ.get("QR_LORA_LIVE_START_TIMEOUT", "240"))
+# Another front end than the ComfyUI's own (its static folder, e.g. comfyui_frontend_package/static of a newer
+# comfyui-frontend-package): ComfyUI serves it with --front-end-root. .ci/run runs the browser tests so.
+FRONTEND_ROOT = os.environ.get("QR_LORA_FRONTEND_ROOT")
 
 # The front end's first-run tours and the missing-model downloads (no network here) stay off;
 # the missing-NODES warning stays on: the browser test looks for it.
@@ -102,6 +105,9 @@ def comfy_server():
     cmd = [sys.executable, "main.py", "--cpu", "--listen", "127.0.0.1", "--port", str(port),
            "--base-directory", str(base), "--disable-auto-launch", "--disable-metadata",
            "--database-url", f"sqlite:///{base / 'user' / 'comfyui.db'}"]
+    if FRONTEND_ROOT:
+        assert Path(FRONTEND_ROOT, "index.html").is_file(), f"QR_LORA_FRONTEND_ROOT={FRONTEND_ROOT}: no index.html"
+        cmd += ["--front-end-root", FRONTEND_ROOT]
     with open(log, "w") as out:
         proc = subprocess.Popen(cmd, cwd=COMFYUI, stdout=out, stderr=subprocess.STDOUT,
                                 env={**os.environ, "PYTHONUNBUFFERED": "1"})
@@ -149,3 +155,14 @@ def docs_dir(tmp_path_factory) -> Path:
         DOCS_DIR.mkdir(exist_ok=True)
         return DOCS_DIR
     return tmp_path_factory.mktemp("screenshots")
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "browser: drives the real front end in Chromium (.ci/run also runs these "
+                                       "against the newest front end)")
+
+
+def pytest_collection_modifyitems(items):
+    for item in items:
+        if "browser_page" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.browser)
