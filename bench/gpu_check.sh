@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # The GPU check: every figure only a GPU can give, in one run of about 9 minutes on one H200.
 #   decompose bench (SDXL, FLUX, FLUX.2 and Qwen-Image target sets: exact vs fast, warm cache), full-size train step of SDXL and
-#   FLUX against ComfyUI's built-in LoRA trainer, λ re-apply of SDXL and FLUX against two stock LoRA loaders (ComfyUI 0.8);
-#   dynamic VRAM on ComfyUI 0.33: Train ΔR, Merge ΔR (added and K-LoRA) and λ over Steps on a ModelPatcherDynamic
-#   (bench/dynamic_vram.py).
+#   FLUX against ComfyUI's built-in LoRA trainer (and full-size SDXL against 0.33's bypass mode), λ re-apply of SDXL and
+#   FLUX against two stock LoRA loaders (ComfyUI 0.8); dynamic VRAM on ComfyUI 0.33: Train ΔR, Merge ΔR (added and
+#   K-LoRA) and λ over Steps on a ModelPatcherDynamic (bench/dynamic_vram.py);
+#   Train ΔR's optimizers, AdamW 8-bit and Prodigy against AdamW (bench/optimizers.py).
 # Run from the repository root on the device machine, with .gpu/ carried (bench/prepare_gpu_check.sh makes it):
 #   run(command="bash bench/gpu_check.sh", carry=[".gpu"], timeout_s=600)
 # Results go to $OUT (the device tool brings them back) or bench/results/; commit them with the machine named.
@@ -42,7 +43,10 @@ step env COMFYUI_PATH="$COMFYUI_033" "$PYTHON_033" bench/dynamic_vram.py --devic
 if [ -n "$QUICK" ]; then
   step python3 bench/decompose.py --device "$DEVICE" --sets sdxl,flux,flux2,qwen_image --quick --out-dir "$OUT_DIR"
   step python3 bench/train_step.py --device "$DEVICE" --quick --out-dir "$OUT_DIR"
+  step env COMFYUI_PATH="$COMFYUI_033" "$PYTHON_033" bench/train_step.py --device "$DEVICE" --quick \
+    --mechanisms floor qr_bypass comfy_bypass --out-dir "$OUT_DIR"
   step python3 bench/merge_reapply.py --device "$DEVICE" --quick --out-dir "$OUT_DIR"
+  step python3 bench/optimizers.py --device "$DEVICE" --targets 10 --rank 8 --steps 20 --out-dir "$OUT_DIR"
 else
   step python3 bench/decompose.py --device "$DEVICE" --sets sdxl,flux --samples-per-shape 2 --out-dir "$OUT_DIR"
   # FLUX.2-dev and Qwen-Image: their exact SVDs are the largest (36864×6144), so one layer per shape.
@@ -51,8 +55,14 @@ else
   # Full size: the adapters alone (five full-size FLUX models, the built-in loop's two included, do not fit one GPU).
   step python3 bench/train_step.py --device "$DEVICE" --size full --arch sdxl flux --steps 3 --warmup 2 --pairs 5 \
     --mechanisms floor qr_bypass comfy_lora_wrapper --out-dir "$OUT_DIR"
+  # The strongest baseline, 0.33's bypass mode (SDXL only: the whole script must stay under the tool's 10 minutes).
+  step env COMFYUI_PATH="$COMFYUI_033" "$PYTHON_033" bench/train_step.py --device "$DEVICE" --size full --arch sdxl \
+    --steps 3 --warmup 2 --pairs 3 --mechanisms floor qr_bypass comfy_bypass --out-dir "$OUT_DIR"
   step python3 bench/merge_reapply.py --device "$DEVICE" --arch sdxl flux --dtype bf16 --changes 3 \
     --out-dir "$OUT_DIR"
+  # Train ΔR's optimizers against AdamW: AdamW 8-bit runs only where the device image has bitsandbytes (its
+  # 41 MiB wheel does not fit the carry); otherwise its row says so. Prodigy's wheel travels in .gpu/wheels.
+  step python3 bench/optimizers.py --device "$DEVICE" --out-dir "$OUT_DIR"
 fi
 ls -la "$OUT_DIR"
 exit "$status"

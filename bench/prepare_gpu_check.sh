@@ -24,9 +24,11 @@ done
 # What ComfyUI imports on the way to its model classes, custom-node loader and comfy_api, less what the
 # device image already has (torch, numpy, safetensors, einops, transformers, aiohttp, yarl, Pillow, ...).
 # 0.33 adds comfy-aimdo (dynamic VRAM; imported by comfy.ops and comfy.model_patcher), blake3, simpleeval.
+# prodigyopt (10 kB): bench/optimizers.py's Prodigy row.
 python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
   --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
   --platform manylinux1_x86_64 -d .gpu/wheels \
-  torchsde trampoline "av>=16.0.0" spandrel "comfy-aimdo==0.4.13" blake3 "simpleeval>=1.0.0"
+  torchsde trampoline "av>=16.0.0" spandrel "comfy-aimdo==0.4.13" blake3 "simpleeval>=1.0.0" \
+  "prodigyopt>=1.1"
 du -sh .gpu
 git ls-files -z | xargs -0 du -cb | tail -1 | awk '{printf "checkout: %.1f MiB (carry limit 64 MiB with .gpu)\n", $1 / 2^20}'

@@ -13,7 +13,11 @@ classes, with the same fixed inputs, MSE loss, AdamW and fp32:
   W + up·down on every forward. On FLUX it also gets the node's block
   handling: in fp32, or without checkpointing, the built-in trainer stops
   on FLUX's in-place block updates (ComfyUI 0.3.64; it runs only with its
-  defaults, bf16 and gradient checkpointing).
+  defaults, bf16 and gradient checkpointing);
+* comfy_bypass: `TrainLoraNode`'s `bypass_mode` (ComfyUI 0.33 on): the same
+  LoRA adapters through `BypassInjectionManager` forward hooks, which add
+  up(down(x)) to each target's output and rebuild no weight: the strongest
+  baseline users have. Left out (with the loop step below) where ComfyUI has none.
 
 * floor: the frozen model's forward and the backward to its input, with no
   adapter and no parameter gradient: what any adapter training pays at least.
@@ -29,6 +33,7 @@ path is prepared once, as the node's `guider.sample` prepares it before its loop
 * comfy_train_sampler: the built-in trainer as `TrainLoraNode` runs it: its
   `LoRAAdapter` weight wrappers on the same targets at the same rank, one
   `TrainSampler` step per step (its console progress bar off);
+* comfy_train_sampler_bypass: the same with the built-in trainer's bypass mode;
 * qr_train_sampler: the same `TrainSampler` step with Train ΔR's bypass
   instead of the weight wrappers: the comparison of the two adapters inside
   one and the same training loop. (Train ΔR's own loop adds gradient
@@ -72,13 +77,30 @@ from comfy_models import PACK_DIR, build, comfy_setup, pack_module  # this folde
 from paired import loadavg, spread
 from qr_core.machine import machine_info  # noqa: E402
 
-MECHANISMS = ("floor", "qr_bypass", "comfy_lora_wrapper", "qr_train_sampler", "comfy_train_sampler")
+MECHANISMS = ("floor", "qr_bypass", "comfy_lora_wrapper", "comfy_bypass", "qr_train_sampler", "comfy_train_sampler",
+              "comfy_train_sampler_bypass")
 # A whole step of the built-in trainer's loop (TrainSampler), with the adapter of the mechanism named.
-LOOP_ADAPTER = {"qr_train_sampler": "qr_bypass", "comfy_train_sampler": "comfy_lora_wrapper"}
+LOOP_ADAPTER = {"qr_train_sampler": "qr_bypass", "comfy_train_sampler": "comfy_lora_wrapper",
+                "comfy_train_sampler_bypass": "comfy_bypass"}
+# The built-in trainer's bypass mode (forward hooks instead of weight wrappers) exists from ComfyUI 0.33 on.
+BYPASS_MECHANISMS = ("comfy_bypass", "comfy_train_sampler_bypass")
 # Step-time ratios reported (numerator / denominator), where both ran.
-RATIOS = (("qr_bypass", "comfy_lora_wrapper"), ("qr_bypass", "floor"), ("comfy_lora_wrapper", "floor"),
-          ("qr_train_sampler", "comfy_train_sampler"), ("comfy_train_sampler", "comfy_lora_wrapper"),
-          ("qr_train_sampler", "floor"), ("comfy_train_sampler", "floor"))
+RATIOS = (("qr_bypass", "comfy_lora_wrapper"), ("qr_bypass", "comfy_bypass"), ("qr_bypass", "floor"),
+          ("comfy_lora_wrapper", "floor"), ("comfy_bypass", "floor"),
+          ("qr_train_sampler", "comfy_train_sampler"), ("qr_train_sampler", "comfy_train_sampler_bypass"),
+          ("comfy_train_sampler", "comfy_lora_wrapper"),
+          ("qr_train_sampler", "floor"), ("comfy_train_sampler", "floor"), ("comfy_train_sampler_bypass", "floor"))
+# Peak-memory ratios reported.
+MEMORY_RATIOS = (("qr_bypass", "comfy_lora_wrapper"), ("qr_bypass", "comfy_bypass"), ("qr_bypass", "floor"),
+                 ("qr_train_sampler", "comfy_train_sampler"), ("qr_train_sampler", "comfy_train_sampler_bypass"))
+
+
+def bypass_available() -> bool:
+    try:
+        from comfy.weight_adapter.bypass import BypassInjectionManager  # noqa: F401
+    except ImportError:
+        return False
+    return True
 
 LATENT = {"sd3": (16, 32), "sdxl": (4, 32), "flux": (16, 32)}  # channels, side
 CONTEXT = {"sd3": 256, "sdxl": 256, "flux": 256}
@@ -176,11 +198,16 @@ def train_sampler_step(guider, extra_args: dict, latent, params: list, dtype):
     return step
 
 
-def adapter_live(patcher, params: list) -> Callable[[], None]:
+def adapter_live(patcher, params: list, hooks: list | None = None) -> Callable[[], None]:
     """A check that the mechanism's adapter still acts: ComfyUI drops a model's weight wrappers when it unloads
-    the model (e.g. to load another), which would time a step without its adapter."""
+    the model (e.g. to load another), which would time a step without its adapter; bypass hooks are ejected
+    with the model's injections."""
     def check():
         if not params:
+            return
+        if hooks is not None:
+            if not all(h.original_forward is not None for h in hooks):
+                raise RuntimeError("ComfyUI ejected the built-in trainer's bypass hooks of a benchmark model")
             return
         wrapped = [m for m in patcher.model.diffusion_model.modules() if getattr(m, "weight_function", None)]
         if not wrapped:
@@ -230,6 +257,7 @@ def setup(mechanism: str, opts, pack, device) -> Setup:
     params: list = []
     contexts = []
     in_loop, mechanism = mechanism in LOOP_ADAPTER, LOOP_ADAPTER.get(mechanism, mechanism)
+    hooks = None
     # FLUX's blocks update their inputs in place, which stops the built-in trainer in fp32 or without its
     # checkpointing (ComfyUI 0.3.64), so the baseline and the floor get the node's own block handling too.
     flux_blocks = [trainer.trainable_blocks(trainer.transformer_blocks(dm), opts.checkpointing)] \
@@ -257,25 +285,39 @@ def setup(mechanism: str, opts, pack, device) -> Setup:
 
             for m in nodes_train.find_all_highest_child_module_with_forward(dm):
                 nodes_train.patch(m)
+        # The built-in trainer's two ways (TrainLoraNode's setup): weight wrappers that rebuild
+        # W + up·down per forward, or (bypass_mode, 0.33) forward hooks adding up(down(x)).
+        bypass = None
+        if mechanism == "comfy_bypass":
+            from comfy.weight_adapter.bypass import BypassInjectionManager
+
+            bypass = BypassInjectionManager()
         for k in keys:
             w = dm.get_parameter(k)
             lora = comfy.weight_adapter.LoRAAdapter.create_train(w, rank=opts.rank, alpha=1.0).to(device)
             params += list(lora.parameters())
-            patcher.add_weight_wrapper("diffusion_model." + k, lora)
+            if bypass is not None:
+                bypass.add_adapter("diffusion_model." + k, lora, strength=1.0)
+            else:
+                patcher.add_weight_wrapper("diffusion_model." + k, lora)
         patcher.model.requires_grad_(False)
         params = [p for p in params if p.requires_grad]
         if not in_loop:  # in the loop the guider loads the model
             comfy.model_management.load_models_gpu([patcher], memory_required=1e20, force_full_load=True)
+        if bypass is not None:  # injected after loading, as TrainLoraNode injects them
+            for injection in bypass.create_injections(patcher.model):
+                injection.inject(patcher)
+            hooks = list(bypass.hooks)
         model_fn = patcher.model.diffusion_model
     # ComfyUI's differentiable code paths (FLUX's RoPE without comfy-kitchen's kernel on 0.8), as Train ΔR
     # runs with; every mechanism gets them, so that all time the same model code.
     contexts.append(runtime.differentiable_model_code())
+    live = (adapter_live(patcher, params) if mechanism == "comfy_lora_wrapper"
+            else adapter_live(patcher, params, hooks) if mechanism == "comfy_bypass" else lambda: None)
     if in_loop:
         guider, extra_args, latent = prepared_guider(patcher, x.detach(), conditioning(opts.arch, patcher, kw))
         step = train_sampler_step(guider, extra_args, latent, params, dtype=x.dtype)
-        return Setup(step, contexts, sum(p.numel() for p in params), len(keys),
-                     trained_in_loop(params, adapter_live(patcher, params) if mechanism == "comfy_lora_wrapper"
-                                     else lambda: None))
+        return Setup(step, contexts, sum(p.numel() for p in params), len(keys), trained_in_loop(params, live))
     opt = torch.optim.AdamW(params, lr=1e-4) if params else None
 
     def step():
@@ -291,8 +333,7 @@ def setup(mechanism: str, opts, pack, device) -> Setup:
             torch.cuda.synchronize()
         return float(loss)
 
-    return Setup(step, contexts, sum(p.numel() for p in params), len(keys),
-                 adapter_live(patcher, params) if mechanism == "comfy_lora_wrapper" else lambda: None)
+    return Setup(step, contexts, sum(p.numel() for p in params), len(keys), live)
 
 
 def timed_steps(step, n: int) -> tuple[float, float]:
@@ -339,7 +380,7 @@ def worker(opts) -> dict:
     import comfyui_version
 
     return {"mechanism": opts.mechanism, "arch": opts.arch, "size": opts.size, "rank": opts.rank,
-            "comfyui_version": comfyui_version.__version__,
+            "comfyui_version": comfyui_version.__version__, "bypass_available": bypass_available(),
             "targets": s.targets, "trainable_params": s.trainable_params,
             "alone_step_wall_s": wall, "alone_step_cpu_s": cpu,
             "peak_extra_bytes": int(peak), "memory_measure": "cuda_max_allocated" if device.type == "cuda"
@@ -403,8 +444,7 @@ def summarize(arch: str, alone: dict, paired: dict | None) -> dict:
                   for a, b in RATIOS if a in rows and b in rows}
     memory = {f"{a} / {b}": (rows[a]["peak_extra_bytes"] / rows[b]["peak_extra_bytes"]
                              if rows[b]["peak_extra_bytes"] > 0 else None)
-              for a, b in (("qr_bypass", "comfy_lora_wrapper"), ("qr_bypass", "floor"),
-                           ("qr_train_sampler", "comfy_train_sampler")) if a in rows and b in rows}
+              for a, b in MEMORY_RATIOS if a in rows and b in rows}
     return {"arch": arch, "rounds": rows["floor"]["step_wall"]["n"], "paired": paired is not None,
             "mechanisms": rows, "time_ratios": ratios, "cpu_time_ratios": cpu_ratios, "memory_ratios": memory}
 
@@ -431,8 +471,10 @@ def report(results: list[dict], opts, machine: str) -> str:
                f"{opts.load_end} at the end.", "",
              "floor: the frozen model's forward and backward to its input, no adapter and no parameter gradient "
              "(what any adapter training pays at least). qr_bypass, comfy_lora_wrapper: the adapter's step on the "
-             "diffusion model alone. comfy_train_sampler: a whole step of the built-in trainer (TrainLoraNode's "
-             "TrainSampler loop through ComfyUI's guider, its LoRA weight wrappers); qr_train_sampler: the same "
+             "diffusion model alone; comfy_bypass: the built-in trainer's bypass mode (ComfyUI ≥ 0.33: forward hooks "
+             "adding up(down(x)), no weight rebuilt). comfy_train_sampler: a whole step of the built-in trainer "
+             "(TrainLoraNode's TrainSampler loop through ComfyUI's guider, its LoRA weight wrappers); "
+             "comfy_train_sampler_bypass: the same with its bypass mode; qr_train_sampler: the same "
              "loop step with Train ΔR's bypass.", "",
              "| arch | mechanism | targets | trainable | step wall | step CPU | peak extra memory |",
              "|---|---|---|---|---|---|---|"]
@@ -443,27 +485,34 @@ def report(results: list[dict], opts, machine: str) -> str:
                          f"{row['peak_extra_bytes'] / 2**20:.1f} MiB |")
     lines += ["", "Ratios of step wall time, median (min–max) over the rounds, and of peak extra memory "
               "(targets: QR ÷ built-in ≤ 1.05 time, ≤ 1.0 memory):", "",
-              "| arch | QR ÷ built-in | QR ÷ floor | built-in ÷ floor | memory QR ÷ built-in | memory QR ÷ floor |",
-              "|---|---|---|---|---|---|"]
+              "| arch | QR ÷ built-in | QR ÷ built-in bypass | QR ÷ floor | built-in ÷ floor | memory QR ÷ built-in | "
+              "memory QR ÷ built-in bypass | memory QR ÷ floor |",
+              "|---|---|---|---|---|---|---|---|"]
     for r in results:
         t, mem = r["time_ratios"], r["memory_ratios"]
         f = (lambda v: "—" if v is None else f"{v:.2f}×")
         lines.append(f"| {r['arch']} | {fmt_spread(t.get('qr_bypass / comfy_lora_wrapper'))} | "
+                     f"{fmt_spread(t.get('qr_bypass / comfy_bypass'))} | "
                      f"{fmt_spread(t.get('qr_bypass / floor'))} | {fmt_spread(t.get('comfy_lora_wrapper / floor'))} | "
-                     f"{f(mem.get('qr_bypass / comfy_lora_wrapper'))} | {f(mem.get('qr_bypass / floor'))} |")
+                     f"{f(mem.get('qr_bypass / comfy_lora_wrapper'))} | {f(mem.get('qr_bypass / comfy_bypass'))} | "
+                     f"{f(mem.get('qr_bypass / floor'))} |")
     lines += ["", "A whole step of the built-in trainer's loop (TrainSampler through ComfyUI's guider, as "
               "TrainLoraNode runs it), with each adapter:", "",
-              "| arch | QR ÷ built-in, in the loop | the same in process CPU time | built-in loop ÷ its wrappers alone | "
-              "QR in the loop ÷ floor | built-in loop ÷ floor | memory QR ÷ built-in, in the loop |",
-              "|---|---|---|---|---|---|---|"]
+              "| arch | QR ÷ built-in, in the loop | the same in process CPU time | QR ÷ built-in bypass, in the loop | "
+              "built-in loop ÷ its wrappers alone | "
+              "QR in the loop ÷ floor | built-in loop ÷ floor | memory QR ÷ built-in, in the loop | "
+              "memory QR ÷ built-in bypass, in the loop |",
+              "|---|---|---|---|---|---|---|---|---|"]
     for r in results:
         t, c, mem = r["time_ratios"], r["cpu_time_ratios"], r["memory_ratios"]
         f = (lambda v: "—" if v is None else f"{v:.2f}×")
         lines.append(f"| {r['arch']} | {fmt_spread(t.get('qr_train_sampler / comfy_train_sampler'))} | "
                      f"{fmt_spread(c.get('qr_train_sampler / comfy_train_sampler'))} | "
+                     f"{fmt_spread(t.get('qr_train_sampler / comfy_train_sampler_bypass'))} | "
                      f"{fmt_spread(t.get('comfy_train_sampler / comfy_lora_wrapper'))} | "
                      f"{fmt_spread(t.get('qr_train_sampler / floor'))} | {fmt_spread(t.get('comfy_train_sampler / floor'))} | "
-                     f"{f(mem.get('qr_train_sampler / comfy_train_sampler'))} |")
+                     f"{f(mem.get('qr_train_sampler / comfy_train_sampler'))} | "
+                     f"{f(mem.get('qr_train_sampler / comfy_train_sampler_bypass'))} |")
     lines += ["", "Peak extra memory on the CPU is the growth of the process's peak RSS during the timed steps "
               "(from before the first step; coarse: memory freed while building the model is reused without "
               "growing the RSS); on CUDA, max_memory_allocated above the memory held before the first step."]
@@ -506,7 +555,10 @@ def main(argv=None):
     opts.load_start = loadavg()
     results = []
     for arch in archs:
-        alone = {m: run_worker(opts, arch, m) for m in opts.mechanisms}
+        alone = {"floor": run_worker(opts, arch, "floor")}
+        if not alone["floor"]["bypass_available"]:  # before ComfyUI 0.33: the built-in trainer has no bypass mode
+            opts.mechanisms = [m for m in opts.mechanisms if m not in BYPASS_MECHANISMS]
+        alone.update({m: run_worker(opts, arch, m) for m in opts.mechanisms if m != "floor"})
         paired = None if opts.separate else run_worker(opts, arch, "paired")
         opts.comfyui_version = alone["floor"]["comfyui_version"]
         results.append(summarize(arch, alone, paired))

@@ -43,13 +43,17 @@ function widgetValue(node, name) {
   return node.widgets?.find((w) => w.name === name)?.value;
 }
 
-// Grow the node (never shrink it) when its panel needs more room than it has.
+// Grow the node (never shrink it) when its panel needs more room than it has, and repaint the panel.
 function fitNode(node) {
   const min = node.computeSize?.();
   if (min && node.size[1] < min[1]) {
     node.setSize([Math.max(node.size[0], min[0]), min[1]]);
   }
   node.setDirtyCanvas?.(true, true);
+  app.canvas?.setDirty?.(true, true);  // a node inside a subgraph does not reach the canvas itself (1.27)
+  // Vue nodes (Comfy.VueNodes.Enabled) draw a canvas widget on a canvas of its own, again only when
+  // triggerDraw is called: a dirty graph canvas does not repaint it.
+  node.widgets?.find((w) => w.name === PANEL)?.triggerDraw?.();
 }
 
 // The panel is a canvas widget of its own (not serialized, not sent to the server), so the
@@ -71,6 +75,7 @@ function addPanelWidget(node, panel) {
       try {
         const p = panel(n);
         p.draw(ctx, PAD + 6, y + PAD, (width ?? n.size[0]) - 2 * PAD - 12);
+        n.qrPanelShown = p.shown ?? true;  // what the panel last put on screen (the browser tests read it)
       } catch (e) {
         if (!n.qrDrawError) { n.qrDrawError = true; console.warn("[qr_lora] panel:", e); }
       }
@@ -151,12 +156,19 @@ function drawCurve(ctx, losses, x, y, w, h, done) {
   ctx.restore();
 }
 
+// A node by the id the server runs it under: inside subgraphs that is the path of node ids from the root
+// graph ("8:7": node 7 of the subgraph that node 8 instantiates). The front end resolves such ids with
+// helpers it does not hand to extensions (not on app or comfyAPI, 1.27 to 1.58), so the path is walked here.
 function findNode(id) {
-  const graph = app.graph;
+  let graph = app.rootGraph ?? app.graph;
   if (!graph || id == null) return null;
-  const s = String(id);
-  const last = s.includes(":") ? s.split(":").pop() : s; // nodes inside subgraphs: "parent:child"
-  return graph.getNodeById?.(Number(last)) ?? graph.getNodeById?.(last) ?? null;
+  let node = null;
+  for (const part of String(id).split(":")) {
+    node = graph?.getNodeById?.(Number(part)) ?? graph?.getNodeById?.(part) ?? null;
+    if (!node) return null;
+    graph = node.subgraph;  // set on subgraph nodes only
+  }
+  return node;
 }
 
 function textOf(message) {
@@ -183,10 +195,11 @@ const panels = {
       lines.push(["not trained yet in this session", "#888"]);
     }
     for (const l of st.summary ?? []) lines.push([l, "#aaa", "11px sans-serif"]);
-    return { height: CURVE_H + PAD + lines.length * LINE, draw(ctx, x, y, w) {
-      drawCurve(ctx, losses, x, y, w, CURVE_H, st.done);
-      drawLines(ctx, lines, x, y + CURVE_H + PAD, w);
-    } };
+    return { height: CURVE_H + PAD + lines.length * LINE, shown: { losses: losses.length, done: !!st.done },
+      draw(ctx, x, y, w) {
+        drawCurve(ctx, losses, x, y, w, CURVE_H, st.done);
+        drawLines(ctx, lines, x, y + CURVE_H + PAD, w);
+      } };
   },
 
   [DECOMPOSE](node) {
@@ -256,10 +269,46 @@ async function refreshDeltaInfo(node) {
   fitNode(node);
 }
 
+// The front end shows a node's live previews in place of its output images for as long as it keeps them,
+// and Vue nodes show them twice (as the live preview and as the node's images). Train ΔR's last live preview
+// is the strip it then returns as its output, so once that output arrives the live previews are dropped and
+// the node's views are handed the output again (a new object, so that they look again). The front end's
+// node-output store has no extension API: it is reached through pinia where it is there (1.27 to 1.58);
+// elsewhere the previews stay.
+function nodeOutputStore() {
+  const pinia = app.extensionManager?._p
+    ?? document.querySelector("#vue-app")?.__vue_app__?.config?.globalProperties?.$pinia;
+  return pinia?._s?.get?.("nodeOutput");
+}
+
+function showOutputNotPreviews(executionId, node, output) {
+  const store = nodeOutputStore();
+  if (!store?.setNodeOutputsByExecutionId) return;
+  const inSubgraph = node.graph && node.graph !== (app.rootGraph ?? app.graph);
+  if (store.revokePreviewsByLocatorId) {  // at once (revokePreviewsByExecutionId waits 400 ms from 1.4x)
+    store.revokePreviewsByLocatorId(inSubgraph ? `${node.graph.id}:${node.id}` : String(node.id));
+  } else {
+    store.revokePreviewsByExecutionId?.(executionId);
+  }
+  setTimeout(() => store.setNodeOutputsByExecutionId(executionId, { ...output, images: [...output.images] }), 500);
+}
+
+function onExecuted(event) {
+  const id = String(event.detail?.display_node ?? event.detail?.node);
+  const output = event.detail?.output;
+  const node = findNode(id);
+  if (!output?.images?.length || !isTrain(node)) return;
+  try { showOutputNotPreviews(id, node, output); } catch (e) { console.warn("[qr_lora] previews:", e); }
+}
+
+function isTrain(node) {
+  return node != null && (node.comfyClass === TRAIN || node.type === TRAIN);
+}
+
 function onProgress(event) {
   const d = event.detail ?? {};
   const node = findNode(d.node);
-  if (!node || node.comfyClass !== TRAIN && node.type !== TRAIN) return;
+  if (!isTrain(node)) return;
   const st = node.qrTrain && !node.qrTrain.done ? node.qrTrain : { losses: [] };
   const incoming = Array.isArray(d.losses) ? d.losses : [d.loss];
   const first = d.step - incoming.length + 1; // step of incoming[0]
@@ -275,6 +324,7 @@ app.registerExtension({
 
   async setup() {
     api.addEventListener(PROGRESS_EVENT, onProgress);
+    api.addEventListener("executed", onExecuted);
   },
 
   async beforeRegisterNodeDef(nodeType, nodeData) {

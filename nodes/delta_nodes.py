@@ -48,16 +48,19 @@ class QRSaveDelta(io.ComfyNode):
             inputs=[
                 QRDeltaType.Input("delta", tooltip="The ΔR to save."),
                 io.String.Input("save_name", default="qr_delta",
-                                tooltip="File name in models/qr_lora (no extension needed); an existing file is replaced."),
+                                tooltip="File name in models/qr_lora (no extension needed); an existing file is "
+                                        "kept unless overwrite is on."),
                 io.Combo.Input("dtype", options=list(DTYPES), default="bf16",
                                tooltip="Storage precision: bf16 halves the size of fp32 at a small rounding cost."),
+                io.Boolean.Input("overwrite", default=False, optional=True, tooltip=folders.OVERWRITE_HELP),
             ],
             outputs=[],
         )
 
     @classmethod
-    def execute(cls, delta, save_name, dtype) -> io.NodeOutput:
-        check_options(cls, locals())
-        path = folders.output_path(folders.FOLDER, save_name)
+    def execute(cls, delta, save_name, dtype, overwrite=False) -> io.NodeOutput:
+        check_options(cls, {"dtype": dtype})
+        path, note = folders.save_path(folders.FOLDER, save_name, overwrite)
         delta.save(path, dtype)
-        return io.NodeOutput(ui=ui.PreviewText(f"saved {path.name} ({dtype})\n{describe(delta)}"))
+        return io.NodeOutput(ui=ui.PreviewText(f"saved {path.name} ({dtype})" + (f"; {note}" if note else "")
+                                               + f"\n{describe(delta)}"))

@@ -6,10 +6,11 @@ import comfy.samplers
 from comfy_api.latest import io, ui
 
 from ..qr_core.merging.lambda_schedule import SCHEDULE_CHOICES
-from .services.lambda_grid import ROW_TITLES, sample_grid
+from .services.lambda_grid import AUTO_CFG_HELP, ROW_TITLES, sample_grid
 from .services.schedule_hooks import hooks_on_dynamic_vram
 from .lambda_inputs import block_inputs, with_block_profiles
 from .options import check_options
+from .seeds import seed_input
 from .sockets import CATEGORY, QRDeltaType
 
 ROW_AXES = tuple(ROW_TITLES)
@@ -36,11 +37,11 @@ class QRLambdaGrid(io.ComfyNode):
                                 tooltip="λc of the rows: numbers separated by commas, or start:stop:step."),
                 io.String.Input("lambda_style_values", default="0.5, 0.75, 1.0",
                                 tooltip="λs of the columns: numbers separated by commas, or start:stop:step."),
-                io.Int.Input("seed", default=0, min=0, max=0xFFFFFFFFFFFFFFFF,
-                             tooltip="One seed for every cell, so only λ changes across the grid."),
+                seed_input("One seed for every cell, so only λ changes across the grid."),
                 io.Int.Input("steps", default=20, min=1, max=10000, tooltip="Sampling steps per cell."),
-                io.Float.Input("cfg", default=7.0, min=0.0, max=100.0, step=0.1, round=0.01,
-                               tooltip="Classifier-free guidance (FLUX: 1.0 with a FluxGuidance node)."),
+                io.Float.Input("cfg", default=0.0, min=0.0, max=100.0, step=0.1, round=0.01,
+                               tooltip="Classifier-free guidance. " + AUTO_CFG_HELP + " FLUX: give the "
+                                       "guidance with a FluxGuidance node."),
                 io.Combo.Input("sampler_name", options=comfy.samplers.KSampler.SAMPLERS, default="euler",
                                tooltip="The sampler."),
                 io.Combo.Input("scheduler", options=comfy.samplers.KSampler.SCHEDULERS, default="normal",

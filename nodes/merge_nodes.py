@@ -135,22 +135,25 @@ class QRExportLoRA(io.ComfyNode):
             is_output_node=True,
             inputs=mix_inputs() + [
                 io.String.Input("lora_name", default="qr_lora_merge",
-                                tooltip="File name in models/loras (no extension needed); an existing file is replaced."),
+                                tooltip="File name in models/loras (no extension needed); an existing file (your "
+                                        "own LoRAs live there) is kept unless overwrite is on."),
                 io.Combo.Input("naming", options=list(NAMINGS), default=DEFAULT_NAMING,
                                tooltip="Key naming. " + NAMING_HELP),
                 io.Combo.Input("dtype", options=list(DTYPES), default="fp16",
                                tooltip="Storage precision; fp32 reproduces Merge ΔR bit for bit in fp32 models."),
-            ] + block_inputs(),
+            ] + block_inputs() + [io.Boolean.Input("overwrite", default=False, optional=True,
+                                                   tooltip=folders.OVERWRITE_HELP)],
             outputs=[],
         )
 
     @classmethod
-    def execute(cls, lora_name, naming, dtype, allow_mixed_bases=False, **kwargs) -> io.NodeOutput:
+    def execute(cls, lora_name, naming, dtype, allow_mixed_bases=False, overwrite=False, **kwargs) -> io.NodeOutput:
         check_options(cls, {"naming": naming, "dtype": dtype})
         deltas, weights = collect_blocks(kwargs)
-        path, _ = export_merge(deltas, weights, folders.output_path("loras", lora_name), naming, dtype,
-                               allow_mixed_bases)
-        return io.NodeOutput(ui=ui.PreviewText(f"wrote loras/{path.name}: {_summary(deltas, weights)}"))
+        target, note = folders.save_path("loras", lora_name, overwrite)
+        path, _ = export_merge(deltas, weights, target, naming, dtype, allow_mixed_bases)
+        return io.NodeOutput(ui=ui.PreviewText(f"wrote loras/{path.name}: {_summary(deltas, weights)}"
+                                               + (f"\n{note}" if note else "")))
 
 
 class QRScheduleHooks(io.ComfyNode):

@@ -6,13 +6,23 @@ from comfy_api.latest import io, ui
 
 from ..qr_core.adapters.delta import DTYPES
 from ..qr_core.training.lr_schedules import LR_SCHEDULES
-from ..qr_core.training.loop import OPTIMIZERS
+from ..qr_core.training.loop import OPTIMIZERS, optimizer_missing
 from .options import check_options
+from .seeds import seed_input
+from .services.folders import OVERWRITE_HELP
 from .services.trainer import LOSS_SPACES, TIMESTEP_SAMPLING
 from .services.training_run import COMPUTE_DTYPES, RunSettings, train_delta
 from .sockets import CATEGORY, QRBasis, QRDeltaType
 
 MODE_CHOICES = {"ΔR only": "delta_r", "Q and R": "qr"}  # what the widget shows → qr_core's mode id
+
+
+def optimizer_help() -> str:
+    """The optimizer tooltip, saying which optional optimizers this ComfyUI cannot run and why."""
+    missing = [f"{OPTIMIZERS[o]}: {why}" for o in OPTIMIZERS if (why := optimizer_missing(o))]
+    return ("AdamW (the paper's) or Adam; Prodigy (package prodigyopt) sets its own step size: use learning_rate "
+            "1.0 with it; AdamW 8-bit (package bitsandbytes, CUDA GPUs) keeps its moments in 8 bits. Both are "
+            "optional installs." + (" Not available here: " + " ".join(missing) if missing else ""))
 
 
 class QRTrainDelta(io.ComfyNode):
@@ -42,18 +52,13 @@ class QRTrainDelta(io.ComfyNode):
                                                           "conditioning list pairs each caption with its image)."),
                 io.Int.Input("steps", default=500, min=1, max=100000, tooltip="Optimisation steps (paper: 500)."),
                 io.Float.Input("learning_rate", default=1e-4, min=1e-7, max=1.0, step=1e-6,
-                               tooltip="Learning rate (paper: 1e-4)."),
-                io.Combo.Input("optimizer", options=list(OPTIMIZERS.values()), default="AdamW", tooltip="The optimizer."),
+                               tooltip="Learning rate (paper: 1e-4). Prodigy: 1.0 (it scales Prodigy's own "
+                                       "step-size estimate)."),
+                io.Combo.Input("optimizer", options=list(OPTIMIZERS.values()), default="AdamW",
+                               tooltip=optimizer_help()),
                 io.Int.Input("batch_size", default=1, min=1, max=64,
                              tooltip="Latent images per step (drawn from the batch)."),
-                io.Int.Input("noise_draws", default=1, min=1, max=64,
-                             tooltip="Noise samples per image and step, in one batch: with one image the only "
-                                     "way to average a step over noise levels. Cost grows about linearly (4 draws: "
-                                     "3.8× the step time, measured on a small SDXL on a CPU). "
-                                     "1 matches the official recipe's effective batch (its gradient "
-                                     "accumulation of 4 syncs at every end of a one-image dataloader)."),
-                io.Int.Input("seed", default=0, min=0, max=0xFFFFFFFFFFFFFFFF,
-                             tooltip="Seed for noise, noise levels and image order: same seed, same ΔR."),
+                seed_input("Seed for noise, noise levels and image order: same seed, same ΔR."),
                 io.Combo.Input("timestep_sampling", options=list(TIMESTEP_SAMPLING), default="uniform",
                                tooltip="How noise levels are drawn. 'uniform' is the paper's (eq. 2) and the "
                                        "official code's: flow models (SD3, FLUX) σ ~ U(0, 1) unshifted, ε/v "
@@ -66,12 +71,10 @@ class QRTrainDelta(io.ComfyNode):
                                        "'x0': error of the denoised image, like ComfyUI's built-in trainer."),
                 io.Combo.Input("training_dtype", options=list(COMPUTE_DTYPES), default="bf16",
                                tooltip="Compute dtype of the forward pass (ΔR itself is kept in fp32)."),
-                io.Combo.Input("storage_dtype", options=list(DTYPES), default="bf16",
-                               tooltip="Dtype of Q and ΔR in the saved file: bf16 or fp16 halve the file (fp16 "
-                                       "keeps finer steps for values of Q's and ΔR's size); fp32 reproduces the "
-                                       "in-memory ΔR (and its merge) exactly."),
-                io.Boolean.Input("gradient_checkpointing", default=False,
-                                 tooltip="Recompute block activations in backward: less memory, slower steps."),
+                io.Boolean.Input("gradient_checkpointing", default=True,
+                                 tooltip="Recompute block activations in backward: far less memory (what FLUX, "
+                                         "FLUX.2 and Qwen-Image need to fit), slower steps; on by default as in "
+                                         "ComfyUI's own trainer. Off: faster steps where memory allows."),
                 io.Combo.Input("mode", options=list(MODE_CHOICES), default="ΔR only",
                                tooltip="'ΔR only': the disentangled mode (mergeable ΔR). 'Q and R': trains Q and "
                                        "R directly (faster convergence, paper §4.3; not mergeable with ΔR of "
@@ -83,10 +86,22 @@ class QRTrainDelta(io.ComfyNode):
                 io.String.Input("trigger_words", default="",
                                 tooltip="Trigger words stored in the file's metadata, e.g. '<c> dog'."),
                 io.String.Input("save_name", default="qr_delta",
-                                tooltip="File name in models/qr_lora (no extension needed); empty: do not save."),
+                                tooltip="File name in models/qr_lora (no extension needed); empty: do not save. "
+                                        "A file of that name this run did not make is kept unless overwrite is "
+                                        "on (resuming a run continues in its own files)."),
                 io.Int.Input("save_every", default=0, min=0, max=100000,
                              tooltip="Also save a snapshot every N steps, save_name_step000100.safetensors…; the "
                                      "final ΔR is save_name.safetensors. 0: only at the end."),
+                io.Int.Input("noise_draws", default=1, min=1, max=64, optional=True,
+                             tooltip="Noise samples per image and step, in one batch: with one image the only "
+                                     "way to average a step over noise levels. Cost grows about linearly (4 draws: "
+                                     "3.8× the step time, measured on a small SDXL on a CPU). "
+                                     "1 matches the official recipe's effective batch (its gradient "
+                                     "accumulation of 4 syncs at every end of a one-image dataloader)."),
+                io.Combo.Input("storage_dtype", options=list(DTYPES), default="bf16", optional=True,
+                               tooltip="Dtype of Q and ΔR in the saved file: bf16 or fp16 halve the file (fp16 "
+                                       "keeps finer steps for values of Q's and ΔR's size); fp32 reproduces the "
+                                       "in-memory ΔR (and its merge) exactly."),
                 QRDeltaType.Input("resume", optional=True,
                                   tooltip="Continue training this ΔR (it must come from the same basis). The newest "
                                           "file of a run (final, snapshot or cancelled) continues exactly: optimizer "
@@ -119,6 +134,8 @@ class QRTrainDelta(io.ComfyNode):
                 io.Vae.Input("vae", optional=True,
                              tooltip="Decode previews with this VAE (full images); without it, ComfyUI's latent "
                                      "previewer (fast, small)."),
+                io.Boolean.Input("overwrite", default=False, optional=True,
+                                 tooltip=OVERWRITE_HELP + " An exact resume writes on in its run's own files."),
             ],
             outputs=[
                 QRDeltaType.Output(display_name="QR_DELTA", tooltip="The trained ΔR (with its Q)."),
@@ -136,7 +153,7 @@ class QRTrainDelta(io.ComfyNode):
                 trigger_words, save_name, save_every, resume=None, noise_draws=1, storage_dtype="bf16",
                 lr_schedule="constant", warmup_steps=0, gradient_accumulation=1, keep_last=3,
                 save_training_state=True, preview_every=0, preview_steps=8, preview_positive=None,
-                vae=None) -> io.NodeOutput:
+                vae=None, overwrite=False) -> io.NodeOutput:
         values = {k: _single(k, v) for k, v in locals().items()
                   if k not in ("cls", "latent", "positive", "preview_positive")}
         check_options(cls, values)

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import shutil
 import struct
 import tempfile
 from pathlib import Path
-from typing import Mapping
+from typing import Callable, Mapping
 
 import torch
 from safetensors import safe_open
@@ -39,6 +41,26 @@ def atomic_save(tensors: Mapping[str, torch.Tensor], path: str | os.PathLike, me
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+
+def copy_new(source: str | os.PathLike, target: str | os.PathLike) -> bool:
+    """Copy `source` to `target` unless something is there already; True when it copied.
+
+    Never replaces a file, even one that appears between a check and the write: the target is created
+    exclusively (O_EXCL). A copy that fails half-way removes the file it created, so no stub stays behind.
+    """
+    target = Path(target)
+    try:
+        out = open(target, "xb")
+    except FileExistsError:
+        return False
+    try:
+        with out, open(source, "rb") as src:
+            shutil.copyfileobj(src, out)
+    except BaseException:
+        target.unlink(missing_ok=True)
+        raise
+    return True
 
 
 def read_header(path: str | os.PathLike) -> tuple[dict, dict[str, str]]:
@@ -82,3 +104,21 @@ def load_tensors(path: str | os.PathLike, device: str | torch.device = "cpu") ->
     except Exception as e:  # safetensors raises its own error types
         raise DeltaFileError(f"{path}: could not be read as safetensors ({e}).") from None
     return tensors, metadata
+
+
+def free_name(path: str | os.PathLike, in_use: Callable[[Path], bool] = Path.exists) -> Path:
+    """`path` when it is not in use, else the next numbered name, as ComfyUI's Save Image numbers its files.
+
+    `name.safetensors` is taken → `name_00001_.safetensors`, one above the highest number any file of that
+    name already carries (a run's snapshots and state included), so a file the user deleted is never reused
+    and the numbers keep the order in which the files were made.
+    """
+    path = Path(path)
+    if not in_use(path):
+        return path
+    suffix = "".join(path.suffixes[-1:])
+    stem = path.name[: -len(suffix)] if suffix else path.name
+    numbered = re.compile(re.escape(stem) + r"_(\d{5,})_")
+    found = (numbered.match(p.name) for p in path.parent.iterdir()) if path.parent.is_dir() else ()
+    highest = max((int(m.group(1)) for m in found if m), default=0)
+    return path.with_name(f"{stem}_{highest + 1:05d}_{suffix}")

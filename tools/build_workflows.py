@@ -303,14 +303,29 @@ def decompose(wf: Workflow, model, x, y):
 
 
 NOTE_TRAIN = ("Steps 2 and 3 — train two ΔR, one image each (paper settings: rank 64, lr 1e-4, 500 steps, {px} px).\n\n"
-              "Upload your content image (e.g. your dog) and a style reference. The prompts carry the trigger words "
-              "'<c>' and '<s>'; any rare word works if you use it again in the merged prompt.\n\n"
+              "The pack's example images (content_dog.png, style_reference.png) are preselected; pick your content "
+              "image (e.g. your dog) and a style reference in the Load Image nodes. The prompts carry the trigger "
+              "words '<c>' and '<s>'; any rare word works if you use it again in the merged prompt.\n\n"
               "The ΔR files are written to models/qr_lora/ (save_name), every {every} steps and at the end. "
               "The node draws the loss curve while it trains.")
 NOTE_MERGE = ("Step 4 — merge and generate: W' = W + Q(λc·ΔR_content + λs·ΔR_style).\n\n"
-              "λc and λs (0…1, above 1 exaggerates) weigh content against style; no retraining needed. To reuse "
-              "trained ΔR without training again, replace the Train nodes by 'QR-LoRA Load ΔR' (file names from "
-              "models/qr_lora) or mute them (Ctrl+M) after the first run.")
+              "λc and λs (0…1, above 1 exaggerates) weigh content against style; no retraining needed.\n\n{reuse}")
+# How to generate from the saved ΔR later. Not by muting the Train nodes: Merge then lacks its inputs.
+NOTE_REUSE = ("To generate from the two ΔR later without training, open '{workflow}': its Load ΔR nodes pick the "
+              "files this workflow saves ({files}), then merge and sample.")
+NOTE_NO_REUSE = ("The pack has no use-trained workflow for {label} yet. The two ΔR files stay in models/qr_lora/ "
+                 "({files}); 'QR-LoRA Load ΔR' reads them, as in '{example}'.")
+
+
+def note_merge(family: str) -> str:
+    """Step 4's note: the family's use-trained workflow where the pack ships one, else where the files are."""
+    f = FAMILIES[family]
+    files = f"{family}_content_dog.safetensors, {family}_style.safetensors"
+    use = f"qr_lora_{f.stem}_use_trained"
+    if use in WORKFLOWS:
+        return NOTE_MERGE.format(reuse=NOTE_REUSE.format(workflow=use, files=files))
+    return NOTE_MERGE.format(reuse=NOTE_NO_REUSE.format(label=f.label, files=files,
+                                                        example="qr_lora_sdxl_use_trained"))
 
 
 def train_merge(info: dict, family: str) -> dict:
@@ -337,7 +352,7 @@ def train_merge(info: dict, family: str) -> dict:
     wf.link(base_model[0], base_model[1], merge, "model")
     wf.link(tc, 0, merge, "content")
     wf.link(ts, 0, merge, "style")
-    note3 = wf.node("Note", (1680, 1240), text=NOTE_MERGE, size=[340, 260])
+    note3 = wf.node("Note", (1680, 1240), text=note_merge(family), size=[340, 280])
     sampled, extra = (merge, 0), []
     if f.shift is not None:
         shift = wf.node("ModelSamplingAuraFlow", (1680, 1540), {"shift": f.shift})
@@ -579,7 +594,7 @@ WORKFLOWS = {
 
 # --------------------------------------------------------------------------- subgraph blueprints (ComfyUI ≥ 0.8)
 # ComfyUI ≥ 0.8 lists custom_nodes/<pack>/subgraphs/*.json at GET /global_subgraphs (app/subgraph_manager.py);
-# the front end offers each under "Subgraph Blueprints", named after its file.
+# the front end offers each under "Subgraph Blueprints", named after its file (see BLUEPRINTS).
 SUBGRAPHS_OUT = ROOT / "subgraphs"
 
 
@@ -623,10 +638,15 @@ def merge_blueprint(info: dict) -> dict:
         wf,
         inputs=[("model", "MODEL", [(merge, "model"), (lc, "model"), (ls, "model")])],
         outputs=[("MODEL", "MODEL", merge, 0)],
-        promoted=[(lc, "delta_file"), (ls, "delta_file"), (merge, "lambda_content"), (merge, "lambda_style")])
+        promoted=[(lc, "delta_file", "content_delta"), (ls, "delta_file", "style_delta"), (merge, "lambda_content"),
+                  (merge, "lambda_style")])
 
 
-BLUEPRINTS = {"QR-LoRA Train ΔR from an image": train_blueprint, "QR-LoRA Merge two ΔR files": merge_blueprint}
+# File name (what the front end shows: it names the node and the blueprint after the file, whatever the JSON
+# says) → builder. ASCII on purpose: `git ls-files` quotes other names, and comfy-cli's `comfy node pack`, which
+# lists the package's files with it, then drops them from the Registry zip as "not found". Inside, the JSON
+# keeps the "ΔR" name, shown when the file is opened as a workflow.
+BLUEPRINTS = {"QR-LoRA Train DeltaR from an image": train_blueprint, "QR-LoRA Merge two DeltaR files": merge_blueprint}
 
 
 def thumbnails(out: Path, docs: Path = ROOT / "docs", width: int = 640) -> int:

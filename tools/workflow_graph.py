@@ -172,6 +172,16 @@ def link_to_widget(wf: Workflow, src: dict, out: int | str, dst: dict, name: str
     wf.link(src, out, dst, name)
 
 
+def add_widget_slots(info: dict, node: dict) -> None:
+    """Give `node` an input slot for each of its widgets, after its sockets and in the order the front end makes
+    them, as the front end saves a node: a link into a widget names its slot by index, and front ends before 1.49
+    take that index as it is (a slot list of only some widgets would point the link at another widget)."""
+    have = {s["name"] for s in node["inputs"]}
+    for name, kind, opts, _ in ordered_inputs(info):
+        if is_widget(kind, opts) and name not in have:
+            node["inputs"].append({"name": name, "type": kind, "widget": {"name": name}, "link": None})
+
+
 # A blueprint is a workflow whose root graph is one node of a subgraph type, defined in definitions.subgraphs
 # (what the front end's "Publish subgraph" saves).
 SUBGRAPH_INPUT_ID, SUBGRAPH_OUTPUT_ID = -10, -20
@@ -182,7 +192,9 @@ def blueprint(name: str, description: str, wf: Workflow, inputs: list, outputs: 
 
     inputs: (name, type, [(node, input name), …]) fed from the subgraph's input node;
     outputs: (name, type, node, output slot) to its output node;
-    promoted: (node, widget name) shown on the blueprint node itself (properties.proxyWidgets).
+    promoted: (node, widget name[, input name]) shown on the blueprint node itself: a subgraph input linked to
+    that widget's input, the form every front end with subgraphs shows as a widget on the node (1.58 turns
+    properties.proxyWidgets into such inputs, and loses an entry whose inner node id it had to renumber).
     """
     def uid(what: str) -> str:
         return str(uuid.uuid5(uuid.NAMESPACE_URL, f"qr-lora/subgraphs/{name}/{what}"))
@@ -191,7 +203,12 @@ def blueprint(name: str, description: str, wf: Workflow, inputs: list, outputs: 
               "type": l[5]} for l in wf.links]
     next_link = len(links) + 1
     sg_inputs, sg_outputs = [], []
-    for i, (iname, kind, targets) in enumerate(inputs):
+    widget_inputs = []
+    for node, widget, *label in promoted:
+        add_widget_slots(wf.info[node["type"]], node)
+        kind, _ = input_spec(wf.info[node["type"]], widget)
+        widget_inputs.append((label[0] if label else widget, kind, [(node, widget)]))
+    for i, (iname, kind, targets) in enumerate(inputs + widget_inputs):
         ids = []
         for node, inp in targets:
             slot = next(k for k, sl in enumerate(node["inputs"]) if sl["name"] == inp)
@@ -218,16 +235,18 @@ def blueprint(name: str, description: str, wf: Workflow, inputs: list, outputs: 
     definition = {
         "id": sg_id, "version": 1, "name": name, "revision": 0, "config": {},
         "state": {"lastGroupId": 0, "lastNodeId": len(wf.nodes), "lastLinkId": next_link - 1, "lastRerouteId": 0},
-        "inputNode": {"id": SUBGRAPH_INPUT_ID, "bounding": [x0 - 220, y0, 120, 40 + 20 * len(inputs)]},
+        "inputNode": {"id": SUBGRAPH_INPUT_ID, "bounding": [x0 - 220, y0, 120, 40 + 20 * len(sg_inputs)]},
         "outputNode": {"id": SUBGRAPH_OUTPUT_ID, "bounding": [x1 + 100, y0, 120, 40 + 20 * len(outputs)]},
         "inputs": sg_inputs, "outputs": sg_outputs, "widgets": [], "nodes": wf.nodes, "groups": [], "links": links,
         "extra": {}}
     root_id = len(wf.nodes) + 1
     root = {"id": root_id, "type": sg_id, "pos": [0.0, 0.0], "size": [340, 60 + 26 * (len(inputs) + len(promoted))],
             "flags": {}, "order": 0, "mode": 0, "title": name,
-            "inputs": [{"name": i["name"], "type": i["type"], "link": None} for i in sg_inputs],
+            "inputs": [{"name": i["name"], "type": i["type"], "link": None} for i in sg_inputs[:len(inputs)]]
+            + [{"name": i["name"], "type": i["type"], "widget": {"name": i["name"]}, "link": None}
+               for i in sg_inputs[len(inputs):]],
             "outputs": [{"name": o["name"], "type": o["type"], "links": []} for o in sg_outputs],
-            "properties": {"proxyWidgets": [[str(n["id"]), w] for n, w in promoted], "cnr_id": PACK_ID},
+            "properties": {"cnr_id": PACK_ID},
             "widgets_values": []}
     return {"id": uid("blueprint"), "revision": 0, "last_node_id": root_id, "last_link_id": 0, "nodes": [root],
             "links": [], "groups": [], "config": {}, "definitions": {"subgraphs": [definition]},

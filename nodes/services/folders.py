@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Callable
 
 import folder_paths
 
+from ...qr_core.files import free_name
 from ...qr_core.training.snapshots import grouped
 
 FOLDER = "qr_lora"
@@ -64,6 +66,26 @@ def output_path(folder_name: str, name: str) -> Path:
         raise ValueError(f"the name {name!r} points outside models/{folder_name}: "
                          "use a plain file name (subfolders inside it are fine).")
     return path
+
+
+# The tooltip of every save-name input's `overwrite` switch.
+OVERWRITE_HELP = ("Off (the default): a file of that name that this run did not make is kept, and the new one is "
+                  "saved under the next free numbered name, name_00001_.safetensors…, as Save Image numbers its "
+                  "images. On: replace it.")
+
+
+def save_path(folder_name: str, name: str, overwrite: bool,
+              in_use: Callable[[Path], bool] = Path.exists) -> tuple[Path, str]:
+    """The file to write for a save name, and a note when it is not the name itself.
+
+    Without `overwrite` a name `in_use` (by default: any existing file) is never replaced: the file gets the
+    next numbered name instead (see qr_core.files.free_name).
+    """
+    wanted = output_path(folder_name, name)
+    path = wanted if overwrite else free_name(wanted, in_use)
+    if path != wanted:
+        return path, f"{wanted.name} exists and is kept (overwrite is off): saved as {path.name}"
+    return path, ""
 
 
 def input_path(folder_name: str, name: str) -> Path:

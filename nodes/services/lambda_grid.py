@@ -18,12 +18,29 @@ import comfy.utils
 import latent_preview
 import torch
 
+from ...qr_core import detect_architecture
 from ...qr_core.merging.blocks import parse_block_profile, scaled_by_blocks
 from ...qr_core.merging.lambda_schedule import resolve_schedule
+from .model_weights import core_model, model_shapes
 from .patches import merge_onto
 from .schedule_hooks import scheduled_hooks
 
 MAX_CELLS = 64
+# cfg 0 means "the model's own": the cfg ComfyUI's example workflows sample each family with (and so do the
+# pack's workflows). FLUX and FLUX.2 are guidance-distilled: cfg 1, their guidance set by FluxGuidance.
+AUTO_CFG = {"flux": 1.0, "flux2": 1.0, "sd3": 4.0, "qwen_image": 2.5}
+FALLBACK_CFG = 7.0  # SD1.5 and SDXL, and every model not in AUTO_CFG: set cfg yourself as its workflows do
+AUTO_CFG_HELP = ("0 (the default): the model's own, " + ", ".join(
+    f"{name} {AUTO_CFG[arch]:g}" for arch, name in (("flux", "FLUX"), ("flux2", "FLUX.2"), ("sd3", "SD3.5"),
+                                                     ("qwen_image", "Qwen-Image")))
+    + f", {FALLBACK_CFG:g} for SD1.5, SDXL and any other model (set it as that model's workflows do).")
+
+
+def grid_cfg(model, cfg: float) -> float:
+    """The cfg the grid samples with: `cfg` itself, or for 0 the model's own (AUTO_CFG)."""
+    if cfg > 0:
+        return cfg
+    return AUTO_CFG.get(detect_architecture(model_shapes(model), core_model(model)), FALLBACK_CFG)
 ROW_TITLES = {"lambda_content": "content", "schedule": "schedule", "content_block_profile": "content blocks",
               "style_block_profile": "style blocks"}
 
@@ -36,6 +53,7 @@ def sample_grid(model, content, style, positive, negative, latent_image: dict, v
     cols = parse_values(lambda_style_values, "lambda_style_values")
     if len(rows) * len(cols) > MAX_CELLS:
         raise ValueError(f"{len(rows)}×{len(cols)} cells: at most {MAX_CELLS}; use fewer rows or λ values.")
+    cfg = grid_cfg(model, cfg)
     latent, noise, noise_mask = ksampler_inputs(model, latent_image, seed)
     total = len(rows) * len(cols) * steps
     # core's step callback (its previews, its progress bar), moved along one bar over the whole grid

@@ -4,17 +4,18 @@ A run named `content` writes `content_step000100.safetensors`… (the newest
 `keep_last` kept), `content.safetensors` at the end, and
 `content.state.safetensors`: the training state of the newest file saved,
 which lets a later run continue it exactly (see qr_core.training.state).
+Files under the name that another run (or the user) made are never touched:
+the run then saves as `content_00001_…` (run_save_path).
 """
 
 from __future__ import annotations
 
-import uuid
 from pathlib import Path
 from typing import Callable
 
 from ...qr_core import QRAdapter, QRDelta
 from ...qr_core.errors import QRLoRAError
-from ...qr_core.training.snapshots import prune, snapshot_path
+from ...qr_core.training.snapshots import other_runs_files, prune, snapshot_path
 from ...qr_core.training.state import TrainState, state_path_for
 from . import folders
 
@@ -28,15 +29,28 @@ def relative_name(path: Path) -> str:
         return path.name
 
 
+def run_save_path(save_name: str, overwrite: bool, run_id: str) -> tuple[Path | None, str]:
+    """Where run `run_id` saves its final ΔR (None: it does not save), and a note when that is not save_name.
+
+    A name whose files (final, state, snapshots) were all written by this run is its own: an exact resume
+    writes on there. Any other file under the name is kept unless `overwrite`: the run then takes the next
+    numbered name, so its snapshots and pruning never touch another run's files either.
+    """
+    if not save_name.strip():
+        return None, ""
+    return folders.save_path(folders.FOLDER, save_name, overwrite,
+                             in_use=lambda path: bool(other_runs_files(path, run_id)))
+
+
 class RunFiles:
     """The files of one training run; `save` is called with the state of the step it saves."""
 
     def __init__(self, final_path: Path | None, adapter: QRAdapter, trigger_words: str, record: dict,
-                 storage_dtype: str, keep_last: int, save_state: bool, identity: dict, run_id: str | None = None):
+                 storage_dtype: str, keep_last: int, save_state: bool, identity: dict, run_id: str):
         self.final_path, self.adapter, self.trigger_words = final_path, adapter, trigger_words
         self.record, self.storage_dtype, self.keep_last = record, storage_dtype, keep_last
         self.save_state, self.identity = save_state, identity
-        self.run_id = run_id or uuid.uuid4().hex
+        self.run_id = run_id
         self.state_path = state_path_for(final_path) if final_path is not None and save_state else None
 
     def delta(self, done: int, final_loss: float | None) -> QRDelta:

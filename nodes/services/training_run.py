@@ -8,6 +8,7 @@ outputs. The loop itself is `trainer.run_training` over `qr_core.train`.
 from __future__ import annotations
 
 import dataclasses
+import uuid
 from dataclasses import dataclass
 
 import comfy.model_management
@@ -20,7 +21,7 @@ from ...qr_core.training.loop import OPTIMIZERS
 from . import folders, model_weights, server
 from .patches import apply_terms
 from .previews import PreviewStrip
-from .train_files import RunFiles, find_state
+from .train_files import RunFiles, find_state, run_save_path
 from .trainer import Objective, Previews, run_training
 
 COMPUTE_DTYPES = {"bf16": torch.bfloat16, "fp32": torch.float32}  # training_dtype → the forward's dtype
@@ -38,7 +39,7 @@ class RunSettings:
     timestep_sampling: str = "uniform"
     loss_space: str = "native"
     training_dtype: str = "bf16"
-    gradient_checkpointing: bool = False
+    gradient_checkpointing: bool = True
     mode: str = "delta_r"
     triangular: bool = False
     trigger_words: str = ""
@@ -53,6 +54,7 @@ class RunSettings:
     save_training_state: bool = True
     preview_every: int = 0
     preview_steps: int = 8
+    overwrite: bool = False
 
     @classmethod
     def pick(cls, values: dict, **changes) -> "RunSettings":
@@ -84,12 +86,14 @@ def train_delta(model, basis, latents: list, conds: list, run: RunSettings, resu
     if resume is not None and run.mode != "delta_r":
         raise ValueError("resuming is possible in 'ΔR only' mode; set mode to 'ΔR only' or disconnect resume.")
     dataset = pair_dataset(latents, conds)
-    save_path = folders.output_path(folders.FOLDER, run.save_name) if run.save_name.strip() else None
     settings = run.loop_settings()
     objective = Objective(run.timestep_sampling, run.loss_space, run.batch_size, run.noise_draws)
     identity = {"basis_fingerprint": basis.fingerprint, "rank": basis.rank, "targets": len(basis.targets),
                 "mode": run.mode, "triangular": run.triangular, "optimizer": settings.optimizer}
     state, resume_note = find_state(resume) if resume is not None else (None, "")
+    # An exact resume continues its run: the same run id, so the run's own files are written on.
+    run_id = (state.record.get("run_id") if state is not None else None) or uuid.uuid4().hex
+    save_path, name_note = run_save_path(run.save_name, run.overwrite, run_id)
     if state is not None:
         state.check_identity(identity, f"the training state of {resume.name}")
         if state.step >= run.steps:
@@ -107,7 +111,7 @@ def train_delta(model, basis, latents: list, conds: list, run: RunSettings, resu
     with torch.inference_mode(False):
         adapter = QRAdapter(basis, run.mode, run.triangular, model_weights.base_weight_getter(model), resume, device)
     files = RunFiles(save_path, adapter, run.trigger_words, record, run.storage_dtype, run.keep_last,
-                     run.save_training_state, identity, state.record.get("run_id") if state is not None else None)
+                     run.save_training_state, identity, run_id)
     steps = run.steps
     bar = comfy.utils.ProgressBar(steps)
     losses: list[float] = list(state.losses) if state is not None else []
@@ -160,5 +164,6 @@ def train_delta(model, basis, latents: list, conds: list, run: RunSettings, resu
             f"loss {losses[0]:.5f} → {losses[-1]:.5f}" + (f"; saved {save_path.name}" if save_path else "")
             + f"\ntraining {train_s:.1f} s" + (f", {len(strip.images)} previews {preview_s:.1f} s"
                                                if strip.images else "")
-            + (f"\nresumed {resume.name}: {resume_note}" if resume is not None else ""))
+            + (f"\nresumed {resume.name}: {resume_note}" if resume is not None else "")
+            + (f"\n{name_note}" if name_note else ""))
     return RunOutcome(delta, apply_terms(model, merge([delta], [1.0])), losses, strip, text)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import importlib
+import importlib.util
 import math
 import time
 from dataclasses import asdict, dataclass, field
@@ -9,12 +11,34 @@ from typing import Callable, Sequence
 
 import torch
 
-from ..errors import NonFiniteLossError, SettingError
+from ..errors import NonFiniteLossError, RuntimeSupportError, SettingError
 from .lr_schedules import check_schedule, lr_factor
 from .state import TrainState, rng_states, set_rng_states
 
 # Optimizer id (in settings, run files and resume states) → the name the Train ΔR node shows.
-OPTIMIZERS = {"adamw": "AdamW", "adam": "Adam"}
+OPTIMIZERS = {"adamw": "AdamW", "adam": "Adam", "prodigy": "Prodigy", "adamw8bit": "AdamW 8-bit"}
+# Optimizers from a package the pack does not require: id → (module, what to install).
+OPTIONAL_OPTIMIZERS = {"prodigy": ("prodigyopt", "prodigyopt"), "adamw8bit": ("bitsandbytes", "bitsandbytes")}
+
+
+def optimizer_missing(optimizer: str) -> str | None:
+    """Why `optimizer` cannot run here (its package is not installed), or None when it can."""
+    if optimizer not in OPTIONAL_OPTIMIZERS:
+        return None
+    module, package = OPTIONAL_OPTIMIZERS[optimizer]
+    if importlib.util.find_spec(module) is not None:
+        return None
+    return (f"the optimizer {OPTIMIZERS[optimizer]} needs the package {package}, which is not installed: run "
+            f"`pip install {package}` in ComfyUI's Python environment and restart ComfyUI, or pick AdamW.")
+
+
+def _optional_module(optimizer: str):
+    module, _ = OPTIONAL_OPTIMIZERS[optimizer]
+    try:
+        return importlib.import_module(module)
+    except ImportError:
+        raise RuntimeSupportError(optimizer_missing(optimizer) or
+                                  f"the optimizer {OPTIMIZERS[optimizer]} could not import {module}.") from None
 
 
 @dataclass(frozen=True)
@@ -22,7 +46,7 @@ class TrainSettings:
     steps: int = 500
     lr: float = 1e-4
     optimizer: str = "adamw"
-    weight_decay: float = 1e-4  # AdamW only; the diffusers DreamBooth scripts' default
+    weight_decay: float = 1e-4  # decoupled (AdamW, Prodigy, AdamW 8-bit); the diffusers DreamBooth scripts' default
     grad_clip: float = 1.0  # max gradient norm; 0 disables clipping
     seed: int = 0
     lr_schedule: str = "constant"  # see schedules.LR_SCHEDULES
@@ -55,6 +79,17 @@ class TrainResult:
 def make_optimizer(params: Sequence[torch.nn.Parameter], s: TrainSettings) -> torch.optim.Optimizer:
     if s.optimizer == "adamw":
         return torch.optim.AdamW(params, lr=s.lr, weight_decay=s.weight_decay)
+    if s.optimizer == "prodigy":
+        # Prodigy estimates the step size itself: lr scales its estimate (1.0 as its authors advise). Its
+        # safeguard keeps the estimate from growing during a warm-up, as they advise with one.
+        return _optional_module("prodigy").Prodigy(params, lr=s.lr, weight_decay=s.weight_decay,
+                                                   safeguard_warmup=s.warmup_steps > 0)
+    if s.optimizer == "adamw8bit":
+        devices = {p.device.type for p in params}
+        if devices - {"cuda"}:
+            raise RuntimeSupportError(f"AdamW 8-bit (bitsandbytes) trains parameters on a CUDA GPU; these are on "
+                                      f"{', '.join(sorted(devices))}: pick AdamW.")
+        return _optional_module("adamw8bit").optim.AdamW8bit(params, lr=s.lr, weight_decay=s.weight_decay)
     return torch.optim.Adam(params, lr=s.lr)
 
 

@@ -8,11 +8,13 @@ the newest K of one run and never touches another run's files (`content` and
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 
-from ..errors import SettingError
-from .state import STATE_SUFFIX
+from ..errors import DeltaFileError, SettingError
+from ..files import read_header
+from .state import STATE_SUFFIX, state_path_for
 
 STEP_DIGITS = 6
 _SNAPSHOT = re.compile(r"^(?P<run>.+)_step(?P<step>\d{%d,})\.safetensors$" % STEP_DIGITS)
@@ -43,6 +45,29 @@ def run_snapshots(final_path: str | Path) -> list[tuple[int, Path]]:
             if parsed and parsed[0] == run and p.is_file():
                 found.append((parsed[1], p))
     return sorted(found)
+
+
+def run_files(final_path: str | Path) -> list[Path]:
+    """The files of the run saved at `final_path` that exist: the final ΔR, its training state, its snapshots."""
+    final_path = Path(final_path)
+    own = [p for p in (final_path, state_path_for(final_path)) if p.is_file()]
+    return own + [path for _, path in run_snapshots(final_path)]
+
+
+def run_id_of(path: str | Path) -> str | None:
+    """The id of the run that wrote a ΔR or training-state file; None when it records none or cannot be read."""
+    path = Path(path)
+    try:
+        _, meta = read_header(path)
+        record = json.loads(meta.get("record" if path.name.endswith(STATE_SUFFIX) else "training") or "{}")
+    except (DeltaFileError, ValueError):
+        return None
+    return record.get("run_id") if isinstance(record, dict) else None
+
+
+def other_runs_files(final_path: str | Path, run_id: str) -> list[Path]:
+    """The files under the run name `final_path` that run `run_id` did not write (a user's, another run's)."""
+    return [p for p in run_files(final_path) if run_id_of(p) != run_id]
 
 
 def prune(final_path: str | Path, keep_last: int) -> list[Path]:

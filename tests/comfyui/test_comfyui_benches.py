@@ -26,8 +26,14 @@ def test_train_step_quick(tmp_path):
     run_bench("train_step.py", tmp_path)
     (js,) = tmp_path.glob("train_step-*-tiny-comfyui-*.json")
     (r,) = json.loads(js.read_text())["results"]
+    # The built-in trainer's bypass mode is the strongest baseline where ComfyUI has it (0.33 on).
+    try:
+        import comfy.weight_adapter.bypass  # noqa: F401
+        bypass = {"comfy_bypass", "comfy_train_sampler_bypass"}
+    except ImportError:
+        bypass = set()
     assert set(r["mechanisms"]) == {"floor", "qr_bypass", "comfy_lora_wrapper", "qr_train_sampler",
-                                    "comfy_train_sampler"}
+                                    "comfy_train_sampler"} | bypass
     assert all(m["step_wall"]["median"] > 0 and m["step_wall"]["n"] == 2 and m["targets"] > 0
                for m in r["mechanisms"].values())
     assert r["mechanisms"]["floor"]["trainable_params"] == 0 < r["mechanisms"]["qr_bypass"]["trainable_params"]
@@ -41,6 +47,11 @@ def test_train_step_quick(tmp_path):
         (m["comfy_lora_wrapper"]["targets"], m["comfy_lora_wrapper"]["trainable_params"])
     assert m["qr_train_sampler"]["trainable_params"] == m["qr_bypass"]["trainable_params"]
     assert r["time_ratios"]["qr_train_sampler / comfy_train_sampler"]["n"] == 2
+    if bypass:
+        assert (m["comfy_bypass"]["trainable_params"], m["comfy_train_sampler_bypass"]["trainable_params"]) == \
+            (m["comfy_lora_wrapper"]["trainable_params"],) * 2
+        assert r["time_ratios"]["qr_train_sampler / comfy_train_sampler_bypass"]["n"] == 2
+        assert r["memory_ratios"]["qr_bypass / comfy_bypass"] is not None
 
 
 def test_merge_reapply_quick(tmp_path):

@@ -30,9 +30,10 @@ PACK_DIR = Path(__file__).resolve().parents[2]
 LIVE_DIR = Path(__file__).resolve().parent
 DOCS_DIR = PACK_DIR / "docs"
 START_TIMEOUT_S = float(os.environ.get("QR_LORA_LIVE_START_TIMEOUT", "240"))
+# Another front end than the ComfyUI's own (its static folder, e.g. comfyui_frontend_package/static of a newer
+# comfyui-frontend-package): ComfyUI serves it with --front-end-root. .ci/run runs the browser tests so.
+FRONTEND_ROOT = os.environ.get("QR_LORA_FRONTEND_ROOT")
 
-# Input images the workflows name, so that the front end finds them (no 404 noise in the browser test).
-INPUT_IMAGES = ("content_dog.png", "style_reference.png", "attribute_hat.png")
 # The front end's first-run tours and the missing-model downloads (no network here) stay off;
 # the missing-NODES warning stays on: the browser test looks for it.
 SETTINGS = {"Comfy.TutorialCompleted": True, "Comfy.Workflow.ShowMissingModelsWarning": False,
@@ -48,17 +49,6 @@ def _free_port() -> int:
 def _get(url: str, timeout: float = 10):
     with urllib.request.urlopen(url, timeout=timeout) as r:
         return json.loads(r.read())
-
-
-def _write_images(folder: Path) -> None:
-    from PIL import Image, ImageDraw
-
-    colors = [(200, 160, 90), (60, 90, 200), (180, 40, 60)]
-    for name, color in zip(INPUT_IMAGES, colors):
-        im = Image.new("RGB", (96, 96), color)
-        d = ImageDraw.Draw(im)
-        d.ellipse((20, 20, 76, 76), fill=tuple(255 - c for c in color))
-        im.save(folder / name)
 
 
 # The dataset workflow's folder (ComfyUI/input/<folder>): three captioned images of two sizes, as a user's.
@@ -107,13 +97,17 @@ def comfy_server():
     (base / "custom_nodes" / "qr-lora").symlink_to(PACK_DIR, target_is_directory=True)
     (base / "custom_nodes" / "qr_lora_test_nodes").symlink_to(LIVE_DIR / "qr_lora_test_nodes", target_is_directory=True)
     (base / "user" / "default" / "comfy.settings.json").write_text(json.dumps(SETTINGS))
-    _write_images(base / "input")
+    # input/ starts empty, as a new user's: the images the workflows load come from the pack itself
+    # (example_inputs/, copied in when ComfyUI loads it; test_live_workflows checks the server lists them).
     _write_dataset(base / "input" / DATASET_FOLDER)
     port = _free_port()
     log = base / "server.log"
     cmd = [sys.executable, "main.py", "--cpu", "--listen", "127.0.0.1", "--port", str(port),
            "--base-directory", str(base), "--disable-auto-launch", "--disable-metadata",
            "--database-url", f"sqlite:///{base / 'user' / 'comfyui.db'}"]
+    if FRONTEND_ROOT:
+        assert Path(FRONTEND_ROOT, "index.html").is_file(), f"QR_LORA_FRONTEND_ROOT={FRONTEND_ROOT}: no index.html"
+        cmd += ["--front-end-root", FRONTEND_ROOT]
     with open(log, "w") as out:
         proc = subprocess.Popen(cmd, cwd=COMFYUI, stdout=out, stderr=subprocess.STDOUT,
                                 env={**os.environ, "PYTHONUNBUFFERED": "1"})
@@ -161,3 +155,14 @@ def docs_dir(tmp_path_factory) -> Path:
         DOCS_DIR.mkdir(exist_ok=True)
         return DOCS_DIR
     return tmp_path_factory.mktemp("screenshots")
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "browser: drives the real front end in Chromium (.ci/run also runs these "
+                                       "against the newest front end)")
+
+
+def pytest_collection_modifyitems(items):
+    for item in items:
+        if "browser_page" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.browser)

@@ -370,47 +370,70 @@ def test_extension_panels_after_a_real_run(browser_page, comfy_server, docs_dir)
     assert not errors, errors
 
 
+# The front end's blueprint node definitions: the subgraph store's subgraphBlueprints up to 1.49, the node
+# definition store's blueprintNodeDefsByName (a Map) in 1.58.
+BLUEPRINT_STORES = """(() => {
+    const host = [...document.querySelectorAll('body *')].find(e => e.__vue_app__);
+    const pinia = host.__vue_app__.config.globalProperties.$pinia;
+    const store = pinia._s.get('subgraph'), nodeDefs = pinia._s.get('nodeDef');
+    return {store, defs: store.subgraphBlueprints ?? [...(nodeDefs?.blueprintNodeDefsByName?.values?.() ?? [])]};
+})()"""
+
+
 def test_subgraph_blueprints_insert_in_the_real_front_end(browser_page, comfy_server, docs_dir):
     """ComfyUI ≥ 0.8 offers the pack's blueprints ("Subgraph Blueprints"); each inserts as one subgraph node whose
-    inner nodes are all known and whose promoted widgets show on it."""
+    inner nodes are all known, whose promoted widgets show on it and whose inner widgets keep the file's values.
+    Each goes in twice: the second copy's inner nodes are renumbered (1.58 lost proxyWidgets entries so)."""
     import urllib.error
 
     try:
         listed = comfy_server.get("/global_subgraphs")
     except urllib.error.HTTPError:
         pytest.skip(f"ComfyUI {comfy_server.version} has no subgraph blueprints (no /global_subgraphs route)")
-    names = sorted(e["name"] for e in listed.values() if e["info"]["node_pack"] == "custom_nodes.qr-lora")
+    ours = {e["name"]: i for i, e in listed.items() if e["info"]["node_pack"] == "custom_nodes.qr-lora"}
+    names = sorted(ours)
     assert names
+    files = {name: json.loads(comfy_server.get(f"/global_subgraphs/{ours[name]}")["data"]) for name in names}
     page = browser_page
     start = len(page.console_log)
-    page.evaluate("async () => { await window.app.loadGraphData({nodes: [], links: [], groups: [], version: 0.4}); }")
-    store = """(() => {
-        const host = [...document.querySelectorAll('body *')].find(e => e.__vue_app__);
-        return host.__vue_app__.config.globalProperties.$pinia._s.get('subgraph');
-    })()"""
-    page.wait_for_function(f"(names) => {{ const s = {store}; const have = s.subgraphBlueprints.map(d => d.display_name);"
-                           " return names.every(n => have.includes(n)); }", arg=names, timeout=30_000)
+    page.evaluate("async () => { await window.app.loadGraphData({last_node_id: 0, last_link_id: 0, nodes: [], "
+                  "links: [], groups: [], version: 0.4}); }")
+    page.wait_for_function(f"(names) => {{ const {{defs}} = {BLUEPRINT_STORES}; "
+                           "const have = defs.map(d => d.display_name); return names.every(n => have.includes(n)); }",
+                           arg=names, timeout=30_000)
     inserted = page.evaluate(f"""(names) => {{
-        const s = {store}, canvas = window.app.canvas, out = [];
-        names.forEach((name, i) => {{
-            const def = s.subgraphBlueprints.find(d => d.display_name === name);  // keyed by the server's id
-            const bp = s.getBlueprint(def.name);
+        const {{store, defs}} = {BLUEPRINT_STORES}, canvas = window.app.canvas, out = [];
+        [...names, ...names].forEach((name, i) => {{
+            const def = defs.find(d => d.display_name === name);  // keyed by the server's id
+            const bp = JSON.parse(JSON.stringify(store.getBlueprint(def.name)));  // a copy: insertion changes it
+            const x = 60 + 520 * i + (i >= names.length ? 3000 : 0);  // the second copies off the picture
             const made = canvas._deserializeItems({{nodes: bp.nodes, subgraphs: bp.definitions?.subgraphs}},
-                                                  {{position: [60 + 520 * i, 80]}});
+                                                  {{position: [x, 80]}});
             const node = made.nodes.values().next().value;
             out.push({{name, title: node.title, isSubgraph: !!node.subgraph,
-                       inner: node.subgraph ? node.subgraph.nodes.map(n => ({{type: n.type,
-                           known: n.type in window.LiteGraph.registered_node_types}})) : [],
+                       inner: node.subgraph ? node.subgraph.nodes.map(n => ({{type: n.type, title: n.title,
+                           known: n.type in window.LiteGraph.registered_node_types,
+                           widgets: Object.fromEntries((n.widgets || []).map(w => [w.name, w.value]))}})) : [],
                        widgets: (node.widgets || []).map(w => w.name)}});
         }});
         canvas.ds.scale = 1.1; canvas.ds.offset = [20, 20]; canvas.setDirty(true, true);
         return out;
     }}""", names)
+    info = comfy_server.object_info
     for node in inserted:
+        blueprint = files[node["name"]]
         assert node["isSubgraph"] and node["title"] == node["name"], node
         assert node["inner"] and all(n["known"] for n in node["inner"]), node
         assert any(n["type"].startswith("QRLoRA") for n in node["inner"]), node
-        assert len(node["widgets"]) >= 2, node  # the promoted widgets (properties.proxyWidgets)
+        promoted = [s["name"] for s in blueprint["nodes"][0]["inputs"] if "widget" in s]
+        assert len(promoted) >= 2 and node["widgets"][:len(promoted)] == promoted, node
+        # Inner widgets keep the file's values (a link into a misplaced widget slot moves them: 1.35).
+        for want, got in zip(blueprint["definitions"]["subgraphs"][0]["nodes"], node["inner"]):
+            names_ = [slot[0] for slot in widget_slots(info[want["type"]])]
+            file_values = dict(zip(names_, want["widgets_values"]))
+            moved = {k: (v, got["widgets"].get(k)) for k, v in file_values.items()
+                     if k in got["widgets"] and not same_value(v, got["widgets"][k])}
+            assert not moved, (node["name"], want["type"], moved)
     errors = [e for e in page.console_log[start:] if e["type"] in ("error", "pageerror")
               and ("blueprint" in e["text"].lower() or "subgraph" in e["text"].lower())]
     assert not errors, errors

@@ -12,7 +12,7 @@ import urllib.error
 
 import pytest
 
-from workflow_check import PACK_DIR, compatible, spec_of, validate
+from workflow_check import PACK_DIR, compatible, inputs_in_order, spec_of, validate, widget_slots
 
 SUBGRAPH_DIR = PACK_DIR / "subgraphs"
 BLUEPRINT_FILES = sorted(SUBGRAPH_DIR.glob("*.json"))
@@ -77,7 +77,18 @@ def test_blueprint_is_served_and_fits_the_live_nodes(comfy_server, path):
             assert info[source["type"]]["output"][link["origin_slot"]] == sg_out["type"], (sg_out, source["type"])
         else:
             assert link["origin_id"] in nodes and link["target_id"] in nodes, link
-    # Widgets shown on the blueprint node exist on the inner nodes they name.
-    for node_id, widget in root["properties"]["proxyWidgets"]:
-        node = nodes[int(node_id)]
-        assert widget in {n for section in info[node["type"]]["input"].values() for n in section}, (node_id, widget)
+    # Widgets shown on the blueprint node: subgraph inputs, each linked to a widget of an inner node (the form
+    # every front end with subgraphs shows; properties.proxyWidgets lost entries in 1.58).
+    promoted = [s for s in root["inputs"] if "widget" in s]
+    assert len(promoted) >= 2 and "proxyWidgets" not in root["properties"], root
+    for slot in promoted:
+        sg_in = next(s for s in definition["inputs"] if s["name"] == slot["name"])
+        for link in (l for l in definition["links"] if l["id"] in sg_in["linkIds"]):
+            target = nodes[link["target_id"]]
+            widget = target["inputs"][link["target_slot"]].get("widget", {}).get("name")
+            assert widget and compatible(sg_in["type"], spec_of(info[target["type"]], widget)[0]), (slot, target)
+            # The slot index is where the front end puts that widget's slot (sockets, then widgets in input
+            # order): front ends before 1.49 follow target_slot as it is.
+            widgets = [n for n, *_ in widget_slots(info[target["type"]]) if ":" not in n]
+            sockets = [n for n, *_ in inputs_in_order(info[target["type"]]) if n not in widgets]
+            assert [s["name"] for s in target["inputs"]] == sockets + widgets, target["type"]

@@ -6,7 +6,8 @@ import json
 
 import pytest
 
-from workflow_check import BELOW_KEY, REQUIRES_KEY, unmet_requirement, validate, version_tuple, workflow_files
+from workflow_check import (BELOW_KEY, PACK_DIR, REQUIRES_KEY, unmet_requirement, validate, version_tuple,
+                            workflow_files)
 
 EXPECTED = {"qr_lora_sdxl_train_merge", "qr_lora_sd35_train_merge", "qr_lora_flux_dev_train_merge",
             "qr_lora_flux_dev_fp8_24gb_train_merge", "qr_lora_sdxl_lambda_grid", "qr_lora_sdxl_nway_composition",
@@ -143,3 +144,15 @@ def test_dataset_workflow_feeds_the_dataset_lists_to_train(comfy_server, name):
         "folder"][1]["options"]
     info = comfy_server.object_info["MakeTrainingDataset"]
     assert info["output_is_list"] == [True, True]
+
+
+def test_a_new_users_server_offers_every_image_the_workflows_load(comfy_server, workflow_paths):
+    """The server started with no image in input/ (conftest): the pack copied its example_inputs/ there on load,
+    so each workflow's Load Image has its file on the first queue (test_live_prompt queues them)."""
+    offered = comfy_server.object_info["LoadImage"]["input"]["required"]["image"][0]
+    named = {node["widgets_values"][0] for path in workflow_paths for node in json.loads(path.read_text())["nodes"]
+             if node["type"] == "LoadImage"}
+    assert named and named <= set(offered), (named, offered)
+    examples = PACK_DIR / "example_inputs"
+    for name in named:
+        assert (comfy_server.base / "input" / name).read_bytes() == (examples / name).read_bytes(), name
