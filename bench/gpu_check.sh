@@ -2,7 +2,8 @@
 # The GPU check: every figure only a GPU can give, in one run of about 9 minutes on one H200.
 #   decompose bench (SDXL, FLUX, FLUX.2 and Qwen-Image target sets: exact vs fast, warm cache), full-size train step of SDXL and
 #   FLUX against ComfyUI's built-in LoRA trainer, λ re-apply of SDXL and FLUX against two stock LoRA loaders (ComfyUI 0.8);
-#   dynamic VRAM on ComfyUI 0.33: Train ΔR, Merge ΔR and λ over Steps on a ModelPatcherDynamic (bench/dynamic_vram.py).
+#   dynamic VRAM on ComfyUI 0.33: Train ΔR, Merge ΔR and λ over Steps on a ModelPatcherDynamic (bench/dynamic_vram.py);
+#   qr-lora train on one GPU beside the node's one-process path (bench/train_distributed.py).
 # Run from the repository root on the device machine, with .gpu/ carried (bench/prepare_gpu_check.sh makes it):
 #   run(command="bash bench/gpu_check.sh", carry=[".gpu"], timeout_s=600)
 # Results go to $OUT (the device tool brings them back) or bench/results/; commit them with the machine named.
@@ -53,5 +54,8 @@ else
   step python3 bench/merge_reapply.py --device "$DEVICE" --arch sdxl flux --dtype bf16 --changes 3 \
     --out-dir "$OUT_DIR"
 fi
+# qr-lora train on one GPU beside the node's path (the multi-GPU NCCL run needs a machine with several).
+step python3 bench/train_distributed.py --device "$DEVICE" --procs 1 ${QUICK:+--quick} --size small --steps 30 \
+  --out-dir "$OUT_DIR"
 ls -la "$OUT_DIR"
 exit "$status"

@@ -88,32 +88,32 @@ def write_vae(path: Path, seed: int = 2) -> Path:
     return path
 
 
-def write_dataset(folder: Path, seed: int = 3, count: int | None = None) -> Path:
-    """Images with a caption each (two sizes); `count` repeats the pattern to that many images."""
+def write_dataset(folder: Path, seed: int = 3, count: int | None = None, sizes=SIZES) -> Path:
+    """Images with a caption each, of `sizes` in turn; `count` repeats the pattern to that many images."""
     import numpy as np
     from PIL import Image
 
     folder.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
-    count = count or len(SIZES)
+    count = count or len(sizes)
     for i in range(count):
-        w, h = SIZES[i % len(SIZES)]
+        w, h = sizes[i % len(sizes)]
         pixels = (rng.random((h, w, 3)) * 255).astype(np.uint8)
         Image.fromarray(pixels).save(folder / f"img{i:03d}.png")
         (folder / f"img{i:03d}.txt").write_text(CAPTIONS[i % len(CAPTIONS)] + (f" {i}" if i >= len(CAPTIONS) else ""))
     return folder
 
 
-def write_all(folder: Path, images: int | None = None, size: str = "tiny") -> dict[str, Path]:
+def write_all(folder: Path, images: int | None = None, size: str = "tiny", sizes=SIZES) -> dict[str, Path]:
     folder.mkdir(parents=True, exist_ok=True)
     return {"diffusion_model": write_diffusion_model(folder / "sd3_tiny.safetensors", size=size),
             "text_encoder": write_text_encoder(folder / "clip_l_random.safetensors"),
             "vae": write_vae(folder / "taesd3_random.safetensors"),
-            "dataset": write_dataset(folder / "dataset", count=images)}
+            "dataset": write_dataset(folder / "dataset", count=images, sizes=sizes)}
 
 
-def cli_args(files: dict[str, Path], models_dir: Path) -> list[str]:
+def cli_args(files: dict[str, Path], models_dir: Path, cpu: bool = True) -> list[str]:
     """The model and dataset options of `qr-lora train` for these files."""
-    return ["--cpu", "--dataset", str(files["dataset"]), "--diffusion-model", str(files["diffusion_model"]),
+    return ["--cpu"] * cpu + ["--dataset", str(files["dataset"]), "--diffusion-model", str(files["diffusion_model"]),
             "--text-encoder", str(files["text_encoder"]), "--clip-type", "sd3", "--vae", str(files["vae"]),
             "--models-dir", str(models_dir)]
