@@ -17,6 +17,7 @@ import hashlib
 import json
 import signal
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -41,6 +42,7 @@ from .training_run import check_processes, train_delta
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 STOPPED = 130  # the exit status of a run stopped by a signal (as a shell reports Ctrl-C)
+SAME_REQUEST_S = 3.0
 
 
 def dataset_items(folder: str) -> list[tuple[Path, str]]:
@@ -115,10 +117,19 @@ class _Progress:
 
 
 def _stop_on_signals(world: World) -> None:
-    """The first Ctrl-C or SIGTERM asks for a stop after the current step; a second one stops at once."""
+    """The first Ctrl-C or SIGTERM asks for a stop after the current step; another one later stops at once.
+
+    A signal within a few seconds of the first is the same request: on Ctrl-C the terminal signals every
+    process of the group, and torchrun (or accelerate) then forwards the signal to its workers again.
+    """
+    first: list[float] = []
+
     def ask(signum, frame):
-        if world.stop_requested:
+        if first and time.monotonic() - first[0] > SAME_REQUEST_S:
             raise KeyboardInterrupt
+        if first:
+            return
+        first.append(time.monotonic())
         world.stop_requested = True
         if not world.parallel:  # alone, the stop needs no agreement: ComfyUI's own cancel flag
             comfy.model_management.interrupt_current_processing(True)

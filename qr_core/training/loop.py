@@ -99,7 +99,7 @@ def train(params: Sequence[torch.nn.Parameter], loss_fn: Callable[[int], torch.T
     t0 = time.perf_counter()
     with torch.random.fork_rng(devices=devices):
         if resume is not None:
-            set_rng_states(resume.rng)
+            set_rng_states(resume.rng, devices)
         else:
             torch.manual_seed(settings.seed)
         last_good = [p.detach().clone() for p in params]
