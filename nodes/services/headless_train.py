@@ -190,8 +190,11 @@ def _train(values: dict, world: World, run: RunSettings) -> dict | None:
     world.check_same("settings and dataset", _digest([dataclasses.asdict(run), [(p.name, c) for p, c in items],
                                                       values.get("resume")]))
     model, clip, vae = load_models(values)
-    decompose = lambda: decompose_model(model, values["rank"], values["preset"], values.get("regex") or "",  # noqa: E731
-                                        values["method"], values["use_cache"])
+
+    def decompose():
+        return decompose_model(model, values["rank"], values["preset"], values.get("regex") or "", values["method"],
+                               values["use_cache"])
+
     # The first process fills the basis cache, the others read its file: every process trains the same basis.
     if world.is_writer:
         basis = decompose()
