@@ -4,7 +4,8 @@
 #   FLUX against ComfyUI's built-in LoRA trainer (and full-size SDXL against 0.33's bypass mode), λ re-apply of SDXL and
 #   FLUX against two stock LoRA loaders (ComfyUI 0.8); dynamic VRAM on ComfyUI 0.33: Train ΔR, Merge ΔR (added and
 #   K-LoRA) and λ over Steps on a ModelPatcherDynamic (bench/dynamic_vram.py);
-#   Train ΔR's optimizers, AdamW 8-bit and Prodigy against AdamW (bench/optimizers.py).
+#   Train ΔR's optimizers, AdamW 8-bit and Prodigy against AdamW (bench/optimizers.py);
+#   qr-lora train on one GPU beside the node's one-process path (bench/train_distributed.py).
 # Run from the repository root on the device machine, with .gpu/ carried (bench/prepare_gpu_check.sh makes it):
 #   run(command="bash bench/gpu_check.sh", carry=[".gpu"], timeout_s=600)
 # Results go to $OUT (the device tool brings them back) or bench/results/; commit them with the machine named.
@@ -64,5 +65,8 @@ else
   # 41 MiB wheel does not fit the carry); otherwise its row says so. Prodigy's wheel travels in .gpu/wheels.
   step python3 bench/optimizers.py --device "$DEVICE" --out-dir "$OUT_DIR"
 fi
+# qr-lora train on one GPU beside the node's path (the multi-GPU NCCL run needs a machine with several).
+step python3 bench/train_distributed.py --device "$DEVICE" --procs 1 ${QUICK:+--quick} --size small --steps 30 \
+  --out-dir "$OUT_DIR"
 ls -la "$OUT_DIR"
 exit "$status"

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Prepare what bench/gpu_check.sh needs on the device machine (run here, once, from the repository root):
 #   .gpu/ComfyUI-0.8.0.tgz, .gpu/ComfyUI-0.33.0.tgz   ComfyUI's source from ../shared/vendor, tests, docs,
-#                  tokenizer data, core blueprints and API nodes left out (gpu_check.sh unpacks them into /tmp)
+#                  tokenizer data (but CLIP-L's), core blueprints and API nodes left out (gpu_check.sh unpacks them into /tmp)
 #   .gpu/wheels    wheels for Python 3.12 / x86-64 of what ComfyUI imports and the device image lacks
 # .gpu/ is in .gitignore (never committed: ComfyUI's code is GPL and not ours to ship);
 # name it in the device run's `carry`. The carry limit is 64 MiB with the checkout, so only what the
@@ -18,7 +18,8 @@ for v in $VERSIONS; do
   mkdir -p "$work/$v" && tar -xzf "$VENDOR/ComfyUI-$v.tar.gz" -C "$work/$v"
   c="$work/$v/ComfyUI"
   rm -rf "$c/tests" "$c/tests-unit" "$c/.github" "$c/blueprints" "$c/comfy_api_nodes"
-  find "$c/comfy/text_encoders" "$c/comfy/sd1_tokenizer" -type f ! -name '*.py' -delete
+  # CLIP-L's tokenizer (comfy/sd1_tokenizer, 1.6 MiB) stays: bench/train_distributed.py encodes captions with it.
+  find "$c/comfy/text_encoders" -type f ! -name '*.py' -delete
   tar -czf ".gpu/ComfyUI-$v.tgz" -C "$work/$v" ComfyUI
 done
 # What ComfyUI imports on the way to its model classes, custom-node loader and comfy_api, less what the

@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import importlib
+import importlib.util
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -11,10 +15,14 @@ from .adapters.delta import DTYPES, QRDelta, describe_delta_header
 from .bases.cache import BasisCache, get_basis
 from .bases.decompose import METHODS, DecomposeSettings
 from .checkpoint import CheckpointWeights
-from .errors import QRLoRAError
+from .errors import QRLoRAError, SettingError
 from .files import read_header
 from .merging.merge import DEFAULT_NAMING, NAMING_HELP, NAMINGS, export_merge, merged_delta, module_ranks
 from .targets import ARCHITECTURES, PRESETS, select_targets
+from .training.run_settings import RunSettings, choices
+
+# The node's preview inputs have no place on the command line (nothing shows them).
+NOT_ON_THE_COMMAND_LINE = ("preview_every", "preview_steps")
 
 
 def _progress_bar(total: int, desc: str):
@@ -96,6 +104,65 @@ def cmd_demo(a) -> dict:
     return {k: v for k, v in report.items() if not k.startswith("loss_curve")} if a.json else {}
 
 
+def pack_dir() -> Path:
+    """The pack's folder (its nodes/ beside this qr_core), or the one inside $COMFYUI_PATH/custom_nodes."""
+    here = Path(__file__).resolve().parents[1]
+    candidates = [here] + sorted((Path(os.environ.get("COMFYUI_PATH", ".")) / "custom_nodes").glob("*"))
+    for folder in candidates:
+        if (folder / "nodes" / "services" / "comfy_library.py").is_file() and (folder / "qr_core").is_dir():
+            return folder
+    raise SettingError("qr-lora train needs the pack's ComfyUI side (its nodes/ folder): run it from the pack's "
+                       "folder (python -m qr_core train), or set COMFYUI_PATH to a ComfyUI with the pack in custom_nodes.")
+
+
+def cmd_train(a) -> dict | None:
+    """Load ComfyUI and the pack (nodes/services/comfy_library.py, by path: qr_core never imports ComfyUI), then
+    hand the run to the pack's headless_train; it prints its own errors and exits with their status."""
+    folder = pack_dir()
+    spec = importlib.util.spec_from_file_location("qr_lora_comfy_library",
+                                                  folder / "nodes" / "services" / "comfy_library.py")
+    library = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(library)
+    pack = library.start(folder, a.comfyui, a.cpu, a.models_dir)
+    values = {k: v for k, v in vars(a).items() if k != "func"}
+    return importlib.import_module(f"{pack.__name__}.nodes.services.headless_train").train(values)
+
+
+def _add_train(sub) -> None:
+    t = sub.add_parser("train", help="train a ΔR from a folder of images with .txt captions, on one or several "
+                                     "processes (torchrun / accelerate launch), with ComfyUI's loaders",
+                       description="Train ΔR as the Train ΔR node does, headless. Several GPUs: "
+                                   "torchrun --nproc_per_node N -m qr_core train … (batch size per process).")
+    t.add_argument("--dataset", required=True, help="folder of images, each with a .txt caption of the same name")
+    t.add_argument("--checkpoint", help="a full checkpoint (model, text encoder, VAE), as Load Checkpoint")
+    t.add_argument("--diffusion-model", help="a diffusion model file, as Load Diffusion Model")
+    t.add_argument("--text-encoder", action="append", help="a text encoder file, as Load CLIP (repeat for two)")
+    t.add_argument("--clip-type", help="the text encoders' model type, as Load CLIP's type (default stable_diffusion)")
+    t.add_argument("--vae", help="a VAE file, as Load VAE")
+    t.add_argument("--guidance", type=float, help="set the conditioning's guidance, as FluxGuidance (FLUX: 1.0)")
+    t.add_argument("--comfyui", help="the ComfyUI folder (default $COMFYUI_PATH, or the one the pack is in)")
+    t.add_argument("--models-dir", help="ComfyUI models folder to write into: files go to its qr_lora/ "
+                                        "(default: ComfyUI's own, with its extra_model_paths.yaml)")
+    t.add_argument("--cpu", action="store_true", help="train on the CPU (gloo between processes)")
+    t.add_argument("--resume", help="a ΔR file name in models/qr_lora to continue, as the node's resume input")
+    t.add_argument("--rank", type=int, default=64, help="basis rank, as QR-LoRA Decompose")
+    t.add_argument("--preset", choices=PRESETS, default="paper")
+    t.add_argument("--regex", help="target-name regex for --preset custom")
+    t.add_argument("--method", choices=METHODS, default="fast")
+    t.add_argument("--no-cache", dest="use_cache", action="store_false", help="do not use the basis cache")
+    settings = t.add_argument_group("training settings", "the Train ΔR node's inputs of the same names and defaults")
+    for field in dataclasses.fields(RunSettings):
+        if field.name in NOT_ON_THE_COMMAND_LINE:
+            continue
+        flag = "--" + field.name.replace("_", "-")
+        if isinstance(field.default, bool):
+            settings.add_argument(flag, action=argparse.BooleanOptionalAction, default=field.default)
+        else:
+            settings.add_argument(flag, type=type(field.default), default=field.default, choices=choices(field.name),
+                                  help=f"default {field.default}")
+    t.set_defaults(func=cmd_train)
+
+
 def _print_human(result: dict, indent: str = "") -> None:
     for k, v in result.items():
         if isinstance(v, dict):
@@ -159,6 +226,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--lambda-content", type=float, default=1.0)
     demo.add_argument("--lambda-style", type=float, default=1.0)
     demo.set_defaults(func=cmd_demo)
+    _add_train(sub)
     return p
 
 
@@ -172,6 +240,8 @@ def main(argv: list[str] | None = None) -> int:
     except QRLoRAError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
+    if result is None:  # a training process other than the first: the first reports
+        return 0
     if args.json:
         print(json.dumps(result, indent=1, default=str))
     elif result:

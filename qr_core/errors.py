@@ -39,3 +39,7 @@ class NonFiniteLossError(QRLoRAError):
 
 class RuntimeSupportError(QRLoRAError):
     """The runtime cannot run what was asked on this model (e.g. weight hooks under dynamic VRAM); the message names the way out."""
+
+
+class ProcessGroupError(QRLoRAError):
+    """A data-parallel run lost one of its processes (it stopped or died); the last whole snapshot stays."""

@@ -39,6 +39,16 @@ def test_the_engine_imports_neither_the_world_nor_comfyui():
         assert not bad, f"{path.relative_to(ROOT)} imports {bad}"
 
 
+def test_the_command_line_reaches_comfyui_only_through_the_pack():
+    """`qr-lora train` loads ComfyUI from nodes/services/comfy_library.py, by path: no qr_core file imports it."""
+    for path in (ROOT / "qr_core").glob("*.py"):
+        bad = {m for m in imports(path) if m.split(".")[0] in ("comfy", "folder_paths", "nodes", "comfy_api")}
+        assert not bad, f"{path.relative_to(ROOT)} imports {bad}"
+    library = ROOT / "nodes" / "services" / "comfy_library.py"
+    relative = {m for m in imports(library) if m.startswith(".")}
+    assert not relative, f"comfy_library.py is loaded by path, outside the package: it cannot import {relative}"
+
+
 def test_the_engine_is_grouped_by_stage():
     """Each stage's modules import only the stages before it (bases ← adapters ← merging; training apart)."""
     order = {"bases": 0, "adapters": 1, "merging": 2, "training": 1}

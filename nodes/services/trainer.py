@@ -26,13 +26,13 @@ import comfy_extras.nodes_custom_sampler
 
 from ...qr_core import QRAdapter, TrainResult, TrainSettings, frozen, train
 from ...qr_core.training.dataset import Dataset, pair_dataset
+from ...qr_core.training.distributed import World
+from ...qr_core.training.run_settings import LOSS_SPACES, TIMESTEP_SAMPLING
 from ...qr_core.training.state import TrainState
 from ...qr_core.training.recompute import recomputed_in_backward, wrapped_forwards
 from .model_weights import release_inference_tensors
 from .training_runtime import differentiable_model_code, recast_inference_casts, weights_need_recompute
 
-TIMESTEP_SAMPLING = ("uniform", "logit-normal", "shifted schedule")
-LOSS_SPACES = ("native", "x0")
 # Flow models (SD3, FLUX): σ is the flow time t itself, drawn unshifted as in the paper (eq. 2) and the
 # official FLUX script; ComfyUI's model_sampling shifts its schedule (FLUX μ = 1.15, SD3 shift 3), which
 # "shifted schedule" follows (mean σ 0.68 instead of 0.5 on FLUX). ε/v models: uniform timesteps 0…999.
@@ -191,8 +191,9 @@ class QRTrainSampler(comfy.samplers.Sampler):
                  on_step: Callable[[int, float], None], check_cancel: Callable[[], None],
                  dataset: Dataset, guider_bucket: int = 0, resume: TrainState | None = None,
                  on_state: Callable[[Callable[[], TrainState]], None] | None = None,
-                 previews: Previews | None = None):
+                 previews: Previews | None = None, world: World | None = None):
         self.adapter, self.settings, self.objective = adapter, settings, objective
+        self.world = world or World()
         self.training_dtype = training_dtype
         self.gradient_checkpointing = gradient_checkpointing
         self.recompute_weights = recompute_weights
@@ -229,10 +230,11 @@ class QRTrainSampler(comfy.samplers.Sampler):
         autocast = (torch.autocast(device.type, dtype=self.training_dtype)
                     if self.training_dtype != torch.float32 else contextlib.nullcontext())
 
-        def forward(latents: torch.Tensor, idx: list[int]) -> torch.Tensor:
+        def draw(latents: torch.Tensor, idx: list[int]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
             x0 = latents[idx].float()
-            noise_ = torch.randn_like(x0)
-            sigma = sample_sigmas(ms, len(idx), self.objective.timestep_sampling, device)
+            return x0, torch.randn_like(x0), sample_sigmas(ms, len(idx), self.objective.timestep_sampling, device)
+
+        def forward(x0: torch.Tensor, noise_: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
             xt = ms.noise_scaling(sigma, noise_, x0, False)
             with autocast:
                 denoised = model_wrap(xt, sigma, **extra_args).float()
@@ -243,19 +245,27 @@ class QRTrainSampler(comfy.samplers.Sampler):
             return err.square().mean()
 
         draws = self.objective.noise_draws
+        world = self.world
 
-        def loss_fn(step: int) -> torch.Tensor:
+        def loss_fn(step: int) -> torch.Tensor | None:
+            # Every process draws the whole step (all processes' images) and trains its own slice: the draws
+            # stay in step across processes and one process draws exactly what it always did.
             b = int(torch.multinomial(weights, 1)) if len(buckets) > 1 else 0
             latents = buckets[b]
-            idx = torch.randperm(latents.shape[0])[: self.objective.batch_size].tolist()
+            idx = torch.randperm(latents.shape[0])[: self.objective.batch_size * world.size].tolist()
+            own = world.own(len(idx), self.objective.batch_size)
+            share = len(own) / len(idx)  # 1.0 for one process: the loss is exactly the mean it always was
             if shared_cond:
-                return forward(latents, [i for i in idx for _ in range(draws)])
+                x0, noise_, sigma = draw(latents, [i for i in idx for _ in range(draws)])
+                rows = slice(own.start * draws, own.stop * draws)
+                return forward(x0[rows], noise_[rows], sigma[rows]) * share if own else None
             # One conditioning per image: each keeps its own cond (ComfyUI would blend a list of conds).
+            drawn = [draw(latents, [i] * draws) for i in idx]
             losses = []
-            for i in idx:
-                model_wrap.conds["positive"] = [positive[conds[b][i]]]
-                losses.append(forward(latents, [i] * draws))
-            return torch.stack(losses).mean()
+            for j in own:
+                model_wrap.conds["positive"] = [positive[conds[b][idx[j]]]]
+                losses.append(forward(*drawn[j]))
+            return torch.stack(losses).mean() * share if losses else None
 
         release_inference_tensors(base)
         recast_inference_casts(base)
@@ -277,7 +287,15 @@ class QRTrainSampler(comfy.samplers.Sampler):
                         self.previews.on_preview(step, latent)
                 on_step = on_step_with_previews
             self.result = train(self.adapter.trainable(), loss_fn, self.settings, on_step, self.check_cancel,
-                                resume=self.resume, on_state=self.on_state)
+                                resume=self.resume, on_state=self.on_state,
+                                sync=self._sync if world.parallel else None)
+
+    def _sync(self, params: list, loss: float) -> float:
+        """Add up the processes' gradients and losses; a stop asked of any process stops them all after this step."""
+        loss, stop = self.world.sum_step(params, loss)
+        if stop:
+            comfy.model_management.interrupt_current_processing(True)
+        return loss
 
     def _preview(self, model_wrap, extra_args: dict, conds: list, shape: tuple, device, autocast) -> torch.Tensor:
         """One sample of the model as it is now (see Previews), in the model's latent space."""
@@ -317,7 +335,7 @@ def run_training(model, adapter: QRAdapter, latents: torch.Tensor | Dataset, pos
                  on_step: Callable[[int, float], None], recompute_weights: bool | None = None,
                  resume: TrainState | None = None,
                  on_state: Callable[[Callable[[], TrainState]], None] | None = None,
-                 previews: Previews | None = None) -> TrainResult:
+                 previews: Previews | None = None, world: World | None = None) -> TrainResult:
     """Train `adapter` on a clone of `model` with ComfyUI's guider; the adapter is detached afterwards.
 
     `latents`: one batch [B, …] with `positive` (one conditioning entry, or
@@ -325,7 +343,8 @@ def run_training(model, adapter: QRAdapter, latents: torch.Tensor | Dataset, pos
     `positive` is then ignored). recompute_weights: run each layer's forward
     again in backward (None: where the model needs it, see
     training_runtime.weights_need_recompute). `resume` and `on_state`: see
-    qr_core.training.loop.train. `previews`: see Previews.
+    qr_core.training.loop.train. `previews`: see Previews. `world`: this process's
+    place in a data-parallel run (see qr_core.training.distributed); one process by default.
     """
     if isinstance(latents, torch.Tensor):
         n = latents.shape[0]
@@ -347,7 +366,7 @@ def run_training(model, adapter: QRAdapter, latents: torch.Tensor | Dataset, pos
         recompute_weights = weights_need_recompute(patcher)
     sampler = QRTrainSampler(adapter, settings, objective, training_dtype, gradient_checkpointing, recompute_weights,
                              on_step, comfy.model_management.throw_exception_if_processing_interrupted,
-                             dataset, guider_bucket, resume, on_state, previews)
+                             dataset, guider_bucket, resume, on_state, previews, world)
     guider = comfy_extras.nodes_custom_sampler.Guider_Basic(patcher)
     preview_conds = list(previews.conds) if previews is not None and previews.conds and previews.every > 0 else []
     guider.set_conds(list(dataset.conds) + preview_conds)

@@ -7,7 +7,6 @@ outputs. The loop itself is `trainer.run_training` over `qr_core.train`.
 
 from __future__ import annotations
 
-import dataclasses
 import uuid
 from dataclasses import dataclass
 
@@ -15,58 +14,25 @@ import comfy.model_management
 import comfy.utils
 import torch
 
-from ...qr_core import NonFiniteLossError, QRAdapter, QRDelta, TrainSettings, check_trainable, merge
+from ...qr_core import NonFiniteLossError, QRAdapter, QRDelta, check_trainable, merge
 from ...qr_core.training.dataset import pair_dataset
-from ...qr_core.training.loop import OPTIMIZERS
+from ...qr_core.training.distributed import World
+from ...qr_core.training.run_settings import COMPUTE_DTYPES, RunSettings  # noqa: F401  (the node's)
 from . import folders, model_weights, server
 from .patches import apply_terms
 from .previews import PreviewStrip
 from .train_files import RunFiles, find_state, run_save_path
 from .trainer import Objective, Previews, run_training
 
-COMPUTE_DTYPES = {"bf16": torch.bfloat16, "fp32": torch.float32}  # training_dtype → the forward's dtype
 
-
-@dataclass(frozen=True)
-class RunSettings:
-    """Every setting of one Train ΔR run, as the node's inputs give them (`mode` as qr_core's mode id)."""
-
-    steps: int = 500
-    learning_rate: float = 1e-4
-    optimizer: str = "AdamW"
-    batch_size: int = 1
-    seed: int = 0
-    timestep_sampling: str = "uniform"
-    loss_space: str = "native"
-    training_dtype: str = "bf16"
-    gradient_checkpointing: bool = True
-    mode: str = "delta_r"
-    triangular: bool = False
-    trigger_words: str = ""
-    save_name: str = "qr_delta"
-    save_every: int = 0
-    noise_draws: int = 1
-    storage_dtype: str = "bf16"
-    lr_schedule: str = "constant"
-    warmup_steps: int = 0
-    gradient_accumulation: int = 1
-    keep_last: int = 3
-    save_training_state: bool = True
-    preview_every: int = 0
-    preview_steps: int = 8
-    overwrite: bool = False
-
-    @classmethod
-    def pick(cls, values: dict, **changes) -> "RunSettings":
-        """The settings among `values` (a node's inputs, with others beside them), with `changes` applied."""
-        names = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{**{k: v for k, v in values.items() if k in names}, **changes})
-
-    def loop_settings(self) -> TrainSettings:
-        optimizer = {shown: id_ for id_, shown in OPTIMIZERS.items()}.get(self.optimizer, self.optimizer)
-        return TrainSettings(steps=self.steps, lr=self.learning_rate, optimizer=optimizer,
-                             seed=self.seed, lr_schedule=self.lr_schedule, warmup_steps=self.warmup_steps,
-                             accumulation=self.gradient_accumulation)
+def check_processes(identity: dict, processes: int, name: str) -> None:
+    """Refuse to continue exactly a run trained by another number of processes (its steps had another batch)."""
+    trained = identity.get("processes", 1)
+    if trained != processes:
+        raise ValueError(f"{name} was trained by {trained} process(es) and this run has {processes}: its global "
+                         f"batch (batch_size × processes) and its random draws belong to {trained}. Resume it "
+                         f"with {trained} process(es) (`torchrun --nproc_per_node {trained} -m qr_core train`, or "
+                         "the node for 1) and the same batch_size.")
 
 
 @dataclass
@@ -79,8 +45,13 @@ class RunOutcome:
 
 
 def train_delta(model, basis, latents: list, conds: list, run: RunSettings, resume: QRDelta | None = None,
-                preview_conds=None, vae=None, node_id=None) -> RunOutcome:
-    """Train one ΔR of `basis` on `model` from paired latents and conditionings, with the run's files."""
+                preview_conds=None, vae=None, node_id=None, world: World | None = None) -> RunOutcome:
+    """Train one ΔR of `basis` on `model` from paired latents and conditionings, with the run's files.
+
+    `world`: this process's place in a data-parallel run (`qr-lora train` under torchrun); only its first
+    process writes files.
+    """
+    world = world or World()
     check_trainable(basis.arch)
     model_weights.check_fits([basis], model)
     if resume is not None and run.mode != "delta_r":
@@ -90,16 +61,22 @@ def train_delta(model, basis, latents: list, conds: list, run: RunSettings, resu
     objective = Objective(run.timestep_sampling, run.loss_space, run.batch_size, run.noise_draws)
     identity = {"basis_fingerprint": basis.fingerprint, "rank": basis.rank, "targets": len(basis.targets),
                 "mode": run.mode, "triangular": run.triangular, "optimizer": settings.optimizer}
+    if world.parallel:
+        identity["processes"] = world.size
     state, resume_note = find_state(resume) if resume is not None else (None, "")
     # An exact resume continues its run: the same run id, so the run's own files are written on.
     run_id = (state.record.get("run_id") if state is not None else None) or uuid.uuid4().hex
     save_path, name_note = run_save_path(run.save_name, run.overwrite, run_id)
+    if not world.is_writer:  # only the first process writes files
+        save_path = None
     if state is not None:
+        check_processes(state.identity, world.size, resume.name)
         state.check_identity(identity, f"the training state of {resume.name}")
         if state.step >= run.steps:
             raise ValueError(f"{resume.name} has already trained {state.step} steps: set steps above {state.step} "
                              "to continue its run (steps counts the whole run).")
-    record = {**settings.to_json(), "batch_size": run.batch_size, "noise_draws": run.noise_draws,
+    record = {**settings.to_json(), "batch_size": run.batch_size, "processes": world.size,
+              "noise_draws": run.noise_draws,
               "timestep_sampling": run.timestep_sampling,
               "loss_space": run.loss_space, "training_dtype": run.training_dtype,
               "gradient_checkpointing": run.gradient_checkpointing, "mode": run.mode, "triangular": run.triangular,
@@ -136,7 +113,8 @@ def train_delta(model, basis, latents: list, conds: list, run: RunSettings, resu
     try:
         result = run_training(model, adapter, dataset, [], settings, objective, COMPUTE_DTYPES[run.training_dtype],
                               run.gradient_checkpointing, on_step, resume=state,
-                              on_state=lambda capture: latest.update(capture=capture), previews=previews)
+                              on_state=lambda capture: latest.update(capture=capture), previews=previews,
+                              world=world)
     except NonFiniteLossError as e:
         kept = ""
         if save_path is not None and losses:

@@ -97,7 +97,8 @@ def train(params: Sequence[torch.nn.Parameter], loss_fn: Callable[[int], torch.T
           on_step: Callable[[int, float], None] | None = None,
           check_cancel: Callable[[], None] | None = None, start_step: int = 0,
           resume: TrainState | None = None,
-          on_state: Callable[[Callable[[], TrainState]], None] | None = None) -> TrainResult:
+          on_state: Callable[[Callable[[], TrainState]], None] | None = None,
+          sync: Callable[[list[torch.nn.Parameter], float], float] | None = None) -> TrainResult:
     """Minimise `loss_fn(step)` over `params` for `settings.steps` steps.
 
     Each optimizer step calls `loss_fn(step)` `settings.accumulation` times
@@ -115,6 +116,11 @@ def train(params: Sequence[torch.nn.Parameter], loss_fn: Callable[[int], torch.T
     `on_state(capture)` runs after each completed step, before `on_step`;
     `capture()` returns that step's TrainState and stays valid until the next
     step starts (also after a cancel or a NaN stops the loop).
+
+    `sync(params, loss)` (data parallel, see training.distributed) runs on
+    every process after each step's micro-batches: it adds up the processes'
+    gradients and losses and returns the summed loss. `loss_fn` may then
+    return None: no image of that micro-batch fell to this process.
     """
     params = list(params)
     opt = make_optimizer(params, settings)
@@ -128,7 +134,7 @@ def train(params: Sequence[torch.nn.Parameter], loss_fn: Callable[[int], torch.T
     t0 = time.perf_counter()
     with torch.random.fork_rng(devices=devices):
         if resume is not None:
-            set_rng_states(resume.rng)
+            set_rng_states(resume.rng, devices)
         else:
             torch.manual_seed(settings.seed)
         last_good = [p.detach().clone() for p in params]
@@ -141,11 +147,15 @@ def train(params: Sequence[torch.nn.Parameter], loss_fn: Callable[[int], torch.T
             value = 0.0
             for _ in range(k):
                 loss = loss_fn(step)
+                if loss is None:
+                    continue
                 part = float(loss.detach())
                 value += part / k
                 if not math.isfinite(part):
                     break
                 (loss / k if k > 1 else loss).backward()
+            if sync is not None:
+                value = sync(params, value)
             if math.isfinite(value):
                 norm = torch.nn.utils.clip_grad_norm_(params, settings.grad_clip if settings.grad_clip > 0 else float("inf"))
                 if math.isfinite(float(norm)):

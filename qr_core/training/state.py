@@ -39,11 +39,16 @@ def rng_states(cuda_devices: list[int]) -> dict[str, torch.Tensor]:
     return states
 
 
-def set_rng_states(states: dict[str, torch.Tensor]) -> None:
-    for name, state in states.items():
-        if name == "cpu":
-            torch.set_rng_state(state)
-        elif torch.cuda.is_available():
+def set_rng_states(states: dict[str, torch.Tensor], cuda_devices: list[int] | None = None) -> None:
+    """Restore the generators; a run on one GPU takes the one saved GPU state whatever its index was (each
+    process of a multi-GPU run resumes from the first process's file on a GPU of its own)."""
+    cuda = {name: state for name, state in states.items() if name != "cpu"}
+    if cuda_devices is not None and len(cuda_devices) == 1 and len(cuda) == 1:
+        cuda = {f"cuda:{cuda_devices[0]}": next(iter(cuda.values()))}
+    if "cpu" in states:
+        torch.set_rng_state(states["cpu"])
+    for name, state in cuda.items():
+        if torch.cuda.is_available():
             torch.cuda.set_rng_state(state, int(name.split(":")[1]))
 
 

@@ -1,7 +1,7 @@
 """Node interfaces are a contract: API-format prompts saved against the pack keep validating and running.
 
 tests/comfyui/api_prompts/ holds prompts (POST /prompt format) of every node the pack registers, as they were
-written on the day the file is named after; Train ΔR's node 12 carries only the inputs of the first release.
+written on the day each file is named after (a later file adds the nodes and inputs of its day); Train ΔR's node 12 carries only the inputs of the first release.
 Each pack node of them is validated by ComfyUI's own execution.validate_inputs (required inputs, types of the
 linked outputs, ranges, combo options) and then run on tiny real models with exactly the prompt's values.
 """
@@ -42,8 +42,17 @@ def listed_files(pack, comfy_root, tmp_path, monkeypatch):
     getattr(folder_paths, "filename_list_cache", {}).pop("checkpoints", None)
     model = tiny_model("sdxl")
     basis = pack.node("QRLoRADecompose").execute(model, 4, "paper", "", "fast", False)[0]
-    random_delta(pack, basis, 1, "fixture").save(comfy_root / "models" / "qr_lora" / "contract_fixture.safetensors")
-    getattr(folder_paths, "filename_list_cache", {}).pop("qr_lora", None)
+    content = random_delta(pack, basis, 1, "fixture")
+    style = random_delta(pack, basis, 2, "fixture_style")
+    content.save(comfy_root / "models" / "qr_lora" / "contract_fixture.safetensors")
+    style.save(comfy_root / "models" / "qr_lora" / "contract_fixture_style.safetensors")
+    # Two ordinary LoRA files for K-LoRA's node, written by the pack's own export (kohya naming, as shared).
+    export = pack.node("QRLoRAExportLoRA")
+    for name, delta in (("contract_content_lora", content), ("contract_style_lora", style)):
+        export.execute(lora_name=name, naming="kohya", dtype="fp32", overwrite=True, content=delta, style=delta,
+                       lambda_content=1.0, lambda_style=0.0)
+    for folder in ("qr_lora", "loras"):
+        getattr(folder_paths, "filename_list_cache", {}).pop(folder, None)
     return model
 
 
