@@ -90,7 +90,7 @@ def node_worker(opts) -> None:
     models = Path(opts.models)
     pack = comfy_models.comfy_setup(opts.device, {"qr_lora": models / "qr_lora"})
     headless = importlib.import_module(f"{pack.__name__}.nodes.services.headless_train")  # not imported by the nodes
-    decompose = comfy_models.pack_module(pack, "nodes.decompose_node").decompose_model
+    decompose = comfy_models.pack_module(pack, "nodes.services.model_basis").decompose_model
     node = comfy_models.pack_module(pack, "nodes.train_node").QRTrainDelta
     values = {"diffusion_model": files["diffusion_model"], "text_encoder": [files["text_encoder"]],
               "clip_type": "sd3", "vae": files["vae"]}

@@ -2,33 +2,15 @@
 
 from __future__ import annotations
 
-import comfy.model_management
-import comfy.utils
 from comfy_api.latest import io, ui
 
-from ..qr_core import PRESETS, BasisCache, DecomposeSettings, get_basis, select_targets
+from ..qr_core import PRESETS
 from ..qr_core.bases.decompose import METHODS
-from .services import folders, model_weights
+from .services.model_basis import decompose_model
 from .options import check_options
 from .sockets import CATEGORY, QRBasis
 
 BASIS_STATE = "qr_lora_basis"  # the ui key js/qr_lora.js reads the Decompose panel from
-
-
-def decompose_model(model, rank: int, preset: str, regex: str, method: str, use_cache: bool):
-    """The basis of a ComfyUI model's base weights: from the cache when it holds a valid one."""
-    shapes = model_weights.model_shapes(model)
-    targets = select_targets(shapes, preset, regex.strip() or None, core=model_weights.core_model(model))
-    get_weight = model_weights.base_weight_getter(model)
-    bar = comfy.utils.ProgressBar(len(targets))
-
-    def progress(done: int, total: int) -> None:
-        comfy.model_management.throw_exception_if_processing_interrupted()
-        bar.update_absolute(done, total)
-
-    cache = BasisCache(folders.basis_cache_dir()) if use_cache else None
-    device = comfy.model_management.get_torch_device()
-    return get_basis(get_weight, targets, DecomposeSettings(rank=rank, method=method), cache, device, progress)
 
 
 class QRDecompose(io.ComfyNode):

@@ -209,3 +209,25 @@ def test_world_sampler_follows_the_schedule_rule():
     plain = patched_model(model, targets, [(content, 1.0), (style, 1.0)])
     assert torch.equal(sample_images(model, "a heart", 1, seed=0, steps=3, model_at=constant),
                        sample_images(plain, "a heart", 1, seed=0, steps=3))
+
+
+def test_pretraining_can_start_from_a_world_model_file_of_the_same_shape(tmp_path):
+    import dataclasses
+    import json
+
+    from qr_core.errors import SettingError
+    from qr_core.world.model import WORLD_CONFIG, PretrainSettings, pretrain
+
+    small = dataclasses.replace(WORLD_CONFIG, hidden=16, heads=2, depth=1, depth_single=1)
+    # another seed than the continued run's, so that a start from scratch could not pass for one from `first`
+    first = pretrain(tmp_path / "a.safetensors", PretrainSettings(steps=1, batch=2, warmup=1, seed=5), config=small,
+                     log=lambda m: None, sample_every=1000)
+    # a vanishing LR and no EMA memory: the continued model is the file it started from
+    grown = pretrain(tmp_path / "b.safetensors", PretrainSettings(steps=1, batch=2, lr=1e-12, warmup=1, ema=0.0),
+                     config=small, log=lambda m: None, sample_every=1000, init=first)
+    (a, _), (b, meta) = load_world_model(first), load_world_model(grown)
+    assert all(torch.allclose(x, y, atol=1e-3) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
+    assert json.loads(meta["init"])["steps"] == "1"  # the recipe names what it grew from
+    with pytest.raises(SettingError, match="another shape"):
+        pretrain(tmp_path / "c.safetensors", PretrainSettings(steps=1, batch=2), config=WORLD_CONFIG,
+                 log=lambda m: None, sample_every=1000, init=first)

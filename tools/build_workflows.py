@@ -24,7 +24,7 @@ import argparse
 import json
 import sys
 import urllib.request
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -59,7 +59,9 @@ STYLE_PROMPT = "a cat in <s> style"
 MERGE_PROMPT = "a <c> dog in <s> style"
 TRAIN = dict(steps=500, learning_rate=1e-4, optimizer="AdamW", batch_size=1, noise_draws=1, seed=0,
              timestep_sampling="uniform", loss_space="native", training_dtype="bf16", storage_dtype="bf16",
-             gradient_checkpointing=False, mode="ΔR only", triangular=False, save_every=100)
+             gradient_checkpointing=True, mode="ΔR only", triangular=False, save_every=100)
+# gradient_checkpointing on in every workflow, as the node's default and ComfyUI's own trainer: a first run
+# that fits beats a faster one that runs out of memory (turn it off where memory allows).
 # FLUX guidance: the official training passes 1 (train_deltaR_*.sh: --guidance_scale=1); 3.5 is for generating.
 TRAIN_GUIDANCE, SAMPLE_GUIDANCE = 1.0, 3.5
 TRAIN_PX = 512
@@ -100,8 +102,7 @@ class Family:
 
     loaders: their MODEL, CLIP and VAE outputs are found by type; `guidance`: a FLUX-style model (FluxGuidance
     on the prompts, a zeroed negative), the value it samples with; `shift`: ModelSamplingAuraFlow before
-    sampling; `requires`: the oldest ComfyUI with the family's nodes and options; `train`: Train ΔR settings
-    on top of TRAIN."""
+    sampling; `requires`: the oldest ComfyUI with the family's nodes and options."""
     label: str
     stem: str  # its workflows are qr_lora_<stem>_train_merge / _use_trained
     loaders: tuple[Loader, ...]
@@ -115,7 +116,6 @@ class Family:
     guidance: float | None = None
     shift: float | None = None
     requires: str | None = None
-    train: dict = field(default_factory=dict)
     note: str = NOTE_MODELS
     note_height: int = 300
 
@@ -154,18 +154,18 @@ FAMILIES = {
     "flux": Family("FLUX.1-dev", "flux_dev", flux1("default", "t5xxl_fp16.safetensors", "Load FLUX.1-dev"),
                    vram="≈48–80 GB for training at bf16 (see the 24 GB variant)",
                    latent="EmptySD3LatentImage", size=1024, steps=28, cfg=1.0, sampler="euler", scheduler="simple",
-                   guidance=SAMPLE_GUIDANCE, train=dict(gradient_checkpointing=True)),
+                   guidance=SAMPLE_GUIDANCE),
     "flux_fp8": Family("FLUX.1-dev fp8 (24 GB)", "flux_dev_fp8_24gb",
                        flux1("fp8_e4m3fn", "t5xxl_fp8_e4m3fn_scaled.safetensors", "Load FLUX.1-dev (fp8 weights)"),
                        vram="fits a 24 GB GPU: fp8 base weights, gradient checkpointing",
                        latent="EmptySD3LatentImage", size=1024, steps=28, cfg=1.0, sampler="euler",
-                       scheduler="simple", guidance=SAMPLE_GUIDANCE, train=dict(gradient_checkpointing=True)),
+                       scheduler="simple", guidance=SAMPLE_GUIDANCE),
     "flux2": Family("FLUX.2-dev", "flux2_dev",
                     one_encoder("FLUX.2-dev", "flux2_dev_fp8mixed.safetensors", "mistral_3_small_flux2_fp8.safetensors",
                                 "flux2", "flux2-vae.safetensors"),
                     vram="≈80 GB for training (fp8 base weights, gradient checkpointing; 32 B parameters)",
                     latent="EmptyFlux2LatentImage", size=1024, steps=20, cfg=1.0, sampler="euler", scheduler="simple",
-                    guidance=4.0, requires="0.8.0", train=dict(gradient_checkpointing=True),
+                    guidance=4.0, requires="0.8.0",
                     note=NOTE_MODELS_FP8, note_height=320),
     "qwen_image": Family("Qwen-Image", "qwen_image",
                          one_encoder("Qwen-Image", "qwen_image_fp8_e4m3fn.safetensors",
@@ -173,7 +173,7 @@ FAMILIES = {
                                      "qwen_image_vae.safetensors"),
                          vram="≈48 GB for training (fp8 base weights, gradient checkpointing; 20 B parameters)",
                          latent="EmptySD3LatentImage", size=1328, steps=20, cfg=2.5, sampler="euler",
-                         scheduler="simple", shift=3.1, train=dict(gradient_checkpointing=True),
+                         scheduler="simple", shift=3.1,
                          note=NOTE_MODELS_FP8, note_height=320),
 }
 
@@ -245,7 +245,6 @@ def train_branch(wf: Workflow, family: str, kind: str, model, basis, clip, vae, 
     wf.link(vae[0], vae[1], enc, "vae")
     p = prompt(wf, family, clip, text, (x + 380, y), f"{name.capitalize()} prompt", color, TRAIN_GUIDANCE)
     settings = dict(TRAIN, trigger_words=trigger, save_name=save)
-    settings.update(FAMILIES[family].train)
     train = wf.node("QRLoRATrainDelta", (x + 760, y), settings, title=f"Train {name} ΔR")
     wf.link(model[0], model[1], train, "model")
     wf.link(basis[0], basis[1], train, "basis")
@@ -353,17 +352,28 @@ def train_merge(info: dict, family: str) -> dict:
     wf.link(tc, 0, merge, "content")
     wf.link(ts, 0, merge, "style")
     note3 = wf.node("Note", (1680, 1240), text=note_merge(family), size=[340, 280])
-    sampled, extra = (merge, 0), []
-    if f.shift is not None:
-        shift = wf.node("ModelSamplingAuraFlow", (1680, 1540), {"shift": f.shift})
-        wf.link(merge, 0, shift, "model")
-        sampled, extra = (shift, 0), [shift]
+    sampled, extra = family_sampling(wf, family, (merge, 0), 1680, 1540)
     gen = sampler_chain(wf, family, sampled, clip, vae, 2080, 820, MERGE_PROMPT, f"qr_lora/{family}_merge")
     wf.group("Step 4 · Merge (λc, λs) and generate: 'a <c> dog in <s> style'", [merge, note3] + extra + gen,
              GROUP_COLORS["merge"])
-    out = wf.to_json(f"train_merge_{family}")
-    if f.requires:
-        out["extra"][REQUIRES_KEY] = f.requires
+    return with_requirement(wf.to_json(f"train_merge_{family}"), family)
+
+
+def family_sampling(wf: Workflow, family: str, model, x: float, y: float):
+    """The model the family samples: through ModelSamplingAuraFlow where it has a shift (Qwen-Image);
+    returns (source, the nodes added)."""
+    f = FAMILIES[family]
+    if f.shift is None:
+        return model, []
+    shift = wf.node("ModelSamplingAuraFlow", (x, y), {"shift": f.shift})
+    wf.link(model[0], model[1], shift, "model")
+    return (shift, 0), [shift]
+
+
+def with_requirement(out: dict, family: str) -> dict:
+    """The family's oldest ComfyUI in the workflow's extra, where it needs a newer one than CI's oldest."""
+    if FAMILIES[family].requires:
+        out["extra"][REQUIRES_KEY] = FAMILIES[family].requires
     return out
 
 
@@ -490,9 +500,11 @@ def use_trained(info: dict, family: str) -> dict:
     wf.link(model[0], model[1], merge, "model")
     wf.link(lc, 0, merge, "content")
     wf.link(ls, 0, merge, "style")
-    gen = sampler_chain(wf, family, (merge, 0), clip, vae, 880, 0, MERGE_PROMPT, f"qr_lora/{family}_use_trained")
-    wf.group("Step 2 · Merge (λc, λs) and generate: 'a <c> dog in <s> style'", [merge] + gen, GROUP_COLORS["merge"])
-    return wf.to_json(f"use_trained_{family}")
+    sampled, extra = family_sampling(wf, family, (merge, 0), 480, 560)  # below Merge (502 px tall)
+    gen = sampler_chain(wf, family, sampled, clip, vae, 880, 0, MERGE_PROMPT, f"qr_lora/{family}_use_trained")
+    wf.group("Step 2 · Merge (λc, λs) and generate: 'a <c> dog in <s> style'", [merge] + extra + gen,
+             GROUP_COLORS["merge"])
+    return with_requirement(wf.to_json(f"use_trained_{family}"), family)
 
 
 # The dataset workflows use ComfyUI's dataset nodes (comfy_extras/nodes_dataset.py), which arrived after 0.3.64.
@@ -586,7 +598,8 @@ WORKFLOWS = {
     "qr_lora_sdxl_nway_composition": Recipe(nway),
     "qr_lora_sdxl_lambda_schedule": Recipe(lambda_schedule),
     **{f"qr_lora_{FAMILIES[f].stem}_train_merge": family_recipe(train_merge, f) for f in ("flux2", "qwen_image")},
-    **{f"qr_lora_{FAMILIES[f].stem}_use_trained": family_recipe(use_trained, f) for f in ("sdxl", "sd35", "flux")},
+    **{f"qr_lora_{FAMILIES[f].stem}_use_trained": family_recipe(use_trained, f)
+       for f in ("sdxl", "sd35", "flux", "flux_fp8", "flux2", "qwen_image")},
     **{name: Recipe(lambda info, name=name: dataset_train(info, name), None, *span)
        for name, span in DATASET_WORKFLOWS.items()},
 }

@@ -36,6 +36,8 @@ def main(argv=None):
     p.add_argument("--seed", type=int, default=d.seed)
     p.add_argument("--threads", type=int, default=d.threads)
     p.add_argument("--sample-every", type=int, default=500)
+    p.add_argument("--init", default=None,
+                   help="start from this world model file's weights (same config; fresh optimizer, step 0)")
     a = p.parse_args(argv)
     s = PretrainSettings(a.steps, a.batch, a.lr, a.warmup, a.ema, a.decay_start, a.seed, a.threads)
     args = list(argv if argv is not None else sys.argv[1:])
@@ -43,7 +45,7 @@ def main(argv=None):
     kept = [x for i, x in enumerate(args) if not x.startswith("--out") and not (i and args[i - 1] == "--out")]
     command = "python tools/pretrain_world_model.py " + " ".join(shlex.quote(x) for x in kept)
     pretrain(a.out, s, sample_every=a.sample_every, command=command,
-             log=lambda m: print(m, flush=True))
+             log=lambda m: print(m, flush=True), init=a.init)
 
 
 if __name__ == "__main__":

@@ -34,7 +34,7 @@ from ...qr_core.errors import ProcessGroupError, QRLoRAError
 from ...qr_core.training.distributed import World
 from ...qr_core.training.run_settings import RunSettings
 from ...qr_core.training.snapshots import run_snapshots
-from ..decompose_node import decompose_model
+from .model_basis import decompose_model
 from . import folders
 from .delta_files import load_delta
 from .train_files import find_state, relative_name

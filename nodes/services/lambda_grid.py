@@ -41,6 +41,13 @@ def grid_cfg(model, cfg: float) -> float:
     if cfg > 0:
         return cfg
     return AUTO_CFG.get(detect_architecture(model_shapes(model), core_model(model)), FALLBACK_CFG)
+
+
+def cfg_caption(requested: float, used: float) -> str:
+    """The grid's corner line for its cfg, so a grid sampled at cfg 0 says which cfg that was."""
+    return f"cfg {used:g}" + (" (the model's own)" if requested <= 0 else "")
+
+
 ROW_TITLES = {"lambda_content": "content", "schedule": "schedule", "content_block_profile": "content blocks",
               "style_block_profile": "style blocks"}
 
@@ -53,6 +60,7 @@ def sample_grid(model, content, style, positive, negative, latent_image: dict, v
     cols = parse_values(lambda_style_values, "lambda_style_values")
     if len(rows) * len(cols) > MAX_CELLS:
         raise ValueError(f"{len(rows)}×{len(cols)} cells: at most {MAX_CELLS}; use fewer rows or λ values.")
+    caption = cfg_caption(cfg, grid_cfg(model, cfg))
     cfg = grid_cfg(model, cfg)
     latent, noise, noise_mask = ksampler_inputs(model, latent_image, seed)
     total = len(rows) * len(cols) * steps
@@ -73,7 +81,7 @@ def sample_grid(model, content, style, positive, negative, latent_image: dict, v
                 decoded = decoded.reshape(-1, *decoded.shape[-3:])
             images.append(decoded[:1, ..., :3].float().cpu())
     batch = torch.cat(images)
-    return label_grid(batch, labels, cols, ROW_TITLES[row_axis]), batch
+    return label_grid(batch, labels, cols, ROW_TITLES[row_axis], caption), batch
 
 
 def parse_values(text: str, what: str) -> list[float]:
@@ -108,24 +116,27 @@ def _text(v) -> str:
     return f"{v:g}" if isinstance(v, (int, float)) else str(v)
 
 
-def label_grid(images: torch.Tensor, rows: list, cols: list[float], row_title: str = "content") -> torch.Tensor:
+def label_grid(images: torch.Tensor, rows: list, cols: list[float], row_title: str = "content",
+               caption: str = "") -> torch.Tensor:
     """images [rows·cols, H, W, 3] (row-major) → one IMAGE [1, H', W', 3] with labels in the margins.
 
-    Rows are λc values, or the schedules / block profiles of another row axis (`row_title` names it)."""
+    Rows are λc values, or the schedules / block profiles of another row axis (`row_title` names it);
+    `caption` is one more line in the corner (the cfg)."""
     import numpy as np
     from PIL import Image, ImageDraw
 
     n, h, w, _ = images.shape
     size = max(12, min(h, w) // 12)
     font = _font(size)
-    top, left = size * 2 + 8, size * 6
+    top, left = size * 2 + 8 + (size // 2 + 2 if caption else 0), size * 6
     canvas = Image.new("RGB", (left + w * len(cols), top + h * len(rows)), "white")
     draw = ImageDraw.Draw(canvas)
     for i in range(n):
         r, c = divmod(i, len(cols))
         cell = (images[i].clamp(0, 1).cpu().float().numpy() * 255).round().astype(np.uint8)
         canvas.paste(Image.fromarray(cell), (left + c * w, top + r * h))
-    draw.text((4, 4), f"rows: {row_title}\ncols: style", fill="black", font=_font(max(10, size // 2)))
+    corner = f"rows: {row_title}\ncols: style" + (f"\n{caption}" if caption else "")
+    draw.text((4, 4), corner, fill="black", font=_font(max(10, size // 2)))
     for c, v in enumerate(cols):
         draw.text((left + c * w + w // 2, top // 2 + 2), f"style {v:g}", fill="black", font=font, anchor="mm")
     for r, v in enumerate(rows):

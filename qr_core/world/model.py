@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 
 from . import scenes
+from ..errors import SettingError
 from ..files import atomic_save, load_tensors
 from ..machine import describe_machine
 from .mini_flux import MiniFlux, MiniFluxConfig
@@ -107,8 +108,10 @@ class PretrainSettings:
 
 
 def pretrain(out: str | Path, s: PretrainSettings = PretrainSettings(), config: MiniFluxConfig = WORLD_CONFIG,
-             checkpoint: str | Path | None = None, log=print, sample_every: int = 500, command: str = "") -> Path:
-    """Train the world model from scratch (or resume `checkpoint`) and write its EMA weights to `out`.
+             checkpoint: str | Path | None = None, log=print, sample_every: int = 500, command: str = "",
+             init: str | Path | None = None) -> Path:
+    """Train the world model from scratch, from the weights of the world model file `init` (same config; a
+    fresh optimizer, step 0), or resume `checkpoint`, and write its EMA weights to `out`.
 
     Every step's data, timesteps and noise come from a generator seeded by (seed, step), and the LR is
     constant after warm-up, so a run stopped at step k and resumed, or a run with `steps=k`, gives the same
@@ -123,6 +126,16 @@ def pretrain(out: str | Path, s: PretrainSettings = PretrainSettings(), config: 
     opt = torch.optim.AdamW(model.parameters(), lr=s.lr, weight_decay=0.0, betas=(0.9, 0.99))
     start, prior_seconds = 0, 0.0
     ckpt_path = Path(checkpoint) if checkpoint else Path(str(out) + ".ckpt")
+    init_record = None
+    if init is not None:
+        init_model, init_meta = load_world_model(init)
+        if json.loads(init_meta.get("config", "null")) != config.to_json():
+            raise SettingError(f"{init} is a world model of another shape ({init_meta.get('config')}); "
+                             f"--init needs one of {config.to_json()}: drop --init to train from scratch")
+        model.load_state_dict(init_model.state_dict())
+        ema = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        # what the new weights grew from, so the file's recipe stays complete
+        init_record = {k: init_meta.get(k, "") for k in ("steps", "command", "settings", "train_seconds")}
     if ckpt_path.exists():
         start, prior_seconds = load_resume_state(ckpt_path, model, ema, opt)
         log(f"resumed from {ckpt_path} at step {start}")
@@ -141,6 +154,8 @@ def pretrain(out: str | Path, s: PretrainSettings = PretrainSettings(), config: 
                 "world": json.dumps({"seen_shapes": shapes, "seen_styles": styles, "held_out_pairs": held_out,
                                      "size": scenes.SIZE}),
                 "train_seconds": f"{prior_seconds + time.perf_counter() - t0:.0f}"}
+        if init_record:
+            meta["init"] = json.dumps(init_record)
         # float16 halves the shipped file; sampling runs in float32 (load_world_model) and differs by < 1e-3
         save_file({k: v.half().contiguous() if v.is_floating_point() else v.contiguous() for k, v in ema.items()},
                   str(out), meta)

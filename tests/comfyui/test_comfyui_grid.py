@@ -40,6 +40,21 @@ def test_label_grid_places_cells_row_major_with_margins(pack):
     assert torch.allclose(grid[0, top + 12, left + 16], torch.tensor([0.0] * 3), atol=1 / 255)
 
 
+def test_grid_corner_says_which_cfg_it_sampled_with(pack):
+    grid_module = pack.module("nodes.services.lambda_grid")
+    assert grid_module.cfg_caption(0.0, 1.0) == "cfg 1 (the model's own)"
+    assert grid_module.cfg_caption(4.5, 4.5) == "cfg 4.5"
+    cells = torch.ones(2, 64, 64, 3)  # white cells: only the labels are dark
+    plain = grid_module.label_grid(cells, [0.5], [0.5, 1.0])
+    captioned = grid_module.label_grid(cells, [0.5], [0.5, 1.0], caption="cfg 1 (the model's own)")
+    assert captioned.shape[1] > plain.shape[1]  # a taller margin for the third corner line
+
+    def margin_ink(grid):  # dark pixels left of the cells: the corner and the row labels
+        return int((grid[0, :, : grid.shape[2] - 2 * 64] < 0.5).sum())
+
+    assert margin_ink(captioned) > margin_ink(plain)
+
+
 def test_grid_runs_every_cell_with_one_seed(pack):
     model = tiny_model("sd15")
     basis = pack.node("QRLoRADecompose").execute(model, 4, "paper", "", "fast", False)[0]
