@@ -5,9 +5,11 @@ from __future__ import annotations
 import comfy.samplers
 from comfy_api.latest import io, ui
 
+from ..qr_core.merging import decorrelate as decorrelation
 from ..qr_core.merging.lambda_schedule import SCHEDULE_CHOICES
 from .services.lambda_grid import AUTO_CFG_HELP, ROW_TITLES, sample_grid
 from .services.schedule_hooks import hooks_on_dynamic_vram
+from .decorrelation_inputs import decorrelate_input, decorrelated
 from .lambda_inputs import block_inputs, with_block_profiles
 from .options import check_options
 from .seeds import seed_input
@@ -54,7 +56,7 @@ class QRLambdaGrid(io.ComfyNode):
                                 tooltip="Rows when row_axis is not lambda_content, separated by '|': schedules ("
                                         + ", ".join(SCHEDULE_CHOICES[:-1]) + ", or a custom list like "
                                         "'0: 1, 0; 0.3: 1, 1'), or block profiles ('input=1, output=0.5 | middle=0')."),
-            ] + block_inputs(),
+            ] + block_inputs() + [decorrelate_input()],
             outputs=[
                 io.Image.Output(display_name="grid", tooltip="The labelled grid (one image)."),
                 io.Image.Output(display_name="images", tooltip="Every cell, row by row (a batch)."),
@@ -64,11 +66,13 @@ class QRLambdaGrid(io.ComfyNode):
     @classmethod
     def execute(cls, model, content, style, positive, negative, latent_image, vae, lambda_content_values,
                 lambda_style_values, seed, steps, cfg, sampler_name, scheduler, row_axis="lambda_content",
-                row_values="", **blocks) -> io.NodeOutput:
-        check_options(cls, {"sampler_name": sampler_name, "scheduler": scheduler, "row_axis": row_axis})
+                row_values="", decorrelate=decorrelation.OFF, **blocks) -> io.NodeOutput:
+        check_options(cls, {"sampler_name": sampler_name, "scheduler": scheduler, "row_axis": row_axis,
+                            "decorrelate": decorrelate})
         if row_axis == "schedule":  # before any cell is sampled
             hooks_on_dynamic_vram(model, "λ Grid (schedule rows)")
-        scaled = with_block_profiles({"content": content, "style": style, **blocks})  # every cell's fixed profiles
+        # decorrelated once (the projector ignores λ), then every cell's fixed block profiles
+        scaled = with_block_profiles(decorrelated({"content": content, "style": style, **blocks}, decorrelate))
         grid, batch = sample_grid(model, scaled["content"], scaled["style"], positive, negative, latent_image, vae,
                                   lambda_content_values, lambda_style_values, seed, steps, cfg, sampler_name,
                                   scheduler, row_axis, row_values)

@@ -14,6 +14,7 @@ from .services import folders
 from .services.klora_patches import LAYERS, LAYERS_HELP
 from .services.patches import klora_merge_onto, merge_onto
 from .services.schedule_hooks import hooks_on_dynamic_vram, scheduled_hooks
+from .decorrelation_inputs import decorrelate_input, decorrelated
 from .lambda_inputs import block_inputs, schedule_inputs, with_block_profiles
 from .options import check_options
 from .sockets import CATEGORY, QRDeltaType
@@ -74,19 +75,8 @@ def merge_mode_inputs() -> list:
                                "s: more texture detail). Extras are added in either mode."),
         io.Combo.Input("klora_layers", options=list(LAYERS), default="attention", optional=True,
                        tooltip="Where K-LoRA chooses. " + LAYERS_HELP + "."),
-        io.Combo.Input("decorrelate", options=list(decorrelation.MODES), default=decorrelation.OFF, optional=True,
-                       tooltip="Row-side decorrelation before merging (both ΔR share span(Q), so only the input "
-                               "directions they read can be separated): " + decorrelation.MODES_HELP + "."),
+        decorrelate_input(),
     ]
-
-
-def decorrelated(kwargs: dict, mode: str) -> dict:
-    """The node's inputs with content and style ΔR decorrelated (before block profiles: the projector is scale-free)."""
-    if mode == decorrelation.OFF or kwargs.get("content") is None or kwargs.get("style") is None:
-        return kwargs
-    kwargs = dict(kwargs)
-    kwargs["content"], kwargs["style"] = decorrelation.decorrelate(kwargs["content"], kwargs["style"], mode)
-    return kwargs
 
 
 def _summary(deltas, weights) -> str:
@@ -142,14 +132,15 @@ class QRExportLoRA(io.ComfyNode):
                 io.Combo.Input("dtype", options=list(DTYPES), default="fp16",
                                tooltip="Storage precision; fp32 reproduces Merge ΔR bit for bit in fp32 models."),
             ] + block_inputs() + [io.Boolean.Input("overwrite", default=False, optional=True,
-                                                   tooltip=folders.OVERWRITE_HELP)],
+                                                   tooltip=folders.OVERWRITE_HELP), decorrelate_input()],
             outputs=[],
         )
 
     @classmethod
-    def execute(cls, lora_name, naming, dtype, allow_mixed_bases=False, overwrite=False, **kwargs) -> io.NodeOutput:
-        check_options(cls, {"naming": naming, "dtype": dtype})
-        deltas, weights = collect_blocks(kwargs)
+    def execute(cls, lora_name, naming, dtype, allow_mixed_bases=False, overwrite=False,
+                decorrelate=decorrelation.OFF, **kwargs) -> io.NodeOutput:
+        check_options(cls, {"naming": naming, "dtype": dtype, "decorrelate": decorrelate})
+        deltas, weights = collect_blocks(decorrelated(kwargs, decorrelate))
         target, note = folders.save_path("loras", lora_name, overwrite)
         path, _ = export_merge(deltas, weights, target, naming, dtype, allow_mixed_bases)
         return io.NodeOutput(ui=ui.PreviewText(f"wrote loras/{path.name}: {_summary(deltas, weights)}"
@@ -171,14 +162,17 @@ class QRScheduleHooks(io.ComfyNode):
             inputs=[io.Model.Input("model", tooltip="The model you will sample with: the ΔR are checked against it.")]
             # no allow_mixed_bases: each ΔR is its own hook, so ΔR of different bases never need adding
             + [i for i in mix_inputs() if i.id != "allow_mixed_bases"] + schedule_inputs() + block_inputs()
-            + [io.Hooks.Input("prev_hooks", optional=True, tooltip="Hooks to combine these with.")],
+            + [io.Hooks.Input("prev_hooks", optional=True, tooltip="Hooks to combine these with."),
+               decorrelate_input()],
             outputs=[io.Hooks.Output(display_name="HOOKS", tooltip="One weight hook per ΔR, with its keyframes.")],
         )
 
     @classmethod
-    def execute(cls, model, schedule, custom_schedule="", prev_hooks=None, **kwargs) -> io.NodeOutput:
+    def execute(cls, model, schedule, custom_schedule="", prev_hooks=None, decorrelate=decorrelation.OFF,
+                **kwargs) -> io.NodeOutput:
+        check_options(cls, {"decorrelate": decorrelate})
         plan = resolve_schedule(schedule, custom_schedule)
-        deltas, weights = collect_blocks(kwargs)
+        deltas, weights = collect_blocks(decorrelated(kwargs, decorrelate))
         dynamic_note = hooks_on_dynamic_vram(model, "λ over Steps")
         hooks = scheduled_hooks(model, deltas, weights, plan, prev_hooks)
         text = f"{_summary(deltas, weights)}; λc, λs × {plan.describe()}"

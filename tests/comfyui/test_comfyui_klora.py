@@ -377,3 +377,90 @@ def test_merge_decorrelation_patches_the_projected_deltas(pack, mode):
         w[r] += content.q[t.name] @ (lc * c2) + style.q[t.name] @ (ls * s2)
         assert torch.allclose(got[t.key][r], w[r], atol=1e-5), t.name
     assert all(torch.equal(v, diffusion_weights(model)[k]) for k, v in original.items())
+
+
+# --- the same decorrelation on Export, λ over Steps and the λ Grid: each equals the node fed the projected ΔR ---
+
+def _decorrelated_pair(pack, content, style, mode):
+    return pack.module("qr_core.merging.decorrelate").decorrelate(content, style, mode)
+
+
+def test_export_decorrelation_loads_as_merges_decorrelation(pack, comfy_root):
+    import nodes
+
+    model = tiny_model("sdxl")
+    basis = decompose(pack, model)
+    content, style = random_delta(pack, basis, 1, "c"), random_delta(pack, basis, 2, "s")
+    mix = dict(content=content, style=style, lambda_content=0.8, lambda_style=1.3, lambda_extra_1=1.0,
+               lambda_extra_2=1.0)
+    merged = pack.node("QRLoRAMergeDeltas").execute(model, decorrelate="both", **mix)[0]
+    pack.node("QRLoRAExportLoRA").execute(lora_name="decorrelated_both", naming="comfyui", dtype="fp32",
+                                          overwrite=True, decorrelate="both", **mix)
+    loaded = nodes.LoraLoaderModelOnly().load_lora_model_only(model, "decorrelated_both.safetensors", 1.0)[0]
+    plain = pack.node("QRLoRAMergeDeltas").execute(model, **mix)[0]
+    weights = []
+    for m in (merged, loaded, plain):
+        m.patch_model()
+        try:
+            weights.append(diffusion_weights(m))
+        finally:
+            m.unpatch_model()
+    want, got, undecorrelated = weights
+    assert all(torch.allclose(got[k], want[k], atol=1e-5) for k in want)
+    assert any(not torch.allclose(undecorrelated[k], want[k], atol=1e-4) for k in want)
+
+
+def _hook_tensors(hooks) -> list[torch.Tensor]:
+    """Every tensor in the hooks' weight patches, in order (LoRA adapters or plain tuples)."""
+    found = []
+
+    def walk(x):
+        if isinstance(x, torch.Tensor):
+            found.append(x.float())
+        elif isinstance(x, (tuple, list)):
+            for y in x:
+                walk(y)
+        elif hasattr(x, "weights"):
+            walk(x.weights)
+
+    for hook in hooks.hooks:
+        for key in sorted(hook.weights, key=str):
+            walk(hook.weights[key])
+    return found
+
+
+def test_schedule_decorrelation_hooks_the_projected_deltas(pack):
+    model = tiny_model("flux")
+    basis = decompose(pack, model)
+    content, style = random_delta(pack, basis, 1, "c"), random_delta(pack, basis, 2, "s")
+    node = pack.node("QRLoRAScheduleHooks")
+    mix = dict(lambda_content=0.9, lambda_style=1.1, lambda_extra_1=1.0, lambda_extra_2=1.0,
+               schedule="content-early-style-late")
+    got = _hook_tensors(node.execute(model, content=content, style=style, decorrelate="style ⟂ content", **mix)[0])
+    dc, ds = _decorrelated_pair(pack, content, style, "style ⟂ content")
+    want = _hook_tensors(node.execute(model, content=dc, style=ds, **mix)[0])
+    plain = _hook_tensors(node.execute(model, content=content, style=style, **mix)[0])
+    assert len(got) == len(want) and all(torch.equal(a, b) for a, b in zip(got, want))
+    assert not all(torch.equal(a, b) for a, b in zip(got, plain))
+
+
+def test_grid_decorrelation_samples_the_projected_deltas(pack):
+    import comfy.sd
+
+    model = tiny_model("sd15")
+    basis = decompose(pack, model)
+    content, style = random_delta(pack, basis, 1, "c", scale=0.5), random_delta(pack, basis, 2, "s", scale=0.5)
+    latent, cond = latent_and_cond("sd15")
+    latent = {"samples": torch.zeros_like(latent["samples"])}
+    vae = comfy.sd.VAE(sd={"pixel_space_vae": torch.tensor(1.0)})
+    node = pack.node("QRLoRALambdaGrid")
+
+    def cells(c, s, **kw):
+        with torch.inference_mode():
+            return node.execute(model, c, s, cond, cond, latent, vae, "1", "0.5, 1", 3, 2, 1.0, "euler", "normal",
+                                **kw)[1]
+
+    dc, ds = _decorrelated_pair(pack, content, style, "both")
+    got = cells(content, style, decorrelate="both")
+    assert torch.allclose(got, cells(dc, ds), atol=1e-6)
+    assert not torch.allclose(got, cells(content, style), atol=1e-4)
