@@ -72,3 +72,20 @@ def test_a_train_merge_note_points_to_its_use_trained_workflow(name):
     else:
         assert "no use-trained workflow" in text, text
         assert "models/qr_lora/" in text
+
+
+def readme_memory_table() -> dict[str, tuple[str, str]]:
+    """README "Your first workflow": workflow → (weights on the GPU, training estimate)."""
+    rows = re.findall(r"^\| `(qr_lora_\w+)` \([^)]*\) \| ([^|]+) \| ([^|]+) \|$",
+                      (ROOT / "README.md").read_text(), re.MULTILINE)
+    return {name: (weights.strip(), train.strip()) for name, weights, train in rows}
+
+
+def test_each_train_merge_note_gives_the_readmes_memory_estimate():
+    """One set of figures: step 1's note says what the README's table says, and calls it an estimate."""
+    table = readme_memory_table()
+    assert set(table) == {n for n in WORKFLOWS if n.endswith("_train_merge")}
+    for name, (weights, train) in table.items():
+        text = notes(WORKFLOWS[name])[0]
+        assert f"{weights} of weights" in text and f"needs {train.split(' (')[0]}" in text, (name, text)
+        assert "not yet measured" in text

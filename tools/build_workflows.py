@@ -78,11 +78,13 @@ def graph(info: dict) -> Workflow:
 # --------------------------------------------------------------------------- model families
 
 # Step 1's note per family (NOTE_MODELS_FP8: the 2025 models' fp8 files); `files`: the files and their folders.
+# Memory as the README's "Your first workflow" table gives it: estimates until a GPU has run the pack.
+MEMORY = "Memory: {weights} of weights on the GPU; training needs {train}, an estimate not yet measured on a GPU."
 NOTE_MODELS = ("QR-LoRA on {label}: step 1 — models\n\n{files}\n\n(ComfyUI offers the downloads when the file is "
-               "missing.) Memory: {vram}.\n\nDecompose splits each target weight into W = QR + W_comp once per "
+               "missing.) " + MEMORY + "\n\nDecompose splits each target weight into W = QR + W_comp once per "
                "model; the basis is cached in models/qr_lora/bases, so the next run starts in seconds.")
-NOTE_MODELS_FP8 = ("QR-LoRA on {label} (ComfyUI ≥ 0.8): step 1 — models\n\n{files}\n\n(ComfyUI offers the downloads "
-                   "when a file is missing.) Memory: {vram}; not yet measured on a GPU.\n\nDecompose reads the fp8 "
+NOTE_MODELS_FP8 = ("QR-LoRA on {label}{needs}: step 1 — models\n\n{files}\n\n(ComfyUI offers the downloads "
+                   "when a file is missing.) " + MEMORY + "\n\nDecompose reads the fp8 "
                    "weights as stored and splits each target weight into W = QR + W_comp once per model; the basis is "
                    "cached in models/qr_lora/bases.")
 
@@ -106,7 +108,7 @@ class Family:
     label: str
     stem: str  # its workflows are qr_lora_<stem>_train_merge / _use_trained
     loaders: tuple[Loader, ...]
-    vram: str
+    vram: tuple[str, str]  # (the diffusion model's weights on the GPU, training): the README's table, estimates
     latent: str
     size: int
     steps: int
@@ -145,25 +147,25 @@ def one_encoder(label: str, unet: str, text_encoder: str, clip_type: str, vae: s
 # Qwen-Image's nodes are in 0.3.64 already, where its workflow validates.
 FAMILIES = {
     "sdxl": Family("SDXL", "sdxl", checkpoint("SDXL", "sd_xl_base_1.0.safetensors"),
-                   vram="≈24 GB for training at bf16",
+                   vram=("5.1 GB", "8–10 GB"),
                    latent="EmptyLatentImage", size=1024, steps=30, cfg=7.0, sampler="euler", scheduler="normal"),
     "sd35": Family("SD3.5 Large", "sd35", checkpoint("SD3.5 Large", "sd3.5_large_fp8_scaled.safetensors"),
-                   vram="≈40 GB for training (the fp8 checkpoint is dequantized per layer)",
+                   vram=("8.1 GB", "12–16 GB"),
                    latent="EmptySD3LatentImage", size=1024, steps=30, cfg=4.0, sampler="euler",
                    scheduler="sgm_uniform"),
     "flux": Family("FLUX.1-dev", "flux_dev", flux1("default", "t5xxl_fp16.safetensors", "Load FLUX.1-dev"),
-                   vram="≈48–80 GB for training at bf16 (see the 24 GB variant)",
+                   vram=("23.8 GB", "28–34 GB (the fp8 variant: 16–20 GB)"),
                    latent="EmptySD3LatentImage", size=1024, steps=28, cfg=1.0, sampler="euler", scheduler="simple",
                    guidance=SAMPLE_GUIDANCE),
     "flux_fp8": Family("FLUX.1-dev fp8 (24 GB)", "flux_dev_fp8_24gb",
                        flux1("fp8_e4m3fn", "t5xxl_fp8_e4m3fn_scaled.safetensors", "Load FLUX.1-dev (fp8 weights)"),
-                       vram="fits a 24 GB GPU: fp8 base weights, gradient checkpointing",
+                       vram=("11.9 GB", "16–20 GB (made for 24 GB cards)"),
                        latent="EmptySD3LatentImage", size=1024, steps=28, cfg=1.0, sampler="euler",
                        scheduler="simple", guidance=SAMPLE_GUIDANCE),
     "flux2": Family("FLUX.2-dev", "flux2_dev",
                     one_encoder("FLUX.2-dev", "flux2_dev_fp8mixed.safetensors", "mistral_3_small_flux2_fp8.safetensors",
                                 "flux2", "flux2-vae.safetensors"),
-                    vram="≈80 GB for training (fp8 base weights, gradient checkpointing; 32 B parameters)",
+                    vram=("≈ 35 GB", "40–48 GB"),
                     latent="EmptyFlux2LatentImage", size=1024, steps=20, cfg=1.0, sampler="euler", scheduler="simple",
                     guidance=4.0, requires="0.8.0",
                     note=NOTE_MODELS_FP8, note_height=320),
@@ -171,7 +173,7 @@ FAMILIES = {
                          one_encoder("Qwen-Image", "qwen_image_fp8_e4m3fn.safetensors",
                                      "qwen_2.5_vl_7b_fp8_scaled.safetensors", "qwen_image",
                                      "qwen_image_vae.safetensors"),
-                         vram="≈48 GB for training (fp8 base weights, gradient checkpointing; 20 B parameters)",
+                         vram=("20.4 GB", "26–32 GB"),
                          latent="EmptySD3LatentImage", size=1328, steps=20, cfg=2.5, sampler="euler",
                          scheduler="simple", shift=3.1,
                          note=NOTE_MODELS_FP8, note_height=320),
@@ -204,7 +206,8 @@ def note_models(family: str) -> str:
     f = FAMILIES[family]
     files = [v for ld in f.loaders for v in ld.values.values() if v in MODELS]
     lines = "\n".join(f"- {name} → models/{MODELS[name][1]}/" for name in files)
-    return f.note.format(label=f.label, files=lines, vram=f.vram)
+    needs = f" (ComfyUI ≥ {f.requires.removesuffix('.0')})" if f.requires else ""
+    return f.note.format(label=f.label, files=lines, weights=f.vram[0], train=f.vram[1], needs=needs)
 
 
 @dataclass
