@@ -16,10 +16,11 @@ and --decay-start at the step reached to decay from there.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import shlex
 import sys
 
-from qr_core.world.model import ASSET, PretrainSettings, pretrain
+from qr_core.world.model import ASSET, WORLD_CONFIG, PretrainSettings, pretrain
 
 
 def main(argv=None):
@@ -36,6 +37,8 @@ def main(argv=None):
     p.add_argument("--seed", type=int, default=d.seed)
     p.add_argument("--threads", type=int, default=d.threads)
     p.add_argument("--sample-every", type=int, default=500)
+    p.add_argument("--patch", type=int, default=WORLD_CONFIG.patch, help="pixels per token side (the shipped model's)")
+    p.add_argument("--hidden", type=int, default=WORLD_CONFIG.hidden, help="model width (the shipped model's)")
     p.add_argument("--init", default=None,
                    help="start from this world model file's weights (same config; fresh optimizer, step 0)")
     a = p.parse_args(argv)
@@ -44,7 +47,8 @@ def main(argv=None):
     # the output path is this machine's, not part of the recipe: drop "--out X" and "--out=X"
     kept = [x for i, x in enumerate(args) if not x.startswith("--out") and not (i and args[i - 1] == "--out")]
     command = "python tools/pretrain_world_model.py " + " ".join(shlex.quote(x) for x in kept)
-    pretrain(a.out, s, sample_every=a.sample_every, command=command,
+    config = dataclasses.replace(WORLD_CONFIG, patch=a.patch, hidden=a.hidden)
+    pretrain(a.out, s, config=config, sample_every=a.sample_every, command=command,
              log=lambda m: print(m, flush=True), init=a.init)
 
 
