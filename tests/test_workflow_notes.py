@@ -61,17 +61,13 @@ def test_what_a_note_names_exists(name):
 
 @pytest.mark.parametrize("name", [n for n in WORKFLOWS if n.endswith("_train_merge")])
 def test_a_train_merge_note_points_to_its_use_trained_workflow(name):
-    """Where the pack ships a use-trained workflow for the family, step 4's note names it; where it does not,
-    the note says so (and names where the files are) instead of inventing a way."""
+    """Every family ships a use-trained workflow, and step 4's note names it."""
     use = name.removesuffix("_train_merge") + "_use_trained"
     text = "\n".join(notes(WORKFLOWS[name]))
-    if use in WORKFLOWS:
-        assert f"'{use}'" in text, text
-        loads = {n["type"] for n in WORKFLOWS[use]["nodes"]}
-        assert "QRLoRALoadDelta" in loads and "QRLoRATrainDelta" not in loads
-    else:
-        assert "no use-trained workflow" in text, text
-        assert "models/qr_lora/" in text
+    assert use in WORKFLOWS, f"{name}'s family has no {use}"
+    assert f"'{use}'" in text, text
+    loads = {n["type"] for n in WORKFLOWS[use]["nodes"]}
+    assert "QRLoRALoadDelta" in loads and "QRLoRATrainDelta" not in loads
 
 
 def readme_memory_table() -> dict[str, tuple[str, str]]:

@@ -315,19 +315,13 @@ NOTE_MERGE = ("Step 4 — merge and generate: W' = W + Q(λc·ΔR_content + λs�
 # How to generate from the saved ΔR later. Not by muting the Train nodes: Merge then lacks its inputs.
 NOTE_REUSE = ("To generate from the two ΔR later without training, open '{workflow}': its Load ΔR nodes pick the "
               "files this workflow saves ({files}), then merge and sample.")
-NOTE_NO_REUSE = ("The pack has no use-trained workflow for {label} yet. The two ΔR files stay in models/qr_lora/ "
-                 "({files}); 'QR-LoRA Load ΔR' reads them, as in '{example}'.")
 
 
 def note_merge(family: str) -> str:
-    """Step 4's note: the family's use-trained workflow where the pack ships one, else where the files are."""
-    f = FAMILIES[family]
+    """Step 4's note: the family's use-trained workflow (every family has one) and the files it loads."""
     files = f"{family}_content_dog.safetensors, {family}_style.safetensors"
-    use = f"qr_lora_{f.stem}_use_trained"
-    if use in WORKFLOWS:
-        return NOTE_MERGE.format(reuse=NOTE_REUSE.format(workflow=use, files=files))
-    return NOTE_MERGE.format(reuse=NOTE_NO_REUSE.format(label=f.label, files=files,
-                                                        example="qr_lora_sdxl_use_trained"))
+    use = f"qr_lora_{FAMILIES[family].stem}_use_trained"
+    return NOTE_MERGE.format(reuse=NOTE_REUSE.format(workflow=use, files=files))
 
 
 def train_merge(info: dict, family: str) -> dict:

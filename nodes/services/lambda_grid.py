@@ -60,8 +60,8 @@ def sample_grid(model, content, style, positive, negative, latent_image: dict, v
     cols = parse_values(lambda_style_values, "lambda_style_values")
     if len(rows) * len(cols) > MAX_CELLS:
         raise ValueError(f"{len(rows)}×{len(cols)} cells: at most {MAX_CELLS}; use fewer rows or λ values.")
-    caption = cfg_caption(cfg, grid_cfg(model, cfg))
-    cfg = grid_cfg(model, cfg)
+    used = grid_cfg(model, cfg)
+    caption, cfg = cfg_caption(cfg, used), used
     latent, noise, noise_mask = ksampler_inputs(model, latent_image, seed)
     total = len(rows) * len(cols) * steps
     # core's step callback (its previews, its progress bar), moved along one bar over the whole grid

@@ -131,7 +131,7 @@ def pretrain(out: str | Path, s: PretrainSettings = PretrainSettings(), config: 
         init_model, init_meta = load_world_model(init)
         if json.loads(init_meta.get("config", "null")) != config.to_json():
             raise SettingError(f"{init} is a world model of another shape ({init_meta.get('config')}); "
-                             f"--init needs one of {config.to_json()}: drop --init to train from scratch")
+                               f"--init needs one of {config.to_json()}: drop --init to train from scratch")
         model.load_state_dict(init_model.state_dict())
         ema = {k: v.detach().clone() for k, v in model.state_dict().items()}
         # what the new weights grew from, so the file's recipe stays complete
