@@ -53,12 +53,12 @@ from qr_core.world.merges import (BLOCK_PROFILES, LORA, QR, PairRun, Patch, add_
 from qr_core.world.tasks import Task, content_task, merged_prompt, sample_images, style_task, train_lora, train_qr
 
 PAIRS = [("heart", "tiger", "sketch", "circle"), ("star", "neon", "crimson", "square"),
-         ("arrow", "candy", "mint", "hexagon"), ("heart", "neon", "ocean", "diamond")]
+         ("arrow", "candy", "mint", "bar"), ("heart", "neon", "ocean", "diamond")]
 GRID = (0.5, 0.75, 1.0, 1.25)  # λc and λs
 METRICS = ("content_sim", "style_sim", "p_shape", "p_style", "mask_iou")
 # λ over steps and λ per block are chosen on these pairs, none of them a reported pair (no tuning on PAIRS).
 SELECT_PAIRS = [("star", "tiger", "mint", "diamond"), ("arrow", "neon", "sketch", "square"),
-                ("heart", "candy", "ocean", "hexagon")]
+                ("heart", "candy", "ocean", "bar")]
 SELECT_POSE_OFFSET = 100
 SCHEDULES = ("style-late", "content-early", "content-early-style-late", "crossfade", "style-early-content-late")
 PLAN_METHODS = (QR, LORA)  # a schedule or profile scales ΔW = QΔR or BA per step / per block alike

@@ -57,6 +57,22 @@ def test_pretraining_data_leaves_out_the_held_out_pairs_but_not_their_shapes_and
     assert [s.prompt for s in scenes.batch(range(20))[2]] == [scenes.sample(i).prompt for i in range(20)]
 
 
+def test_world_draws_upright_shapes_and_the_encoder_learns_rotated_ones_from_the_same_seeds():
+    upright = [scenes.sample(i) for i in range(32)]
+    rotated = [scenes.sample(i, rotation=30.0) for i in range(32)]
+    assert all(s.pose.angle == 0 for s in upright)
+    assert max(abs(s.pose.angle) for s in rotated) > 15 and all(abs(s.pose.angle) <= 30 for s in rotated)
+    # only the angle differs: a seed keeps its shape, style, prompt, size and place
+    assert [(s.shape, s.style, s.prompt, s.pose.scale, s.pose.dx) for s in upright] == \
+        [(s.shape, s.style, s.prompt, s.pose.scale, s.pose.dx) for s in rotated]
+    # the shipped model's file says which world it learnt
+    from safetensors import safe_open
+
+    with safe_open(str(ASSET), "pt") as f:
+        world = json.loads(f.metadata()["world"])
+    assert world["rotation"] == scenes.ROTATION and [list(p) for p in scenes.HELD_OUT_PAIRS] == world["held_out_pairs"]
+
+
 def test_composition_scores_of_the_base_on_pairs():
     from qr_core.world.model import composition_scores
 
@@ -65,6 +81,32 @@ def test_composition_scores_of_the_base_on_pairs():
     assert set(res["per_pair"]) == {"circle/ocean", "square/mint"}
     assert all(0 <= res[k] <= 1 for k in ("p_shape", "p_style", "shape_acc", "style_acc"))
     assert res["p_style"] == pytest.approx(sum(v["p_style"] for v in res["per_pair"].values()) / 2)
+
+
+def test_shipped_model_meets_the_composition_target():
+    """Issue 23's target, measured as in bench/results/world_model.md: combinations pretraining never showed."""
+    from qr_core.world.model import composition_scores
+
+    res = composition_scores(load_world_model()[0], scenes.HELD_OUT_PAIRS, Scorer(), n=8)
+    assert res["p_shape"] >= 0.9 and res["p_style"] >= 0.9, res
+
+
+def test_files_of_another_world_are_refused_with_the_fix(tmp_path):
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    from qr_core.errors import SettingError
+    from qr_core.world.encoder import ASSET as ENCODER
+
+    for path, key, older in ((ASSET, "world", lambda m: m.replace('"bar"', '"hexagon"')),
+                             (ENCODER, "shapes", lambda m: m.replace('"bar"', '"hexagon"'))):
+        with safe_open(str(path), "pt") as f:
+            meta, tensors = dict(f.metadata()), {k: f.get_tensor(k) for k in f.keys()}
+        meta[key] = older(meta[key])
+        save_file(tensors, tmp_path / path.name, meta)
+        with pytest.raises(SettingError, match="hexagon") as err:
+            (load_world_model if path == ASSET else load_encoder)(tmp_path / path.name)
+        assert "pretrain" in str(err.value) or "retrain" in str(err.value)
 
 
 def test_shipped_encoder_knows_the_world():

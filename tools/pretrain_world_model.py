@@ -39,6 +39,9 @@ def main(argv=None):
     p.add_argument("--sample-every", type=int, default=500)
     p.add_argument("--patch", type=int, default=WORLD_CONFIG.patch, help="pixels per token side (the shipped model's)")
     p.add_argument("--hidden", type=int, default=WORLD_CONFIG.hidden, help="model width (the shipped model's)")
+    p.add_argument("--depth", type=int, default=WORLD_CONFIG.depth, help="double-stream blocks (the shipped model's)")
+    p.add_argument("--depth-single", type=int, default=WORLD_CONFIG.depth_single,
+                   help="single-stream blocks (the shipped model's)")
     p.add_argument("--init", default=None,
                    help="start from this world model file's weights (same config; fresh optimizer, step 0)")
     a = p.parse_args(argv)
@@ -47,7 +50,7 @@ def main(argv=None):
     # the output path is this machine's, not part of the recipe: drop "--out X" and "--out=X"
     kept = [x for i, x in enumerate(args) if not x.startswith("--out") and not (i and args[i - 1] == "--out")]
     command = "python tools/pretrain_world_model.py " + " ".join(shlex.quote(x) for x in kept)
-    config = dataclasses.replace(WORLD_CONFIG, patch=a.patch, hidden=a.hidden)
+    config = dataclasses.replace(WORLD_CONFIG, patch=a.patch, hidden=a.hidden, depth=a.depth, depth_single=a.depth_single)
     pretrain(a.out, s, config=config, sample_every=a.sample_every, command=command,
              log=lambda m: print(m, flush=True), init=a.init)
 

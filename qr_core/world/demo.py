@@ -37,8 +37,8 @@ CONTENT = ("heart", "sketch")  # held-out shape <c>, and the seen style its refe
 STYLE = ("tiger", "circle")  # held-out style <s>, and the seen shape its reference shows
 LAMBDAS = (0.0, 0.5, 0.75, 1.0)
 # The λ schedule and block profile of the overview's "λ over steps" and "λ per block" rows: the ones
-# bench/disentangle.py chose for ΔR on world v2's selection pairs (bench/results/disentangle_v2.md).
-DEMO_PLANS = {QR: {"schedule": "style-late", "blocks": "content double only"}}
+# bench/disentangle.py chose for ΔR on world v3's selection pairs (bench/results/disentangle_v3.md).
+DEMO_PLANS = {QR: {"schedule": "content-early", "blocks": "content double only"}}
 
 
 def loss_curve_png(curves: dict[str, list[float]], path: Path, width: int = 480, height: int = 240) -> None:

@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import scenes
+from ..errors import SettingError
 
 ASSET = Path(__file__).parent / "assets" / "world_encoder.safetensors"
 
@@ -49,8 +50,15 @@ class WorldEncoder(nn.Module):
 
 
 def load_encoder(path: str | Path = ASSET) -> WorldEncoder:
+    from safetensors import safe_open
     from safetensors.torch import load_file
 
+    with safe_open(str(path), "pt") as f:
+        shapes = json.loads((f.metadata() or {}).get("shapes", "null"))
+    if shapes is not None and tuple(shapes) != scenes.SHAPES:
+        # its outputs are indexed by the shapes it learnt: another world's encoder would score the wrong classes
+        raise SettingError(f"{path} scores the shapes {shapes}, this world has {list(scenes.SHAPES)}: "
+                           f"retrain it with `python -m qr_core.world.encoder`")
     enc = WorldEncoder()
     enc.load_state_dict(load_file(str(path)))
     return enc.eval()
@@ -70,6 +78,9 @@ def _augment(x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
     return x.clamp(-1, 1)
 
 
+ENCODER_ROTATION = 30.0
+
+
 def train_encoder(out: str | Path = ASSET, steps: int = 1500, batch: int = 48, lr: float = 2e-3, seed: int = 0,
                   log=print) -> tuple[WorldEncoder, dict]:
     """Train on all shapes × styles (seeded); write the weights and a held-out-seed accuracy to `out`."""
@@ -80,7 +91,8 @@ def train_encoder(out: str | Path = ASSET, steps: int = 1500, batch: int = 48, l
     opt = torch.optim.AdamW(enc.parameters(), lr=lr, weight_decay=1e-4)
     shape_ix = {s: i for i, s in enumerate(scenes.SHAPES)}
     style_ix = {s: i for i, s in enumerate(scenes.STYLES)}
-    kw = dict(shapes=scenes.SHAPES, styles=tuple(scenes.STYLES))
+    # the encoder learns rotated shapes too (±30°, worlds v1 and v2 drew them): the shipped file was trained so
+    kw = dict(shapes=scenes.SHAPES, styles=tuple(scenes.STYLES), rotation=ENCODER_ROTATION)
     t0 = time.perf_counter()
     for step in range(steps):
         g = torch.Generator().manual_seed(seed * 7919 + step + 10**6)
@@ -103,13 +115,13 @@ def train_encoder(out: str | Path = ASSET, steps: int = 1500, batch: int = 48, l
         ls, lt = enc(x)
     acc = {"shape": float((ls.argmax(1) == torch.tensor([shape_ix[s.shape] for s in samples])).float().mean()),
            "style": float((lt.argmax(1) == torch.tensor([style_ix[s.style] for s in samples])).float().mean())}
-    info = {"steps": steps, "batch": batch, "lr": lr, "seed": seed, "accuracy_clean_500": acc,
-            "seconds": round(time.perf_counter() - t0, 1)}
+    info = {"steps": steps, "batch": batch, "lr": lr, "seed": seed, "rotation": ENCODER_ROTATION,
+            "threads": torch.get_num_threads(), "accuracy_clean_500": acc, "seconds": round(time.perf_counter() - t0, 1)}
     log(f"encoder accuracy on 500 unseen renders: {acc}")
     if out:
         Path(out).parent.mkdir(parents=True, exist_ok=True)
         save_file({k: v.contiguous() for k, v in enc.state_dict().items()}, str(out),
-                  {"info": json.dumps(info), "command": "python -m qr_core.world_encoder",
+                  {"info": json.dumps(info), "command": "python -m qr_core.world.encoder",
                    "shapes": json.dumps(scenes.SHAPES), "styles": json.dumps(list(scenes.STYLES))})
     return enc, info
 

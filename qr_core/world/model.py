@@ -44,6 +44,10 @@ def load_world_model(path: str | Path = ASSET) -> tuple[MiniFlux, dict]:
 
     with safe_open(str(path), "pt") as f:
         meta = f.metadata() or {}
+    unknown = set(json.loads(meta.get("world", "{}")).get("seen_shapes", ())) - set(scenes.SHAPES)
+    if unknown:  # a model of an earlier world (v1/v2 drew hexagons): its prompts would name shapes nothing scores
+        raise SettingError(f"{path} learnt shapes this world does not have ({sorted(unknown)}); use the shipped "
+                           f"world model or pretrain one with tools/pretrain_world_model.py")
     config = MiniFluxConfig(**json.loads(meta["config"])) if "config" in meta else WORLD_CONFIG
     model = MiniFlux(config)
     model.load_state_dict({k: v.float() for k, v in load_file(str(path)).items()})
@@ -129,7 +133,7 @@ def pretrain(out: str | Path, s: PretrainSettings = PretrainSettings(), config: 
     init_record = None
     if init is not None:
         init_model, init_meta = load_world_model(init)
-        if json.loads(init_meta.get("config", "null")) != config.to_json():
+        if init_model.config != config:  # compared as configs: a file from before a field existed has its default
             raise SettingError(f"{init} is a world model of another shape ({init_meta.get('config')}); "
                                f"--init needs one of {config.to_json()}: drop --init to train from scratch")
         model.load_state_dict(init_model.state_dict())
@@ -152,7 +156,7 @@ def pretrain(out: str | Path, s: PretrainSettings = PretrainSettings(), config: 
                 "objective": "rectified flow (SD3/FLUX): v = noise - x0, t ~ logit-normal(0, 1), 10% empty prompts",
                 "weights": f"EMA {s.ema}, stored as float16",
                 "world": json.dumps({"seen_shapes": shapes, "seen_styles": styles, "held_out_pairs": held_out,
-                                     "size": scenes.SIZE}),
+                                     "size": scenes.SIZE, "rotation": scenes.ROTATION}),
                 "train_seconds": f"{prior_seconds + time.perf_counter() - t0:.0f}"}
         if init_record:
             meta["init"] = json.dumps(init_record)

@@ -1,8 +1,8 @@
 """A procedural content × style image world, generated on the fly from a seed.
 
 It stands in for the photos of the paper, where no real checkpoint can be
-downloaded: *content* is a shape (circle, square, …, with random rotation,
-size and position), *style* is how it is painted (fill pattern, palette,
+downloaded: *content* is a shape (circle, square, …, upright, with random size
+and position), *style* is how it is painted (fill pattern, palette,
 background). Prompts follow the paper's template: "a <shape>",
 "a <shape> in <style> style". Some shapes and some styles are held out of
 pretraining: they play the new subject `<c>` and the new style `<s>`.
@@ -25,7 +25,9 @@ from ..errors import SettingError
 
 SIZE = 32
 
-SHAPES = ("circle", "square", "triangle", "diamond", "cross", "ring", "hexagon", "moon", "heart", "star", "arrow")
+# "bar" took v1/v2's "hexagon": at 32 pixels a hexagon differs from a circle by a few edge pixels, so the small base's
+# circles were scored hexagons (bench/results/world_model.md, "World model v3").
+SHAPES = ("circle", "square", "triangle", "diamond", "cross", "ring", "bar", "moon", "heart", "star", "arrow")
 HELD_OUT_SHAPES = ("heart", "star", "arrow")
 SEEN_SHAPES = tuple(s for s in SHAPES if s not in HELD_OUT_SHAPES)
 
@@ -69,7 +71,7 @@ SEEN_STYLES = tuple(s for s in STYLES if s not in HELD_OUT_STYLES)
 # style-only prompt): whether the base draws them tests that it composes what it knows. One per seen shape and
 # one per seen style, so each shape and each style keeps 7 of its 8 partners.
 HELD_OUT_PAIRS = (("circle", "ocean"), ("square", "mint"), ("triangle", "sketch"), ("diamond", "zebra"),
-                  ("cross", "sunset"), ("ring", "crimson"), ("hexagon", "checker"), ("moon", "polka"))
+                  ("cross", "sunset"), ("ring", "crimson"), ("bar", "checker"), ("moon", "polka"))
 
 
 @dataclass(frozen=True)
@@ -82,9 +84,15 @@ class Pose:
     jitter: tuple[float, float, float] = (0.0, 0.0, 0.0)  # small colour jitter
 
 
-def random_pose(g: torch.Generator) -> Pose:
-    u = torch.rand(7, generator=g).tolist()
-    return Pose(angle=(u[0] - 0.5) * 60, scale=0.5 + 0.25 * u[1], dx=(u[2] - 0.5) * 0.3, dy=(u[3] - 0.5) * 0.3,
+# Shapes are drawn upright (world v3). Rotated by up to ±30° (worlds v1, v2), the 1 M-parameter base drew round,
+# ragged squares and circles and reached P(shape) 0.70 on held-out pairs; upright it reached 0.85 on v2's shapes
+# (bench/results/world_model.md). The encoder still learns ±30°, so upright shapes lie inside what it knows.
+ROTATION = 0.0  # degrees either way
+
+
+def random_pose(g: torch.Generator, rotation: float = ROTATION) -> Pose:
+    u = torch.rand(7, generator=g).tolist()  # u[0] is drawn whatever the rotation, so a seed keeps its other draws
+    return Pose(angle=(u[0] - 0.5) * 2 * rotation, scale=0.5 + 0.25 * u[1], dx=(u[2] - 0.5) * 0.3, dy=(u[3] - 0.5) * 0.3,
                 phase=u[4], jitter=tuple((torch.rand(3, generator=g) - 0.5).mul(0.08).tolist()))
 
 
@@ -119,8 +127,8 @@ def shape_mask(shape: str, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         return ((x.abs() <= 0.28) & (y.abs() <= 0.95)) | ((y.abs() <= 0.28) & (x.abs() <= 0.95))
     if shape == "ring":
         return (r <= 0.92) & (r >= 0.55)
-    if shape == "hexagon":
-        return _polygon(x, y, 6, 0.95)
+    if shape == "bar":
+        return (x.abs() <= 0.32) & (y.abs() <= 0.95)
     if shape == "moon":
         return (r <= 0.9) & ((x - 0.45) ** 2 + (y - 0.2) ** 2 >= 0.7 ** 2)
     if shape == "heart":
@@ -214,7 +222,7 @@ class Sample:
 
 
 def sample(seed: int, shapes=SEEN_SHAPES, styles=SEEN_STYLES, p_shape_only: float = 0.15,
-           p_style_only: float = 0.05, p_empty: float = 0.1, exclude=()) -> Sample:
+           p_style_only: float = 0.05, p_empty: float = 0.1, exclude=(), rotation: float = ROTATION) -> Sample:
     """A deterministic training sample from its seed: shape, style, pose and a prompt in the paper's template.
 
     With probability `p_shape_only` the prompt names the shape only (its style is then any seen style),
@@ -227,7 +235,7 @@ def sample(seed: int, shapes=SEEN_SHAPES, styles=SEEN_STYLES, p_shape_only: floa
         style = styles[int(torch.randint(len(styles), (1,), generator=g))]
         if (shape, style) not in exclude:
             break
-    pose = random_pose(g)
+    pose = random_pose(g, rotation)
     u = float(torch.rand(1, generator=g))
     if u < p_empty:
         prompt = ""
