@@ -57,7 +57,7 @@ def test_pretraining_data_leaves_out_the_held_out_pairs_but_not_their_shapes_and
     assert [s.prompt for s in scenes.batch(range(20))[2]] == [scenes.sample(i).prompt for i in range(20)]
 
 
-def test_world_draws_upright_shapes_and_the_encoder_learns_rotated_ones_from_the_same_seeds():
+def test_world_draws_upright_shapes_and_a_rotation_changes_only_the_angle():
     upright = [scenes.sample(i) for i in range(32)]
     rotated = [scenes.sample(i, rotation=30.0) for i in range(32)]
     assert all(s.pose.angle == 0 for s in upright)
@@ -71,6 +71,11 @@ def test_world_draws_upright_shapes_and_the_encoder_learns_rotated_ones_from_the
     with safe_open(str(ASSET), "pt") as f:
         world = json.loads(f.metadata()["world"])
     assert world["rotation"] == scenes.ROTATION and [list(p) for p in scenes.HELD_OUT_PAIRS] == world["held_out_pairs"]
+    # and the encoder learnt rotated shapes, a wider world than the one it judges
+    from qr_core.world.encoder import ASSET as ENCODER, ENCODER_ROTATION
+
+    with safe_open(str(ENCODER), "pt") as f:
+        assert json.loads(f.metadata()["info"])["rotation"] == ENCODER_ROTATION > scenes.ROTATION
 
 
 def test_composition_scores_of_the_base_on_pairs():

@@ -78,7 +78,7 @@ def _augment(x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
     return x.clamp(-1, 1)
 
 
-ENCODER_ROTATION = 30.0
+ENCODER_ROTATION = 30.0  # degrees either way (scenes.ROTATION is the world's)
 
 
 def train_encoder(out: str | Path = ASSET, steps: int = 1500, batch: int = 48, lr: float = 2e-3, seed: int = 0,
@@ -91,7 +91,7 @@ def train_encoder(out: str | Path = ASSET, steps: int = 1500, batch: int = 48, l
     opt = torch.optim.AdamW(enc.parameters(), lr=lr, weight_decay=1e-4)
     shape_ix = {s: i for i, s in enumerate(scenes.SHAPES)}
     style_ix = {s: i for i, s in enumerate(scenes.STYLES)}
-    # the encoder learns rotated shapes too (±30°, worlds v1 and v2 drew them): the shipped file was trained so
+    # rotated shapes too, as worlds v1 and v2 drew them: wider than the upright world it judges
     kw = dict(shapes=scenes.SHAPES, styles=tuple(scenes.STYLES), rotation=ENCODER_ROTATION)
     t0 = time.perf_counter()
     for step in range(steps):
@@ -116,7 +116,8 @@ def train_encoder(out: str | Path = ASSET, steps: int = 1500, batch: int = 48, l
     acc = {"shape": float((ls.argmax(1) == torch.tensor([shape_ix[s.shape] for s in samples])).float().mean()),
            "style": float((lt.argmax(1) == torch.tensor([style_ix[s.style] for s in samples])).float().mean())}
     info = {"steps": steps, "batch": batch, "lr": lr, "seed": seed, "rotation": ENCODER_ROTATION,
-            "threads": torch.get_num_threads(), "accuracy_clean_500": acc, "seconds": round(time.perf_counter() - t0, 1)}
+            "threads": torch.get_num_threads(), "accuracy_clean_500": acc,
+            "seconds": round(time.perf_counter() - t0, 1)}
     log(f"encoder accuracy on 500 unseen renders: {acc}")
     if out:
         Path(out).parent.mkdir(parents=True, exist_ok=True)

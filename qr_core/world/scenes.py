@@ -92,8 +92,8 @@ ROTATION = 0.0  # degrees either way
 
 def random_pose(g: torch.Generator, rotation: float = ROTATION) -> Pose:
     u = torch.rand(7, generator=g).tolist()  # u[0] is drawn whatever the rotation, so a seed keeps its other draws
-    return Pose(angle=(u[0] - 0.5) * 2 * rotation, scale=0.5 + 0.25 * u[1], dx=(u[2] - 0.5) * 0.3, dy=(u[3] - 0.5) * 0.3,
-                phase=u[4], jitter=tuple((torch.rand(3, generator=g) - 0.5).mul(0.08).tolist()))
+    return Pose(angle=(u[0] - 0.5) * 2 * rotation, scale=0.5 + 0.25 * u[1], dx=(u[2] - 0.5) * 0.3,
+                dy=(u[3] - 0.5) * 0.3, phase=u[4], jitter=tuple((torch.rand(3, generator=g) - 0.5).mul(0.08).tolist()))
 
 
 def _grid(n: int) -> tuple[torch.Tensor, torch.Tensor]:
