@@ -21,6 +21,7 @@ from torch import nn
 
 from . import scenes
 from ..errors import SettingError
+from ..files import load_tensors
 
 ASSET = Path(__file__).parent / "assets" / "world_encoder.safetensors"
 
@@ -50,17 +51,14 @@ class WorldEncoder(nn.Module):
 
 
 def load_encoder(path: str | Path = ASSET) -> WorldEncoder:
-    from safetensors import safe_open
-    from safetensors.torch import load_file
-
-    with safe_open(str(path), "pt") as f:
-        shapes = json.loads((f.metadata() or {}).get("shapes", "null"))
+    tensors, meta = load_tensors(path)
+    shapes = json.loads((meta or {}).get("shapes", "null"))
     if shapes is not None and tuple(shapes) != scenes.SHAPES:
         # its outputs are indexed by the shapes it learnt: another world's encoder would score the wrong classes
         raise SettingError(f"{path} scores the shapes {shapes}, this world has {list(scenes.SHAPES)}: "
                            f"retrain it with `python -m qr_core.world.encoder`")
     enc = WorldEncoder()
-    enc.load_state_dict(load_file(str(path)))
+    enc.load_state_dict(tensors)
     return enc.eval()
 
 

@@ -39,18 +39,15 @@ def encode(prompts, config: MiniFluxConfig = WORLD_CONFIG) -> torch.Tensor:
 
 def load_world_model(path: str | Path = ASSET) -> tuple[MiniFlux, dict]:
     """The shipped (or a given) world model in eval mode, and its file metadata."""
-    from safetensors import safe_open
-    from safetensors.torch import load_file
-
-    with safe_open(str(path), "pt") as f:
-        meta = f.metadata() or {}
+    tensors, meta = load_tensors(path)
+    meta = meta or {}
     unknown = set(json.loads(meta.get("world", "{}")).get("seen_shapes", ())) - set(scenes.SHAPES)
     if unknown:  # a model of an earlier world (v1/v2 drew hexagons): its prompts would name shapes nothing scores
         raise SettingError(f"{path} learnt shapes this world does not have ({sorted(unknown)}); use the shipped "
                            f"world model or pretrain one with tools/pretrain_world_model.py")
     config = MiniFluxConfig(**json.loads(meta["config"])) if "config" in meta else WORLD_CONFIG
     model = MiniFlux(config)
-    model.load_state_dict({k: v.float() for k, v in load_file(str(path)).items()})
+    model.load_state_dict({k: v.float() for k, v in tensors.items()})
     return model.eval(), meta
 
 
